@@ -1,0 +1,36 @@
+# The two commands: `make run` (set up + run the pipeline) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# DVC runs each stage's `python stages/...` through the shell: the venv must come first on PATH.
+export PATH := $(BIN):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: run test ui install summary clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install --quiet -e '.[dev]' 2>&1 | grep -v "^WARNING: Location"; test $${PIPESTATUS[0]} -eq 0
+	@touch $@
+
+install: $(VENV)/.installed  ## create .venv and install the package with its dev extras
+
+run: $(VENV)/.installed  ## run the whole pipeline (dvc repro) and print where the results are
+	dvc repro
+	@$(BIN)/python -m pipeline.summary
+
+summary: $(VENV)/.installed
+	@$(BIN)/python -m pipeline.summary
+
+test: $(VENV)/.installed  ## the whole test suite
+	$(BIN)/python -m pytest
+
+ui: $(VENV)/.installed  ## serve the MLflow UI on this project's store
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT)
+
+clean-venv:
+	rm -rf $(VENV)

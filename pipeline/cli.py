@@ -1,0 +1,24 @@
+"""The wrapper every stage script runs in: user errors become one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from .errors import UserError
+from .params import load
+
+
+def stage_main(fn: Callable[[dict], None], params_path: str = "params.yaml") -> None:
+    """Load params.yaml, run ``fn(params)``; print a UserError as one line and exit 2; Ctrl-C exits 130."""
+    name = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    try:
+        fn(load(params_path))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; nothing half-written was kept. Rerun `dvc repro` to start over.",
+              file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,65 @@
+"""Latent vectors, their t-SNE map and how well they separate the labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.manifold import TSNE
+from sklearn.metrics import silhouette_score
+from sklearn.neighbors import KNeighborsClassifier
+
+from .errors import UserError
+from .train import to_float
+
+
+@torch.no_grad()
+def latents_frame(model, ds: dict, batch_size: int = 64) -> pd.DataFrame:
+    """One row per image: id, label, split, mu_0..mu_{D-1}, logvar_0..logvar_{D-1}."""
+    device = next(model.parameters()).device
+    mus, logvars = [], []
+    for i in range(0, ds["images"].shape[0], batch_size):
+        mu, logvar = model.encode(to_float(ds["images"][i:i + batch_size].to(device)))
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
+    mu = torch.cat(mus).numpy()
+    logvar = torch.cat(logvars).numpy()
+    d = mu.shape[1]
+    frame = pd.DataFrame({
+        "id": ds["ids"],
+        "label": [ds["classes"][i] for i in ds["labels"].tolist()],
+        "split": np.where(ds["is_test"].numpy(), "test", "train"),
+    })
+    values = pd.DataFrame(np.concatenate([mu, logvar], axis=1),
+                          columns=[f"mu_{j}" for j in range(d)] + [f"logvar_{j}" for j in range(d)])
+    return pd.concat([frame, values], axis=1)
+
+
+def mu_matrix(frame: pd.DataFrame) -> np.ndarray:
+    cols = [c for c in frame.columns if c.startswith("mu_")]
+    return frame[cols].to_numpy(dtype=np.float64)
+
+
+def tsne_coords(x: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
+    n = x.shape[0]
+    if perplexity >= n:
+        raise UserError(f"tsne.perplexity = {perplexity} must be smaller than the number of images ({n}); "
+                        f"lower tsne.perplexity in params.yaml")
+    return TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca",
+                learning_rate="auto").fit_transform(x)
+
+
+def cluster_metrics(frame: pd.DataFrame, knn_k: int = 5) -> dict[str, float]:
+    """Silhouette of the labels in latent (mu) space over all images, and the accuracy of a kNN
+    classifier fitted on train latents when predicting the test latents' labels."""
+    x = mu_matrix(frame)
+    labels = frame["label"].to_numpy()
+    is_test = (frame["split"] == "test").to_numpy()
+    out: dict[str, float] = {"n_images": int(len(frame)), "n_test": int(is_test.sum())}
+    out["silhouette"] = float(silhouette_score(x, labels)) if len(set(labels)) > 1 else float("nan")
+    if is_test.any() and (~is_test).any():
+        k = min(knn_k, int((~is_test).sum()))
+        knn = KNeighborsClassifier(n_neighbors=k).fit(x[~is_test], labels[~is_test])
+        out["knn_accuracy"] = float((knn.predict(x[is_test]) == labels[is_test]).mean())
+        out["knn_k"] = k
+    return out

@@ -1,0 +1,78 @@
+"""The convolutional VAE, with the seed notebook's shapes.
+
+A batch of 16 images [16, 3, 128, 128] -> encoder -> h [16, 1024] -> fc1 -> mu [16, latent_dim],
+fc2 -> log sigma^2 [16, latent_dim] -> z = mu + sigma * eps -> fc3 -> [16, 1024] -> decoder ->
+sigmoid -> reconstruction [16, 3, 128, 128].
+
+The encoder halves the resolution with stride-2 4x4 convolutions until a 256 x 2 x 2 map (= 1024 values)
+remains; the decoder mirrors it with transposed convolutions. Other input sizes that are powers of two
+(>= 16) work too: the number of stages follows the size, h stays 1024.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+H_DIM = 1024
+BOTTLENECK_CHANNELS = 256  # 256 x 2 x 2 = 1024
+ENCODER_CHANNELS = (32, 32, 64, 64, 128, 256)  # for 128 x 128 input: 64, 32, 16, 8, 4, 2
+
+
+def _stage_channels(size: int) -> list[int]:
+    n = int(math.log2(size)) - 1  # halvings from size down to 2
+    if 2 ** (n + 1) != size or n < 3:
+        raise ValueError(f"image size must be a power of two >= 16, got {size}")
+    chans = list(ENCODER_CHANNELS[-n:]) if n <= len(ENCODER_CHANNELS) else \
+        [ENCODER_CHANNELS[0]] * (n - len(ENCODER_CHANNELS)) + list(ENCODER_CHANNELS)
+    return chans
+
+
+class ConvVAE(nn.Module):
+    def __init__(self, latent_dim: int = 32, image_size: int = 128, in_channels: int = 3):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.image_size = image_size
+        chans = _stage_channels(image_size)
+        enc: list[nn.Module] = []
+        c_in = in_channels
+        for c in chans:
+            enc += [nn.Conv2d(c_in, c, kernel_size=4, stride=2, padding=1), nn.ReLU(inplace=True)]
+            c_in = c
+        enc.append(nn.Flatten())
+        self.encoder = nn.Sequential(*enc)
+        self.fc1 = nn.Linear(H_DIM, latent_dim)  # mu
+        self.fc2 = nn.Linear(H_DIM, latent_dim)  # log sigma^2
+        self.fc3 = nn.Linear(latent_dim, H_DIM)
+        dec: list[nn.Module] = [nn.Unflatten(1, (BOTTLENECK_CHANNELS, 2, 2))]
+        rev = list(reversed(chans))  # 256, 128, 64, 64, 32, 32
+        for c_from, c_to in zip(rev, rev[1:] + [in_channels]):
+            dec.append(nn.ConvTranspose2d(c_from, c_to, kernel_size=4, stride=2, padding=1))
+            dec.append(nn.ReLU(inplace=True) if c_to != in_channels else nn.Sigmoid())
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        return self.fc1(h), self.fc2(h)
+
+    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor, generator=None) -> torch.Tensor:
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+        return mu + std * eps
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.fc3(z))
+
+    def forward(self, x: torch.Tensor, generator=None):
+        """Return (reconstruction, mu, logvar) like the seed's model(x)."""
+        mu, logvar = self.encode(x)
+        z = self.reparameterize(mu, logvar, generator)
+        return self.decode(z), mu, logvar
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic reconstruction from the posterior mean (no sampling)."""
+        mu, _ = self.encode(x)
+        return self.decode(mu)

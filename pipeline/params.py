@@ -1,0 +1,106 @@
+"""Reading and checking params.yaml: every bad value is one clear line naming the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import UserError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+KL_MODES = ("elbo", "seed_mean")
+
+
+def _positive_int(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _non_negative_int(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _positive_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+def _non_negative_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+
+
+def _str(v):
+    return isinstance(v, str) and v.strip() != ""
+
+
+def _str_list(v):
+    return isinstance(v, list) and all(_str(x) for x in v)
+
+
+# key -> (check, what a good value looks like)
+SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.source": (_str, "'synthetic' or a folder path with one sub-folder per label"),
+    "data.per_class": (_positive_int, "a positive integer"),
+    "data.seed": (_int, "an integer"),
+    "data.labels": (_str_list, "a list of label names, e.g. [happy, angry], or [] for all"),
+    "split.test_per_class": (_positive_int, "a positive integer"),
+    "split.seed": (_int, "an integer"),
+    "preprocess.size": (lambda v: _positive_int(v) and v >= 16, "an integer >= 16 (the model is built for 128)"),
+    "train.latent_dim": (_positive_int, "a positive integer, e.g. 20, 30 or 50"),
+    "train.epochs": (_positive_int, "a positive integer"),
+    "train.batch_size": (_positive_int, "a positive integer"),
+    "train.lr": (_positive_number, "a positive number, e.g. 0.001"),
+    "train.seed": (_int, "an integer"),
+    "train.device": (lambda v: v in DEVICES, " | ".join(DEVICES)),
+    "train.beta": (_non_negative_number, "a number >= 0"),
+    "train.kl": (lambda v: v in KL_MODES, " | ".join(KL_MODES)),
+    "reconstruct.per_class": (_positive_int, "a positive integer"),
+    "tsne.perplexity": (_positive_number, "a positive number smaller than the number of images"),
+    "tsne.seed": (_int, "an integer"),
+    "tsne.knn_k": (_positive_int, "a positive integer"),
+    "mlflow.experiment": (_str, "an experiment name"),
+}
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 1}} -> {'train.lr': 1}"""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def load(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Load params.yaml as a flat {'section.key': value} dict and check every known key."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found; run from the project root (where params.yaml lives)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected sections like 'train:' and 'data:'; see the README's params reference")
+    params = flatten(raw)
+    for key, (check, hint) in SCHEMA.items():
+        if key not in params:
+            raise UserError(f"{path}: missing '{key}'; add it (expected {hint})")
+        if not check(params[key]):
+            raise UserError(f"{path}: {key} = {params[key]!r} is not valid; expected {hint}")
+    return params
+
+
+def section(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """The keys of one section without its prefix: section(p, 'train')['lr']."""
+    prefix = name + "."
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}

@@ -1,0 +1,86 @@
+"""Pictures: reconstruction grids, the t-SNE map and the loss curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .io import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def recon_grid(original: torch.Tensor, recon: torch.Tensor, per_row: int = 10, pad: int = 2) -> np.ndarray:
+    """An H x W x 3 uint8 picture: each row of originals sits above the row of their reconstructions.
+
+    ``original`` and ``recon`` are N x 3 x S x S floats in [0, 1] (or uint8 for ``original``).
+    """
+    if original.dtype == torch.uint8:
+        original = original.float() / 255.0
+    n, _, s, _ = original.shape
+    cols = min(per_row, n)
+    rows = (n + cols - 1) // cols
+    cell = s + pad
+    canvas = np.full((rows * 2 * cell + pad, cols * cell + pad, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        for k, img in enumerate((original[i], recon[i])):
+            arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+            y, x = pad + (2 * r + k) * cell, pad + c * cell
+            canvas[y:y + s, x:x + s] = arr
+    return canvas
+
+
+def save_recon_grid(original, recon, path, per_row: int = 10) -> None:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(recon_grid(original, recon, per_row)).save(tmp, format="PNG")
+
+
+def save_tsne_plot(coords: np.ndarray, labels, splits, path, title: str = "") -> None:
+    plt = _pyplot()
+    labels = np.asarray(labels)
+    splits = np.asarray(splits)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5), dpi=120)
+    colours = plt.get_cmap("tab10")
+    for i, label in enumerate(sorted(set(labels))):
+        for split, marker, size, edge in (("train", "o", 22, "none"), ("test", "*", 140, "black")):
+            m = (labels == label) & (splits == split)
+            if m.any():
+                ax.scatter(coords[m, 0], coords[m, 1], s=size, marker=marker, color=colours(i % 10),
+                           edgecolors=edge, linewidths=0.6, alpha=0.85, label=f"{label} ({split})")
+    ax.set_xlabel("t-SNE 1")
+    ax.set_ylabel("t-SNE 2")
+    ax.set_title(title or "t-SNE of the latent means")
+    ax.legend(loc="best", fontsize=8, frameon=True)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def save_loss_plot(history: list[dict], path) -> None:
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
+    ax[0].plot(epochs, [r["recon"] for r in history], label="recon (sum sq. error / image)")
+    ax[0].plot(epochs, [r["neg_elbo"] for r in history], label="-ELBO / image", linestyle="--")
+    ax[0].set_xlabel("epoch")
+    ax[0].legend(fontsize=8)
+    ax[1].plot(epochs, [r["kl"] for r in history], color="tab:red", label="KL / image")
+    ax[1].set_xlabel("epoch")
+    ax[1].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -1,0 +1,46 @@
+"""`make run`'s closing words: where the pictures and metrics are, and how to open the MLflow UI."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .tracking import RUN_FILE, tracking_uri
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def summary(root: Path = Path(".")) -> str:
+    train = _load(root / "metrics/train.json")
+    recon = _load(root / "metrics/recon.json")
+    tsne = _load(root / "metrics/tsne.json")
+    run = _load(root / "models" / RUN_FILE)
+    if not train:
+        return "facevae: no results yet; run `make run` (or `dvc repro`)"
+    lines = ["", "facevae: pipeline finished."]
+    lines.append(f"  trained    {train.get('epochs')} epochs, loss {train.get('loss', float('nan')):.1f} per image "
+                 f"(recon {train.get('recon', float('nan')):.1f}, KL {train.get('kl', float('nan')):.1f})   "
+                 f"metrics/train.json, metrics/train_history.csv")
+    for split in ("train", "test"):
+        m = recon.get(split)
+        if m:
+            lines.append(f"  {split:<10} PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}   reports/recon_{split}.png")
+    if tsne:
+        lines.append(f"  latents    silhouette {tsne.get('silhouette', float('nan')):.3f}, kNN accuracy "
+                     f"{tsne.get('knn_accuracy', float('nan')):.2f}   reports/tsne.png, data/latents/latents.csv")
+    if run:
+        lines.append(f"  MLflow     run '{run.get('run_name')}' ({run.get('run_id')}) in {tracking_uri()}")
+    lines.append("  next       `make ui` then open http://127.0.0.1:5000 to compare runs; `dvc metrics show`, "
+                 "`dvc plots show`; `dvc exp run -S train.latent_dim=20`")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(summary())
+    sys.exit(0)

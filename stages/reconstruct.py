@@ -1,0 +1,47 @@
+"""DVC stage reconstruct: models/ + data/processed -> reports/recon_train.png, reports/recon_test.png
+(originals in a row above their reconstructions) and metrics/recon.json (MSE, PSNR, SSIM per split)."""
+
+import _path  # noqa: F401
+
+import torch
+
+from pipeline.cli import stage_main
+from pipeline.evaluate import image_metrics, reconstruct
+from pipeline.io import write_json
+from pipeline.plots import save_recon_grid
+from pipeline.preprocess import load_dataset, subset
+from pipeline.tracking import log_stage
+from pipeline.train import load_model, resolve_device
+
+
+def grid_indices(ds, per_class):
+    """The first ``per_class`` images of every label (by id), label after label."""
+    idx = []
+    for c in range(len(ds["classes"])):
+        idx += (ds["labels"] == c).nonzero().flatten().tolist()[:per_class]
+    return idx
+
+
+def run(params):
+    model = load_model("models", resolve_device("auto"))
+    ds_all = load_dataset("data/processed/dataset.pt")
+    metrics, files = {}, []
+    for split in ("train", "test"):
+        ds = subset(ds_all, split)
+        recon = reconstruct(model, ds["images"])
+        metrics[split] = image_metrics(ds["images"].float() / 255.0, recon)
+        idx = grid_indices(ds, params["reconstruct.per_class"])
+        path = f"reports/recon_{split}.png"
+        save_recon_grid(ds["images"][idx], recon[idx], path, per_row=10)
+        files.append(path)
+    write_json("metrics/recon.json", metrics)
+    flat = {f"{s}_{k}": v for s, m in metrics.items() for k, v in m.items() if k != "n"}
+    log_stage("models", "reconstruct", {"reconstruct.per_class": params["reconstruct.per_class"]}, flat,
+              files + ["metrics/recon.json"])
+    print("reconstruct: " + "; ".join(f"{s} PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}, MSE {m['mse']:.5f} "
+                                      f"({m['n']} images)" for s, m in metrics.items()))
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    stage_main(run)

@@ -1,0 +1,35 @@
+"""DVC stage tsne: data/latents -> reports/tsne.png, reports/tsne_coords.csv and metrics/tsne.json
+(silhouette of the labels in latent space, kNN accuracy of test latents from train latents)."""
+
+import _path  # noqa: F401
+
+import pandas as pd
+
+from pipeline.cli import stage_main
+from pipeline.embed import cluster_metrics, mu_matrix, tsne_coords
+from pipeline.io import write_json, write_text
+from pipeline.params import section
+from pipeline.plots import save_tsne_plot
+from pipeline.tracking import log_stage
+
+
+def run(params):
+    p = section(params, "tsne")
+    frame = pd.read_csv("data/latents/latents.csv")
+    coords = tsne_coords(mu_matrix(frame), p["perplexity"], p["seed"])
+    out = frame[["id", "label", "split"]].assign(x=coords[:, 0], y=coords[:, 1])
+    write_text("reports/tsne_coords.csv", out.to_csv(index=False, float_format="%.6g"))
+    metrics = {**cluster_metrics(frame, p["knn_k"]), "perplexity": p["perplexity"]}
+    write_json("metrics/tsne.json", metrics)
+    dim = sum(c.startswith("mu_") for c in frame.columns)
+    save_tsne_plot(coords, out["label"], out["split"], "reports/tsne.png",
+                   title=f"t-SNE of {dim}-d latent means (perplexity {p['perplexity']})")
+    log_stage("models", "tsne", {f"tsne.{k}": v for k, v in p.items()},
+              {k: metrics[k] for k in ("silhouette", "knn_accuracy") if k in metrics},
+              ["reports/tsne.png", "reports/tsne_coords.csv", "metrics/tsne.json"])
+    print(f"tsne: silhouette {metrics['silhouette']:.3f}, kNN accuracy {metrics.get('knn_accuracy', float('nan')):.3f} "
+          f"({metrics['n_test']} test images)")
+
+
+if __name__ == "__main__":
+    stage_main(run)

@@ -1,0 +1,72 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.embed import cluster_metrics, mu_matrix, tsne_coords
+from pipeline.errors import UserError
+from pipeline.evaluate import image_metrics, ssim_per_image
+from pipeline.plots import recon_grid
+
+
+def test_psnr_and_mse_of_a_known_error():
+    a = torch.zeros(2, 3, 16, 16)
+    b = torch.full((2, 3, 16, 16), 0.1)
+    m = image_metrics(a, b)
+    assert m["mse"] == pytest.approx(0.01)
+    assert m["psnr"] == pytest.approx(20.0)
+    assert m["n"] == 2
+
+
+def test_ssim_is_one_for_identical_images_and_drops_with_noise():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, 32, 32, generator=g)
+    assert ssim_per_image(a, a).tolist() == pytest.approx([1.0, 1.0])
+    slightly = (a + 0.05 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+    very = (a + 0.3 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+    s1, s2 = ssim_per_image(a, slightly).mean(), ssim_per_image(a, very).mean()
+    assert 1.0 > s1 > s2
+
+
+def _frame(separation, n=20, d=5, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.array(["a"] * n + ["b"] * n)
+    mu = rng.normal(size=(2 * n, d))
+    mu[n:] += separation
+    split = np.array((["train"] * (n - 4) + ["test"] * 4) * 2)
+    df = pd.DataFrame({"id": [f"x{i}" for i in range(2 * n)], "label": labels, "split": split})
+    return pd.concat([df, pd.DataFrame(mu, columns=[f"mu_{j}" for j in range(d)])], axis=1)
+
+
+def test_cluster_metrics_separated_vs_mixed():
+    sep = cluster_metrics(_frame(10.0), knn_k=3)
+    mixed = cluster_metrics(_frame(0.0), knn_k=3)
+    assert sep["knn_accuracy"] == 1.0 and sep["silhouette"] > 0.7
+    assert mixed["silhouette"] < 0.1
+    assert sep["n_test"] == 8 and sep["n_images"] == 40
+
+
+def test_tsne_shape_and_determinism():
+    x = mu_matrix(_frame(3.0))
+    c1 = tsne_coords(x, perplexity=5, seed=0)
+    c2 = tsne_coords(x, perplexity=5, seed=0)
+    assert c1.shape == (40, 2)
+    np.testing.assert_allclose(c1, c2)
+
+
+def test_perplexity_too_large_is_one_clear_error():
+    with pytest.raises(UserError, match="tsne.perplexity = 50 must be smaller than the number of images"):
+        tsne_coords(mu_matrix(_frame(1.0)), perplexity=50, seed=0)
+
+
+def test_recon_grid_puts_originals_above_reconstructions():
+    orig = torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
+    recon = torch.ones(3, 3, 8, 8)
+    grid = recon_grid(orig, recon, per_row=2, pad=1)
+    # 2 row pairs x 2 columns of 8 x 8 cells with 1-pixel padding
+    assert grid.shape == (2 * 2 * 9 + 1, 2 * 9 + 1, 3)
+    assert (grid[1:9, 1:9] == 0).all()        # original, first row
+    assert (grid[10:18, 1:9] == 255).all()    # its reconstruction right below
+    assert (grid[19:27, 1:9] == 0).all()      # third original starts the second pair

@@ -1,0 +1,81 @@
+import math
+
+import pytest
+import torch
+
+from pipeline.losses import kl_per_image, recon_per_image, vae_loss
+from pipeline.model import ConvVAE
+
+
+def test_seed_shapes_for_a_batch_of_16():
+    torch.manual_seed(0)
+    model = ConvVAE(latent_dim=64)
+    x = torch.rand(16, 3, 128, 128)
+    h = model.encoder(x)
+    assert h.shape == (16, 1024)
+    assert model.fc1(h).shape == (16, 64) and model.fc2(h).shape == (16, 64)
+    recon, mu, logvar = model(x)
+    assert recon.shape == (16, 3, 128, 128)
+    assert mu.shape == logvar.shape == (16, 64)
+    assert recon.min() >= 0 and recon.max() <= 1  # sigmoid output
+
+
+@pytest.mark.parametrize("d", [20, 30, 50])
+def test_latent_sizes_of_the_homework(d):
+    model = ConvVAE(latent_dim=d)
+    recon, mu, _ = model(torch.rand(2, 3, 128, 128))
+    assert mu.shape == (2, d) and recon.shape == (2, 3, 128, 128)
+
+
+def test_other_power_of_two_sizes_keep_h_at_1024():
+    model = ConvVAE(latent_dim=8, image_size=32)
+    assert model.encoder(torch.rand(3, 3, 32, 32)).shape == (3, 1024)
+    assert model(torch.rand(3, 3, 32, 32))[0].shape == (3, 3, 32, 32)
+    with pytest.raises(ValueError):
+        ConvVAE(image_size=100)
+
+
+def test_reconstruct_is_deterministic():
+    model = ConvVAE(latent_dim=4, image_size=32).eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(model.reconstruct(x), model.reconstruct(x))
+
+
+# hand-computed loss values -------------------------------------------------------------------------------
+# two images of 3 x 2 x 2 = 12 values; latent dim 2
+X = torch.zeros(2, 3, 2, 2)
+R = torch.stack([torch.full((3, 2, 2), 0.5), torch.full((3, 2, 2), 0.1)])
+# image 1: 12 * 0.25 = 3.0; image 2: 12 * 0.01 = 0.12
+MU = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+LOGVAR = torch.tensor([[0.0, 0.0], [math.log(2.0), 0.0]])
+# KL_1 = -0.5 * [(1 + 0 - 1 - 1) + (1 + 0 - 0 - 1)] = 0.5
+# KL_2 = -0.5 * [(1 + ln2 - 0 - 2) + (1 + 0 - 4 - 1)] = -0.5 * (ln2 - 5) = 2.5 - ln2 / 2
+KL2 = 2.5 - math.log(2.0) / 2
+
+
+def test_per_image_terms():
+    assert recon_per_image(R, X).tolist() == pytest.approx([3.0, 0.12])
+    assert kl_per_image(MU, LOGVAR).tolist() == pytest.approx([0.5, KL2])
+
+
+def test_elbo_loss_is_mean_over_images_of_recon_plus_beta_kl():
+    out = vae_loss(R, X, MU, LOGVAR, beta=1.0, kl="elbo")
+    assert out["loss"].item() == pytest.approx(((3.0 + 0.5) + (0.12 + KL2)) / 2)
+    assert out["recon"].item() == pytest.approx((3.0 + 0.12) / 2)
+    assert out["kl"].item() == pytest.approx((0.5 + KL2) / 2)
+    beta4 = vae_loss(R, X, MU, LOGVAR, beta=4.0, kl="elbo")["loss"].item()
+    assert beta4 == pytest.approx(((3.0 + 4 * 0.5) + (0.12 + 4 * KL2)) / 2)
+
+
+def test_seed_mean_matches_the_notebook():
+    out = vae_loss(R, X, MU, LOGVAR, beta=1.0, kl="seed_mean")
+    # MSE summed over the whole batch + -0.5 * mean over batch and latent dims = (KL_1 + KL_2) / 4
+    assert out["loss"].item() == pytest.approx(3.12 + (0.5 + KL2) / 4)
+    notebook = torch.nn.functional.mse_loss(R, X, reduction="sum") + \
+        -0.5 * torch.mean(1 + LOGVAR - MU.pow(2) - LOGVAR.exp())
+    assert out["loss"].item() == pytest.approx(notebook.item())
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError):
+        vae_loss(R, X, MU, LOGVAR, kl="mean")

@@ -1,0 +1,195 @@
+"""The real `dvc repro` on tiny params in a copy of the repo, with a real MLflow store."""
+
+import hashlib
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from helpers import TINY, copy_repo, dvc, git_init, ran_stages, run, set_params
+
+STAGES = ["ingest", "preprocess", "train", "reconstruct", "latents", "tsne"]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    proj = copy_repo(tmp_path_factory.mktemp("facevae"))
+    set_params(proj, TINY)
+    git_init(proj)
+    result = dvc(proj, "repro")
+    return proj, result
+
+
+@pytest.fixture(scope="module")
+def mlflow_client(project):
+    from mlflow.tracking import MlflowClient
+
+    proj, _ = project
+    return MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlflow.db'}")
+
+
+def _json(path):
+    return json.loads(path.read_text())
+
+
+def test_every_stage_ran(project):
+    _, result = project
+    assert ran_stages(result.stdout) == STAGES
+
+
+def test_ingest_and_preprocess_outputs(project):
+    proj, _ = project
+    manifest = pd.read_csv(proj / "data/raw/manifest.csv")
+    assert list(manifest.columns) == ["relpath", "label", "sha256", "width", "height", "source"]
+    assert manifest["label"].value_counts().to_dict() == {"happy": 6, "angry": 6}
+    assert (proj / "data/raw/happy/happy_0000.png").exists()
+    assert pd.read_csv(proj / "data/raw/rejected.csv").empty
+    ds = torch.load(proj / "data/processed/dataset.pt", weights_only=True)
+    assert ds["images"].shape == (12, 3, 128, 128) and ds["images"].dtype == torch.uint8
+    assert int(ds["is_test"].sum()) == 4
+    split = pd.read_csv(proj / "data/processed/split.csv")
+    assert split.groupby(["label", "split"]).size().to_dict() == {
+        ("angry", "test"): 2, ("angry", "train"): 4, ("happy", "test"): 2, ("happy", "train"): 4}
+
+
+def test_train_outputs(project):
+    proj, _ = project
+    m = _json(proj / "metrics/train.json")
+    assert m["epochs"] == 2
+    for k in ("loss", "recon", "kl", "neg_elbo"):
+        assert math.isfinite(m[k])
+    assert m["recon"] > 0 and m["kl"] >= 0
+    hist = pd.read_csv(proj / "metrics/train_history.csv")
+    assert hist["epoch"].tolist() == [1, 2]
+    assert {"loss", "recon", "kl", "neg_elbo"} <= set(hist.columns)
+    cfg = _json(proj / "models/config.json")
+    assert cfg["latent_dim"] == 8 and cfg["epochs"] == 2
+    state = torch.load(proj / "models/vae.pt", weights_only=True)
+    assert state["fc1.weight"].shape == (8, 1024)
+
+
+def test_reconstruct_outputs(project):
+    proj, _ = project
+    for split in ("train", "test"):
+        # 2 per class x 2 labels = 4 images in one pair of rows: 4 x (128 + 2) + 2 by 2 x (128 + 2) + 2
+        assert Image.open(proj / f"reports/recon_{split}.png").size == (522, 262)
+    m = _json(proj / "metrics/recon.json")
+    assert set(m) == {"train", "test"}
+    assert m["test"]["n"] == 4 and m["train"]["n"] == 8
+    for s in m.values():
+        assert 0 < s["mse"] < 1 and 0 < s["psnr"] < 60 and -1 <= s["ssim"] <= 1
+        assert s["psnr"] == pytest.approx(10 * math.log10(1 / s["mse"]), abs=2.0)
+
+
+def test_latents_and_tsne_outputs(project):
+    proj, _ = project
+    lat = pd.read_csv(proj / "data/latents/latents.csv")
+    assert len(lat) == 12
+    assert list(lat.columns[:3]) == ["id", "label", "split"]
+    assert [c for c in lat.columns if c.startswith("mu_")] == [f"mu_{i}" for i in range(8)]
+    assert [c for c in lat.columns if c.startswith("logvar_")] == [f"logvar_{i}" for i in range(8)]
+    assert lat["split"].value_counts().to_dict() == {"train": 8, "test": 4}
+    coords = pd.read_csv(proj / "reports/tsne_coords.csv")
+    assert len(coords) == 12 and {"x", "y", "label", "split"} <= set(coords.columns)
+    assert Image.open(proj / "reports/tsne.png").size[0] > 300
+    m = _json(proj / "metrics/tsne.json")
+    assert -1 <= m["silhouette"] <= 1 and 0 <= m["knn_accuracy"] <= 1 and m["perplexity"] == 3
+
+
+def test_mlflow_run_holds_params_history_and_artifacts(project, mlflow_client):
+    proj, _ = project
+    info = _json(proj / "models/mlflow_run.json")
+    run = mlflow_client.get_run(info["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "z8-e2"
+    p = run.data.params
+    assert p["train.latent_dim"] == "8" and p["train.epochs"] == "2" and p["tsne.perplexity"] == "3"
+    assert p["data.source"] == "synthetic" and p["mlflow.experiment"] == "facevae"
+    head = run_cmd_stdout(["git", "rev-parse", "HEAD"], proj)
+    assert run.data.tags["git_commit"] == head
+    assert run.data.tags["data_hash"] == hashlib.sha256((proj / "data/processed/dataset.pt").read_bytes()).hexdigest()
+    for key in ("loss", "recon", "kl", "neg_elbo"):
+        hist = mlflow_client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in hist) == [1, 2]
+    train_json = _json(proj / "metrics/train.json")
+    assert run.data.metrics["loss"] == pytest.approx(train_json["loss"])
+    assert {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "model")} >= {"model/vae.pt", "model/config.json"}
+    # downstream metrics reach the model's run
+    recon = _json(proj / "metrics/recon.json")
+    assert run.data.metrics["test_psnr"] == pytest.approx(recon["test"]["psnr"])
+    assert "knn_accuracy" in run.data.metrics and "silhouette" in run.data.metrics
+
+
+def test_downstream_stages_are_child_runs_with_artifacts(project, mlflow_client):
+    proj, _ = project
+    parent = _json(proj / "models/mlflow_run.json")["run_id"]
+    exp = mlflow_client.get_experiment_by_name("facevae")
+    children = mlflow_client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    by_stage = {r.data.tags["facevae.stage"]: r for r in children}
+    assert set(by_stage) >= {"reconstruct", "latents", "tsne"}
+    arts = lambda r, d: {a.path for a in mlflow_client.list_artifacts(r.info.run_id, d)}  # noqa: E731
+    assert {"reconstruct/recon_train.png", "reconstruct/recon_test.png"} <= arts(by_stage["reconstruct"], "reconstruct")
+    assert "latents/latents.csv" in arts(by_stage["latents"], "latents")
+    assert "tsne/tsne.png" in arts(by_stage["tsne"], "tsne")
+    assert by_stage["tsne"].data.params["tsne.perplexity"] == "3"
+
+
+def run_cmd_stdout(cmd, cwd):
+    return run(cmd, cwd).stdout.strip()
+
+
+def test_dvc_commands_work_and_second_repro_runs_nothing(project):
+    proj, _ = project
+    again = dvc(proj, "repro")
+    assert ran_stages(again.stdout) == []
+    assert "up to date" in again.stdout
+    metrics = json.loads(dvc(proj, "metrics", "show", "--json").stdout)
+    flat = json.dumps(metrics)
+    assert "knn_accuracy" in flat and "psnr" in flat and "neg_elbo" in flat
+    dvc(proj, "plots", "show", "-o", str(proj / "dvc_plots"))
+    assert (proj / "dvc_plots/index.html").exists()
+    dvc(proj, "exp", "show", "--no-pager")
+
+
+def test_each_stage_depends_only_on_its_params(project):
+    proj, _ = project
+    import yaml
+
+    original = (proj / "params.yaml").read_text()
+    try:
+        set_params(proj, {"tsne": {"perplexity": 4}})
+        assert set(json.loads(dvc(proj, "status", "--json").stdout)) == {"tsne"}
+        (proj / "params.yaml").write_text(original)
+        set_params(proj, {"train": {"latent_dim": 9}})
+        assert set(json.loads(dvc(proj, "status", "--json").stdout)) == {"train"}
+        (proj / "params.yaml").write_text(original)
+        set_params(proj, {"split": {"seed": 3}})
+        assert set(json.loads(dvc(proj, "status", "--json").stdout)) == {"preprocess"}
+    finally:
+        (proj / "params.yaml").write_text(original)
+    assert yaml.safe_load(original)["tsne"]["perplexity"] == 3
+
+
+def test_exp_run_with_new_perplexity_reruns_only_tsne_and_keeps_history(project, mlflow_client):
+    proj, _ = project
+    parent = _json(proj / "models/mlflow_run.json")["run_id"]
+    before = _json(proj / "metrics/tsne.json")
+    out = dvc(proj, "exp", "run", "-S", "tsne.perplexity=4")
+    assert ran_stages(out.stdout) == ["tsne"]
+    assert _json(proj / "metrics/tsne.json")["perplexity"] == 4
+    exp = mlflow_client.get_experiment_by_name("facevae")
+    tsne_runs = mlflow_client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}' and tags.`facevae.stage` = 'tsne'")
+    assert sorted(r.data.params["tsne.perplexity"] for r in tsne_runs) == ["3", "4"]
+    # the model's run keeps its params (immutable) and every downstream value in the metric history
+    assert mlflow_client.get_run(parent).data.params["tsne.perplexity"] == "3"
+    history = mlflow_client.get_metric_history(parent, "knn_accuracy")
+    assert len(history) == 2
+    assert history[0].value == pytest.approx(before["knn_accuracy"])
+    # exactly one model run: rerunning tsne trained nothing
+    models = mlflow_client.search_runs([exp.experiment_id], "tags.`facevae.kind` = 'model'")
+    assert len(models) == 1

@@ -1,0 +1,97 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.errors import UserError
+from pipeline.preprocess import build_dataset, load_image, stratified_split, subset
+from pipeline.ingest import ingest
+
+
+def _png(img):
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_odd_size_is_centre_cropped_then_resized():
+    # 300 x 200: red 50-pixel bands left and right, a green 200 x 200 centre
+    arr = np.zeros((200, 300, 3), np.uint8)
+    arr[:, :50] = (255, 0, 0)
+    arr[:, 250:] = (255, 0, 0)
+    arr[:, 50:250] = (0, 255, 0)
+    out = load_image(_png(Image.fromarray(arr)), 128)
+    assert out.shape == (128, 128, 3) and out.dtype == np.uint8
+    assert out[..., 0].max() <= 2 and out[..., 1].min() >= 253
+
+
+def test_tall_and_tiny_images_work():
+    assert load_image(_png(Image.new("RGB", (37, 301), (10, 20, 30))), 128).shape == (128, 128, 3)
+    assert load_image(_png(Image.new("RGB", (5, 7), (10, 20, 30))), 16).shape == (16, 16, 3)
+
+
+def test_exif_orientation_is_applied():
+    # stored landscape with a red top row; orientation 6 means "rotate 90 degrees clockwise to view"
+    arr = np.zeros((100, 200, 3), np.uint8)
+    arr[:20] = (255, 0, 0)
+    img = Image.fromarray(arr)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes(), quality=95)
+    out = load_image(buf.getvalue(), 64)
+    # after rotating clockwise the red band is on the right side; the centre crop keeps part of it
+    assert out[:, -4:, 0].mean() > 200 and out[:, :4, 0].mean() < 40
+
+
+def test_grayscale_becomes_three_equal_channels():
+    out = load_image(_png(Image.new("L", (64, 64), 77)), 32)
+    assert out.shape == (32, 32, 3)
+    assert (out == 77).all()
+
+
+def test_transparency_is_composited_on_white():
+    img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    out = load_image(_png(img), 16)
+    assert (out == 255).all()
+
+
+def test_sixteen_bit_grayscale():
+    arr = np.full((40, 40), 65535, np.uint16)
+    img = Image.fromarray(arr)
+    assert img.mode.startswith("I")
+    out = load_image(_png(img), 16)
+    assert (out == 255).all()
+
+
+def test_split_is_stratified_and_deterministic():
+    ids = [f"{lab}/{i}" for lab in ("a", "b") for i in range(12)]
+    labels = [i.split("/")[0] for i in ids]
+    s1 = stratified_split(ids, labels, 3, seed=5)
+    s2 = stratified_split(list(reversed(ids)), list(reversed(labels)), 3, seed=5)
+    assert sum(s1) == 6
+    assert sum(t for t, lab in zip(s1, labels) if lab == "a") == 3
+    # same images held out whatever the input order
+    assert {i for i, t in zip(ids, s1) if t} == {i for i, t in zip(reversed(ids), s2) if t}
+    assert s1 != stratified_split(ids, labels, 3, seed=6)
+
+
+def test_too_few_images_in_a_class_is_one_clear_error():
+    ids = ["a/1", "a/2", "b/1", "b/2", "b/3", "b/4"]
+    labels = [i[0] for i in ids]
+    with pytest.raises(UserError, match=r"label 'a' has 2 images but split.test_per_class is 2"):
+        stratified_split(ids, labels, 2, seed=0)
+
+
+def test_build_dataset_from_ingested_synthetic(tmp_path):
+    ingest("synthetic", tmp_path / "raw", per_class=4, seed=0)
+    ds = build_dataset(tmp_path / "raw", 64, test_per_class=1, seed=0)
+    assert ds["images"].shape == (8, 3, 64, 64) and ds["images"].dtype == torch.uint8
+    assert ds["classes"] == ["angry", "happy"]
+    assert ds["labels"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert int(ds["is_test"].sum()) == 2
+    test = subset(ds, "test")
+    assert sorted(test["labels"].tolist()) == [0, 1]
+    assert len(subset(ds, "train")["ids"]) == 6

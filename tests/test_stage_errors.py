@@ -1,0 +1,96 @@
+"""Bad input from a user ends in one clear line and a non-zero exit, never a traceback."""
+
+import pytest
+
+from helpers import ROOT, run, set_params
+from pipeline.errors import UserError
+from pipeline.ingest import ingest
+from pipeline.params import load
+
+
+def _stage(project, name):
+    return run(["python", str(ROOT / "stages" / f"{name}.py")], project, check=False)
+
+
+def _one_line_error(p, *fragments):
+    assert p.returncode == 2, p.stderr
+    lines = [line for line in p.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in p.stderr
+    for f in fragments:
+        assert f in lines[0]
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    return tmp_path
+
+
+def test_bad_param_value_names_the_key(project):
+    set_params(project, {"train": {"latent_dim": -3}})
+    _one_line_error(_stage(project, "train"), "train.latent_dim = -3", "positive integer")
+
+
+def test_missing_photo_folder(project):
+    set_params(project, {"data": {"source": "no/such/photos"}})
+    _one_line_error(_stage(project, "ingest"), "no/such/photos", "not found")
+    assert not (project / "data" / "raw").exists()
+
+
+def test_too_few_images_for_the_split(project):
+    set_params(project, {"data": {"per_class": 3}, "split": {"test_per_class": 3}})
+    assert _stage(project, "ingest").returncode == 0
+    _one_line_error(_stage(project, "preprocess"), "has 3 images but split.test_per_class is 3")
+    assert not (project / "data" / "processed").exists()
+
+
+def test_train_before_preprocess(project):
+    _one_line_error(_stage(project, "train"), "data/processed/dataset.pt not found")
+
+
+def test_params_file_checks(tmp_path):
+    (tmp_path / "params.yaml").write_text("train: [1, 2\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace("kl: elbo", "kl: mean"))
+    with pytest.raises(UserError, match=r"train.kl = 'mean' is not valid; expected elbo \| seed_mean"):
+        load(tmp_path / "params.yaml")
+
+
+def _photo(path, size, mode="RGB", fmt="JPEG"):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, 128).save(path, format=fmt)
+
+
+def test_folder_source_with_ordinary_photos(tmp_path):
+    src = tmp_path / "photos"
+    for i in range(3):
+        _photo(src / "happy" / f"IMG {i}.JPG", (640, 480))
+        _photo(src / "angry" / "nested" / f"a{i}.png", (300, 500), fmt="PNG")
+    (src / "happy" / "notes.txt").write_text("not an image")
+    (src / "angry" / "broken.jpg").write_bytes(b"this is text, not a JPEG")
+    before = sorted((p, p.stat().st_mtime_ns) for p in src.rglob("*"))
+    result = ingest(str(src), tmp_path / "raw")
+    assert result.counts() == {"angry": 3, "happy": 3}
+    assert result.ignored == 1
+    assert [r["reason"] for r in result.rejected] == ["not a readable image"]
+    assert (tmp_path / "raw" / "angry" / "nested__a0.png").exists()
+    assert (tmp_path / "raw" / "happy" / "IMG 0.jpg").read_bytes() == (src / "happy" / "IMG 0.JPG").read_bytes()
+    assert sorted((p, p.stat().st_mtime_ns) for p in src.rglob("*")) == before  # source untouched
+    assert "rejected 1 (1 not a readable image)" in result.summary()
+
+
+def test_folder_source_with_one_label_is_refused(tmp_path):
+    _photo(tmp_path / "photos" / "happy" / "a.jpg", (50, 50))
+    with pytest.raises(UserError, match="only one label"):
+        ingest(str(tmp_path / "photos"), tmp_path / "raw")
+
+
+def test_labels_filter_keeps_a_subset(tmp_path):
+    for lab in ("happy", "angry", "sad"):
+        _photo(tmp_path / "photos" / lab / "a.jpg", (50, 50))
+    result = ingest(str(tmp_path / "photos"), tmp_path / "raw", labels=["happy", "sad"])
+    assert result.counts() == {"happy": 1, "sad": 1}
