@@ -70,3 +70,21 @@ def test_recon_grid_puts_originals_above_reconstructions():
     assert (grid[1:9, 1:9] == 0).all()        # original, first row
     assert (grid[10:18, 1:9] == 255).all()    # its reconstruction right below
     assert (grid[19:27, 1:9] == 0).all()      # third original starts the second pair
+
+
+def test_atomic_write_leaves_nothing_on_failure_and_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from pipeline.io import atomic_path, write_text
+
+    write_text(tmp_path / "a.txt", "hello")
+    umask = os.umask(0)
+    os.umask(umask)
+    # the same mode as open() would give, not mkstemp's 0600
+    assert stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode) == 0o666 & ~umask
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "b.txt") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
