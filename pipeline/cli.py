@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Callable
 
-from .errors import UserError
+from .errors import Stopped, UserError
 from .params import load
 
 
@@ -18,6 +18,9 @@ def stage_main(fn: Callable[[dict], None], params_path: str = "params.yaml") -> 
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        sys.exit(e.code)
     except KeyboardInterrupt:
         print(f"{name}: interrupted; nothing half-written was kept. Rerun `dvc repro` to start over.",
               file=sys.stderr)

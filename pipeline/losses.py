@@ -1,22 +1,38 @@
-"""The VAE loss: reconstruction + beta * KL, in the seed notebook's variant or the correct per-image ELBO.
+"""The VAE loss: a reconstruction term + beta * KL, in the variants the lecture and its follow-ups use.
 
-Definitions, for a batch of B images with D latent dimensions:
+For a batch of B images of P = 3 x H x W pixel values and D latent dimensions, per image:
 
-* ``recon`` per image: squared error summed over all 3 x H x W pixels (the seed's ``reduction='sum'``).
-* ``kl`` per image: KL(N(mu, sigma^2) || N(0, I)) = -0.5 * sum_d (1 + log sigma^2 - mu^2 - sigma^2).
+* ``sse``: squared error summed over the P values (the seed's ``F.mse_loss(..., reduction='sum')``),
+  logged whatever the options so runs stay comparable.
+* ``kl``: KL(N(mu, sigma^2) || N(0, I)) = -0.5 * sum_d (1 + log sigma^2 - mu^2 - sigma^2).
 
-``kl="elbo"`` (default) optimises mean over the batch of (recon + beta * kl): the negative ELBO per image.
-``kl="seed_mean"`` reproduces the notebook: sum over the batch of the squared error plus
-beta * (-0.5 * torch.mean(...)) over batch and latent dims, where the KL weight all but vanishes next
-to the summed MSE.
+Reconstruction term (``recon``), per image:
 
-Whatever the variant, :func:`vae_loss` also returns the per-image terms so runs stay comparable.
+* ``mse`` (default, the seed's): sse.
+* ``bce``: Bernoulli negative log-likelihood summed over the P values.
+* ``gaussian``: a calibrated Gaussian decoder (the "optimal sigma-VAE" of Rybkin et al., 2021): the
+  Gaussian negative log-likelihood with the variance set to its analytic optimum, the batch's mean squared
+  error, sigma^2 = sse_batch / (B * P). This balances reconstruction and KL without tuning beta.
+
+KL term (``kl_mode``):
+
+* ``elbo`` (default): minimise the batch mean of recon + beta * kl: the per-image negative ELBO.
+* ``seed_mean``: the notebook's loss, the recon term summed over the batch plus
+  beta * -0.5 * torch.mean(1 + log sigma^2 - mu^2 - sigma^2) over batch and latent dims.
+
+``neg_elbo`` = recon + kl per image (beta 1, no warm-up) is returned for every variant.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+RECON_MODES = ("mse", "bce", "gaussian")
+KL_MODES = ("elbo", "seed_mean")
+LOG_2PI = math.log(2 * math.pi)
 
 
 def kl_per_image(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -29,19 +45,31 @@ def recon_per_image(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(recon, x, reduction="none").flatten(1).sum(dim=1)
 
 
-def vae_loss(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-             beta: float = 1.0, kl: str = "elbo") -> dict[str, torch.Tensor]:
-    """Return {'loss': the objective to minimise, 'recon': mean per-image recon, 'kl': mean per-image KL}.
+def recon_term(recon: torch.Tensor, x: torch.Tensor, mode: str = "mse") -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (recon term per image [B], sse per image [B]) for ``mode``."""
+    sse = recon_per_image(recon, x)
+    if mode == "mse":
+        return sse, sse
+    if mode == "bce":
+        # the decoder ends in a sigmoid; clamp like F.binary_cross_entropy does (log clamped at -100)
+        return F.binary_cross_entropy(recon, x, reduction="none").flatten(1).sum(dim=1), sse
+    if mode == "gaussian":
+        p = x[0].numel()
+        var = (sse.sum() / (sse.numel() * p)).clamp_min(1e-6)  # the optimal sigma^2 for this batch
+        return 0.5 * sse / var + 0.5 * p * (torch.log(var) + LOG_2PI), sse
+    raise ValueError(f"unknown reconstruction loss {mode!r}; expected one of {RECON_MODES}")
 
-    ``loss`` carries gradients; ``recon`` and ``kl`` are per-image means (also differentiable).
-    """
-    rec = recon_per_image(recon.float(), x.float())
-    kld = kl_per_image(mu.float(), logvar.float())
+
+def vae_loss(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+             beta: float = 1.0, kl: str = "elbo", recon_mode: str = "mse") -> dict[str, torch.Tensor]:
+    """Return {'loss': the objective to minimise, and per-image means of 'recon', 'kl', 'sse'}."""
+    recon, x, mu, logvar = recon.float(), x.float(), mu.float(), logvar.float()
+    rec, sse = recon_term(recon, x, recon_mode)
+    kld = kl_per_image(mu, logvar)
     if kl == "elbo":
         loss = (rec + beta * kld).mean()
     elif kl == "seed_mean":
-        # the notebook: MSE(reduction='sum') + -0.5 * torch.mean(1 + logvar - mu^2 - exp(logvar))
-        loss = rec.sum() + beta * (-0.5 * torch.mean(1 + logvar.float() - mu.float().pow(2) - logvar.float().exp()))
+        loss = rec.sum() + beta * (-0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp()))
     else:
-        raise ValueError(f"unknown KL variant {kl!r}; expected 'elbo' or 'seed_mean'")
-    return {"loss": loss, "recon": rec.mean(), "kl": kld.mean()}
+        raise ValueError(f"unknown KL variant {kl!r}; expected one of {KL_MODES}")
+    return {"loss": loss, "recon": rec.mean(), "kl": kld.mean(), "sse": sse.mean()}

@@ -8,9 +8,10 @@ from typing import Any, Callable
 import yaml
 
 from .errors import UserError
+from .losses import KL_MODES, RECON_MODES
+from .train import PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-KL_MODES = ("elbo", "seed_mean")
 
 
 def _positive_int(v):
@@ -58,6 +59,12 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.device": (lambda v: v in DEVICES, " | ".join(DEVICES)),
     "train.beta": (_non_negative_number, "a number >= 0"),
     "train.kl": (lambda v: v in KL_MODES, " | ".join(KL_MODES)),
+    "train.recon": (lambda v: v in RECON_MODES, " | ".join(RECON_MODES)),
+    "train.kl_warmup_epochs": (_non_negative_int, "an integer >= 0 (0: no warm-up)"),
+    "train.precision": (lambda v: v in PRECISIONS, " | ".join(PRECISIONS)),
+    "train.compile": (lambda v: isinstance(v, bool), "true or false"),
+    "train.resume": (lambda v: isinstance(v, bool), "true or false"),
+    "train.checkpoint_every": (_non_negative_int, "an integer >= 0 (0: only at the end)"),
     "reconstruct.per_class": (_positive_int, "a positive integer"),
     "tsne.perplexity": (_positive_number, "a positive number smaller than the number of images"),
     "tsne.seed": (_int, "an integer"),

@@ -25,6 +25,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network at run t
 from .io import read_json, write_json  # noqa: E402
 
 RUN_FILE = "mlflow_run.json"
+EPOCH_METRICS = ("loss", "recon", "kl", "neg_elbo", "sse", "beta")
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -88,15 +89,42 @@ def _experiment_id(client, name: str, uri: str, root: Path) -> str:
 class TrainingRun:
     """The MLflow run of one trained model, driven by the train stage."""
 
-    def __init__(self, experiment: str, run_name: str, params: dict, tags: dict, root: Path | None = None):
+    def __init__(self, experiment: str, run_name: str, params: dict, tags: dict, root: Path | None = None,
+                 continue_run_id: str | None = None):
+        """Open a new run, or reopen ``continue_run_id`` (a resumed training) if this store has it.
+
+        A reopened run keeps its params (MLflow params are immutable); params whose value changed
+        (train.epochs when training is extended) are recorded as tags ``resumed.<key>``."""
         self.root = root or project_root()
         self.uri = tracking_uri(self.root)
         self.client = _client(self.uri)
+        self.run_name = run_name
+        self.resumed = False
+        if continue_run_id:
+            try:
+                run = self.client.get_run(continue_run_id)
+                self.resumed = True
+            except Exception:  # not in this store: start a new run
+                pass
+        if self.resumed:
+            self.run_id = run.info.run_id
+            self.experiment_id = run.info.experiment_id
+            self.client.update_run(self.run_id, status="RUNNING", name=run_name)
+            old = run.data.params
+            new = {k: _param_str(v) for k, v in params.items()}
+            missing = {k: v for k, v in new.items() if k not in old}
+            changed = {f"resumed.{k}": v for k, v in new.items() if k in old and old[k] != v}
+            for k, v in {**tags, **changed}.items():
+                self.client.set_tag(self.run_id, k, v)
+            self._log_params(missing)
+            return
         self.experiment_id = _experiment_id(self.client, experiment, self.uri, self.root)
         run = self.client.create_run(self.experiment_id, run_name=run_name,
                                      tags={**tags, "facevae.kind": "model"})
         self.run_id = run.info.run_id
-        self.run_name = run_name
+        self._log_params(params)
+
+    def _log_params(self, params: dict) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, _param_str(v)) for k, v in sorted(params.items())]
@@ -109,7 +137,7 @@ class TrainingRun:
 
         ts = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(row[k]), ts, epoch)
-                                                    for k in ("loss", "recon", "kl", "neg_elbo") if k in row])
+                                                    for k in EPOCH_METRICS if k in row])
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         _log_metrics(self.client, self.run_id, metrics, step)

@@ -1,12 +1,21 @@
-"""The training loop: torch only (no MLflow, no DVC), so the benchmark and tests run it bare.
+"""The training engine: torch only (no MLflow, no DVC), so the benchmark and the tests run it bare.
 
-The whole dataset sits on the device as uint8 and is shuffled there with a seeded generator: no
-per-epoch decoding and no DataLoader workers. On CPU, the same seed gives the same losses.
+* The whole dataset sits on the device as uint8 and is shuffled there with a seeded generator: no
+  per-epoch decoding, no DataLoader workers.
+* On CPU, the same seed gives the same losses, and training E1 epochs, saving, then continuing to E2
+  gives exactly the losses of E2 epochs straight: the checkpoint holds weights, optimizer state, both
+  random generators, the epoch and the history.
+* Checkpoints are written atomically; a stop request (SIGINT / SIGTERM, see :class:`GracefulStop`) ends
+  training at the next epoch boundary with a checkpoint.
+* Speed switches (``precision``, ``compile``; channels_last and the fused Adam on CUDA) change only the
+  arithmetic, not the algorithm: with them off the loop is the plain fp32 one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,25 +28,36 @@ from .io import atomic_path, write_json
 from .losses import vae_loss
 from .model import ConvVAE
 
-EPOCH_METRICS = ("loss", "recon", "kl", "neg_elbo")
+PRECISIONS = ("auto", "fp32", "bf16")
+CODE_FILES = ("model.py", "losses.py", "train.py")
 
 
 @dataclass
 class TrainConfig:
     latent_dim: int = 32
-    epochs: int = 30
+    epochs: int = 100
     batch_size: int = 16
     lr: float = 1e-3
     seed: int = 0
     device: str = "auto"
     beta: float = 1.0
     kl: str = "elbo"
+    recon: str = "mse"
+    kl_warmup_epochs: int = 0
+    precision: str = "auto"
+    compile: bool = False
     image_size: int = 128
 
     @classmethod
     def from_params(cls, train: dict, image_size: int) -> "TrainConfig":
         fields = cls.__dataclass_fields__
         return cls(image_size=image_size, **{k: v for k, v in train.items() if k in fields})
+
+    def trajectory(self) -> dict:
+        """Everything that shapes the sequence of weights except how many epochs are run."""
+        d = asdict(self)
+        d.pop("epochs")
+        return d
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -53,68 +73,217 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def autocast_dtype(precision: str, device: torch.device):
+    """bf16 autocast where it pays (CUDA) when 'auto'; None means plain fp32."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
 def to_float(batch_uint8: torch.Tensor) -> torch.Tensor:
     return batch_uint8.float().div_(255.0)
 
 
-def train(images: torch.Tensor, cfg: TrainConfig,
-          on_epoch: Callable[[int, dict], None] | None = None, progress: bool = True):
-    """Train a ConvVAE on ``images`` (uint8 N x 3 x S x S). Returns (model, history).
+def code_fingerprint() -> str:
+    """A hash of the training code: a checkpoint from other code is never continued."""
+    h = hashlib.sha256()
+    for name in CODE_FILES:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()[:16]
 
-    ``history`` is a list of per-epoch dicts: epoch (1-based), loss (the optimised objective per image),
-    recon and kl (per image), neg_elbo (recon + kl per image, comparable across variants), seconds.
-    ``on_epoch(epoch, row)`` is called after every epoch (the tracking layer logs to MLflow there).
-    """
-    if images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError("images must be a uint8 tensor N x C x H x W")
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    model = ConvVAE(cfg.latent_dim, cfg.image_size, images.shape[1]).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    data = images.to(device)
-    n = data.shape[0]
-    shuffle_gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
 
-    history: list[dict] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.epochs, desc="train", unit="epoch", dynamic_ncols=True)
-    model.train()
-    for epoch in range(1, cfg.epochs + 1):
+class GracefulStop:
+    """Within the block, SIGINT and SIGTERM ask training to stop at the next epoch boundary (a second
+    signal aborts at once). ``signum`` tells which signal arrived."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handler)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
+
+
+class Trainer:
+    """Holds model, optimizer, data and random state; ``fit`` runs epochs up to a target."""
+
+    def __init__(self, images: torch.Tensor, cfg: TrainConfig, device: torch.device | None = None):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError("images must be a uint8 tensor N x C x H x W")
+        self.cfg = cfg
+        self.device = device or resolve_device(cfg.device)
+        self.amp_dtype = autocast_dtype(cfg.precision, self.device)
+        self.channels_last = self.device.type == "cuda"
+        torch.manual_seed(cfg.seed)
+        self.model = ConvVAE(cfg.latent_dim, cfg.image_size, images.shape[1]).to(self.device)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = self.model.to(memory_format=fmt)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=self.device.type == "cuda" or None)
+        self.data = images.to(self.device).contiguous(memory_format=fmt)
+        self.shuffle_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.meta: dict = {}  # saved with every checkpoint (the stage keeps its MLflow run id there)
+        self._step = self._train_step
+        if cfg.compile:
+            self._step = torch.compile(self._train_step)
+
+    # -- state ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        model = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        return {
+            "model": model,
+            "optimizer": self.opt.state_dict(),
+            "epoch": self.epoch,
+            "history": json.dumps(self.history),
+            "shuffle_rng": self.shuffle_gen.get_state(),
+            "noise_rng": self.noise_gen.get_state(),
+            "config": json.dumps(asdict(self.cfg)),
+            "code": code_fingerprint(),
+            "meta": json.dumps(self.meta),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self.history = json.loads(state["history"])
+        self.shuffle_gen.set_state(state["shuffle_rng"])
+        self.noise_gen.set_state(state["noise_rng"])
+        self.meta = json.loads(state.get("meta", "{}"))
+
+    # -- training ---------------------------------------------------------------------------------------
+    def beta_at(self, epoch: int) -> float:
+        """KL weight of an epoch (1-based): ramps linearly over kl_warmup_epochs, then stays at beta."""
+        w = self.cfg.kl_warmup_epochs
+        return self.cfg.beta * (min(1.0, epoch / w) if w > 0 else 1.0)
+
+    def _train_step(self, x: torch.Tensor, beta: float):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            recon, mu, logvar = self.model(x, generator=self.noise_gen)
+        out = vae_loss(recon, x, mu, logvar, beta=beta, kl=self.cfg.kl, recon_mode=self.cfg.recon)
+        self.opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        self.opt.step()
+        return out
+
+    def train_epoch(self) -> dict:
         t0 = time.perf_counter()
-        order = torch.randperm(n, generator=shuffle_gen).to(device)
-        sums = torch.zeros(3, device=device)  # loss, recon, kl, each summed over images
-        for start in range(0, n, cfg.batch_size):
-            x = to_float(data[order[start:start + cfg.batch_size]])
-            recon, mu, logvar = model(x, generator=noise_gen)
-            out = vae_loss(recon, x, mu, logvar, beta=cfg.beta, kl=cfg.kl)
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            opt.step()
+        self.model.train()
+        epoch = self.epoch + 1
+        beta = self.beta_at(epoch)
+        n, bs = self.data.shape[0], self.cfg.batch_size
+        order = torch.randperm(n, generator=self.shuffle_gen, device=self.device)
+        sums = torch.zeros(4, device=self.device)  # loss, recon, kl, sse; each summed over images
+        for start in range(0, n, bs):
+            x = to_float(self.data[order[start:start + bs]])
+            out = self._step(x, beta)
             b = x.shape[0]
-            per_image_loss = out["loss"] if cfg.kl == "elbo" else out["loss"] / b
-            sums += torch.stack([per_image_loss.detach() * b, out["recon"].detach() * b, out["kl"].detach() * b])
-        loss, recon_v, kl_v = (sums / n).tolist()
-        row = {"epoch": epoch, "loss": loss, "recon": recon_v, "kl": kl_v, "neg_elbo": recon_v + kl_v,
-               "seconds": time.perf_counter() - t0}
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(epoch, row)
-        if bar is not None:
-            bar.set_postfix(loss=f"{loss:.1f}", recon=f"{recon_v:.1f}", kl=f"{kl_v:.1f}")
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    model.eval()
-    return model, history
+            per_image = out["loss"] if self.cfg.kl == "elbo" else out["loss"] / b
+            sums += torch.stack([per_image.detach(), out["recon"].detach(), out["kl"].detach(),
+                                 out["sse"].detach()]) * b
+        loss, recon, kl, sse = (sums / n).tolist()
+        self.epoch = epoch
+        row = {"epoch": epoch, "loss": loss, "recon": recon, "kl": kl, "neg_elbo": recon + kl, "sse": sse,
+               "beta": beta, "seconds": time.perf_counter() - t0}
+        self.history.append(row)
+        return row
+
+    def fit(self, epochs: int | None = None, on_epoch: Callable[[int, dict], None] | None = None,
+            progress: bool = True, checkpoint: str | Path | None = None, checkpoint_every: int = 0,
+            stop: GracefulStop | None = None) -> list[dict]:
+        """Train until ``epochs`` (default cfg.epochs) epochs are done in total; return the history.
+
+        With ``checkpoint``, a checkpoint is written every ``checkpoint_every`` epochs, when a stop is
+        requested, and at the end. Returns early (self.epoch < epochs) if ``stop`` was requested.
+        """
+        target = self.cfg.epochs if epochs is None else epochs
+        bar = None
+        if progress and target > self.epoch:
+            from tqdm import tqdm
+            bar = tqdm(total=target, initial=self.epoch, desc="train", unit="epoch", dynamic_ncols=True)
+        try:
+            while self.epoch < target:
+                row = self.train_epoch()
+                if on_epoch is not None:
+                    on_epoch(row["epoch"], row)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{row['loss']:.1f}", recon=f"{row['recon']:.1f}", kl=f"{row['kl']:.1f}")
+                    bar.update(1)
+                stopping = stop is not None and stop.requested
+                if checkpoint and (stopping or (checkpoint_every and self.epoch % checkpoint_every == 0)):
+                    self.save_checkpoint(checkpoint)
+                if stopping:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        if checkpoint and (stop is None or not stop.requested):
+            self.save_checkpoint(checkpoint)
+        self.model.eval()
+        return self.history
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        state = self.state_dict()
+        state["finished"] = self.epoch >= self.cfg.epochs
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict | None:
+    """The checkpoint at ``path``, or None if there is none or it cannot be read (never half-loaded)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a checkpoint we cannot read is as good as none: start over
+        return None
+
+
+def can_continue(ckpt: dict | None, cfg: TrainConfig, resume: bool) -> bool:
+    """Continue from ``ckpt``? Only with the same trajectory config and code, not past cfg.epochs, and
+    only if it is unfinished (a crash or a stop) or ``resume`` asks to extend a finished run."""
+    if not ckpt:
+        return False
+    saved = TrainConfig(**json.loads(ckpt["config"]))
+    same = saved.trajectory() == cfg.trajectory() and ckpt.get("code") == code_fingerprint()
+    return same and int(ckpt["epoch"]) <= cfg.epochs and (resume or not ckpt.get("finished", False))
+
+
+def train(images: torch.Tensor, cfg: TrainConfig, on_epoch: Callable[[int, dict], None] | None = None,
+          progress: bool = True):
+    """Train a fresh ConvVAE on ``images`` (uint8 N x C x S x S); return (model, history)."""
+    trainer = Trainer(images, cfg)
+    history = trainer.fit(on_epoch=on_epoch, progress=progress)
+    return trainer.model, history
 
 
 def save_model(model: ConvVAE, cfg: TrainConfig, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "vae.pt") as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+        torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
     write_json(out_dir / "config.json", asdict(cfg))
 
 

@@ -1,47 +1,79 @@
-"""DVC stage train: data/processed -> models/ (vae.pt, config.json, mlflow_run.json),
+"""DVC stage train: data/processed -> models/ (vae.pt, config.json, checkpoint.pt, mlflow_run.json),
 metrics/train.json and the per-epoch loss table metrics/train_history.csv (a DVC plot).
-Opens the model's MLflow run and logs loss / recon / kl / neg_elbo at step = epoch."""
+
+Opens the model's MLflow run (or continues it when training resumes) and logs the per-epoch losses at
+step = epoch. models/ is a persistent DVC output, so the checkpoint survives for resuming:
+after a crash or a stop the next run continues from it; with train.resume a finished run is extended
+when train.epochs is raised. Any other change trains from scratch."""
 
 import _path  # noqa: F401
 
+import json
+import signal
 import time
 
 import pandas as pd
 
 from pipeline.cli import stage_main
+from pipeline.errors import Stopped
 from pipeline.io import write_json, write_text
 from pipeline.params import section
 from pipeline.preprocess import load_dataset, subset
 from pipeline.tracking import TrainingRun, file_sha256, git_info, project_root
-from pipeline.train import TrainConfig, resolve_device, save_model, train
+from pipeline.train import (GracefulStop, TrainConfig, Trainer, can_continue, load_checkpoint,
+                            resolve_device, save_model)
 
 DATASET = "data/processed/dataset.pt"
+CHECKPOINT = "models/checkpoint.pt"
 
 
 def run(params):
     cfg = TrainConfig.from_params(section(params, "train"), params["preprocess.size"])
     device = resolve_device(cfg.device)  # a missing GPU is reported before anything is logged
     ds = subset(load_dataset(DATASET), "train")
+    data_hash = file_sha256(DATASET)
+    trainer = Trainer(ds["images"], cfg, device)
+
+    ckpt = load_checkpoint(CHECKPOINT)
+    resume = can_continue(ckpt, cfg, params["train.resume"]) and \
+        json.loads(ckpt.get("meta", "{}")).get("data_hash") == data_hash
+    if resume:
+        trainer.load_state_dict(ckpt)
     root = project_root()
-    tags = {**git_info(root), "data_hash": file_sha256(DATASET), "device": str(device)}
+    tags = {**git_info(root), "data_hash": data_hash, "device": str(device)}
     mlrun = TrainingRun(params["mlflow.experiment"], f"z{cfg.latent_dim}-e{cfg.epochs}",
-                        {**params, "data.n_train": len(ds["ids"])}, tags, root)
-    print(f"train: {len(ds['ids'])} images on {device}, latent_dim {cfg.latent_dim}, {cfg.epochs} epochs, "
-          f"MLflow run {mlrun.run_id} ({mlrun.uri})")
+                        {**params, "data.n_train": len(ds["ids"])}, tags, root,
+                        continue_run_id=trainer.meta.get("mlflow_run_id") if resume else None)
+    trainer.meta = {"mlflow_run_id": mlrun.run_id, "data_hash": data_hash}
+    where = f"resuming at epoch {trainer.epoch}" if resume else "from scratch"
+    print(f"train: {len(ds['ids'])} images on {device}, latent_dim {cfg.latent_dim}, {cfg.epochs} epochs "
+          f"({where}); MLflow run {mlrun.run_id}{' (continued)' if mlrun.resumed else ''} in {mlrun.uri}")
+
     t0 = time.perf_counter()
+    start_epoch = trainer.epoch
     try:
-        model, history = train(ds["images"], cfg, on_epoch=mlrun.log_epoch)
+        with GracefulStop() as stop:
+            trainer.fit(on_epoch=mlrun.log_epoch, checkpoint=CHECKPOINT,
+                        checkpoint_every=params["train.checkpoint_every"], stop=stop)
     except BaseException:
-        mlrun.finish("KILLED")
+        mlrun.finish("FAILED")
         raise
+    if stop.requested:
+        mlrun.finish("KILLED")
+        name = signal.Signals(stop.signum).name
+        raise Stopped(f"{name} received: stopped after epoch {trainer.epoch}/{cfg.epochs}, checkpoint saved to "
+                      f"{CHECKPOINT}; run `dvc repro` to resume", code=128 + stop.signum)
     seconds = time.perf_counter() - t0
-    save_model(model, cfg, "models")
+    history = trainer.history
+
+    save_model(trainer.model, cfg, "models")
     mlrun.save("models")
     write_text("metrics/train_history.csv", pd.DataFrame(history).to_csv(index=False, float_format="%.6g"))
     last = history[-1]
-    metrics = {"loss": last["loss"], "recon": last["recon"], "kl": last["kl"], "neg_elbo": last["neg_elbo"],
-               "epochs": len(history), "seconds": round(seconds, 2),
-               "images_per_second": round(len(ds["ids"]) * len(history) / seconds, 1)}
+    new_epochs = trainer.epoch - start_epoch
+    metrics = {k: last[k] for k in ("loss", "recon", "kl", "neg_elbo", "sse")}
+    metrics.update({"epochs": len(history), "seconds": round(seconds, 2), "resumed_from_epoch": start_epoch,
+                    "images_per_second": round(len(ds["ids"]) * new_epochs / seconds, 1) if new_epochs else 0.0})
     write_json("metrics/train.json", metrics)
     mlrun.log_metrics({"train_seconds": seconds, "images_per_second": metrics["images_per_second"]}, len(history))
     for f in ("models/vae.pt", "models/config.json", "metrics/train_history.csv"):

@@ -79,3 +79,32 @@ def test_seed_mean_matches_the_notebook():
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError):
         vae_loss(R, X, MU, LOGVAR, kl="mean")
+
+
+def test_sse_is_reported_for_every_variant():
+    for recon_mode in ("mse", "bce", "gaussian"):
+        out = vae_loss(R, X, MU, LOGVAR, recon_mode=recon_mode)
+        assert out["sse"].item() == pytest.approx((3.0 + 0.12) / 2)
+        assert out["kl"].item() == pytest.approx((0.5 + KL2) / 2)
+
+
+def test_bce_recon_term():
+    x = torch.tensor([[[[1.0, 0.0]]]])  # one image of 2 values
+    r = torch.tensor([[[[0.8, 0.3]]]])
+    out = vae_loss(r, x, torch.zeros(1, 2), torch.zeros(1, 2), recon_mode="bce")
+    assert out["recon"].item() == pytest.approx(-math.log(0.8) - math.log(0.7))
+    assert out["kl"].item() == pytest.approx(0.0)
+    assert out["loss"].item() == pytest.approx(out["recon"].item())
+
+
+def test_gaussian_decoder_uses_the_optimal_variance():
+    # batch MSE per value = (3.0 + 0.12) / 24 = 0.13 = sigma^2; P = 12 values per image
+    var = 3.12 / 24
+    expected = [0.5 * s / var + 0.5 * 12 * (math.log(var) + math.log(2 * math.pi)) for s in (3.0, 0.12)]
+    out = vae_loss(R, X, MU, LOGVAR, recon_mode="gaussian")
+    assert out["recon"].item() == pytest.approx(sum(expected) / 2, rel=1e-5)
+    # at the optimum, the precision-weighted error term sums to P/2 per image on average
+    assert sum(0.5 * s / var for s in (3.0, 0.12)) / 2 == pytest.approx(6.0)
+    # the variance is the argmin: any other sigma^2 gives a larger NLL
+    nll = lambda v: sum(0.5 * s / v + 6 * (math.log(v) + math.log(2 * math.pi)) for s in (3.0, 0.12))  # noqa: E731
+    assert nll(var) < nll(var * 1.1) and nll(var) < nll(var * 0.9)

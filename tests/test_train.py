@@ -1,10 +1,12 @@
 import json
+import math
 
 import pytest
 import torch
 
 from pipeline.errors import UserError
-from pipeline.train import TrainConfig, load_model, resolve_device, save_model, train
+from pipeline.train import (TrainConfig, Trainer, can_continue, load_checkpoint, load_model, resolve_device,
+                            save_model, train)
 
 
 def _images(n=12, size=32, seed=0):
@@ -71,3 +73,91 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="train.device = cuda"):
             resolve_device("cuda")
+
+
+def _strip(history):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def test_two_plus_two_epochs_equal_four_straight(tmp_path):
+    ckpt = tmp_path / "checkpoint.pt"
+    first = Trainer(_images(), _cfg(epochs=2))
+    first.fit(progress=False, checkpoint=ckpt)
+    state = load_checkpoint(ckpt)
+    assert state["epoch"] == 2 and state["finished"]
+    longer = _cfg(epochs=4)
+    assert can_continue(state, longer, resume=True)
+    second = Trainer(_images(), longer)
+    second.load_state_dict(state)
+    history = second.fit(progress=False)
+    straight = Trainer(_images(), _cfg(epochs=4))
+    expected = straight.fit(progress=False)
+    assert _strip(history) == _strip(expected)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, second.model.state_dict()[k]), k
+
+
+def test_when_a_checkpoint_may_be_continued(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    Trainer(_images(), _cfg(epochs=2)).fit(progress=False, checkpoint=ckpt)
+    state = load_checkpoint(ckpt)
+    assert not can_continue(state, _cfg(epochs=4), resume=False)  # finished: extend only when asked
+    assert can_continue(state, _cfg(epochs=4), resume=True)
+    assert can_continue(state, _cfg(epochs=2), resume=True)
+    assert not can_continue(state, _cfg(epochs=1), resume=True)  # fewer epochs: retrain
+    assert not can_continue(state, _cfg(epochs=4, lr=2e-3), resume=True)  # other params: retrain
+    assert not can_continue(state, _cfg(epochs=4, latent_dim=5), resume=True)
+    unfinished = dict(state, finished=False)
+    assert can_continue(unfinished, _cfg(epochs=2), resume=False)  # a crash resumes by itself
+    assert not can_continue(None, _cfg(), resume=True)
+
+
+def test_a_damaged_checkpoint_is_never_loaded(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    Trainer(_images(), _cfg(epochs=1)).fit(progress=False, checkpoint=ckpt)
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    assert load_checkpoint(ckpt) is None
+    assert load_checkpoint(tmp_path / "none.pt") is None
+
+
+def test_checkpoint_every_and_stop_request(tmp_path):
+    class Stop:
+        requested = False
+
+    stop = Stop()
+    ckpt = tmp_path / "c.pt"
+    trainer = Trainer(_images(), _cfg(epochs=10))
+    seen = []
+
+    def on_epoch(epoch, row):
+        seen.append(epoch)
+        if epoch == 3:
+            stop.requested = True
+
+    trainer.fit(progress=False, checkpoint=ckpt, checkpoint_every=2, stop=stop, on_epoch=on_epoch)
+    assert seen == [1, 2, 3]
+    state = load_checkpoint(ckpt)
+    assert state["epoch"] == 3 and not state["finished"]
+
+
+def test_kl_warmup_ramps_beta():
+    trainer = Trainer(_images(), _cfg(epochs=3, kl_warmup_epochs=4, beta=2.0))
+    history = trainer.fit(progress=False)
+    assert [r["beta"] for r in history] == pytest.approx([0.5, 1.0, 1.5])
+    assert Trainer(_images(), _cfg()).beta_at(1) == 1.0
+
+
+@pytest.mark.parametrize("recon", ["mse", "bce", "gaussian"])
+@pytest.mark.parametrize("kl", ["elbo", "seed_mean"])
+def test_every_loss_option_trains(recon, kl):
+    history = Trainer(_images(), _cfg(recon=recon, kl=kl)).fit(progress=False)
+    r = history[-1]
+    assert all(math.isfinite(r[k]) for k in ("loss", "recon", "kl", "sse", "neg_elbo"))
+    assert r["neg_elbo"] == pytest.approx(r["recon"] + r["kl"])
+
+
+def test_bf16_precision_stays_close_to_fp32():
+    fp32 = Trainer(_images(), _cfg(precision="fp32")).fit(progress=False)
+    bf16 = Trainer(_images(), _cfg(precision="bf16")).fit(progress=False)
+    assert bf16[0]["sse"] == pytest.approx(fp32[0]["sse"], rel=0.05)

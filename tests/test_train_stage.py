@@ -1,0 +1,130 @@
+"""The train stage as DVC runs it: resuming, SIGTERM, SIGKILL, and the MLflow run that goes on."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from helpers import BIN, ROOT, TINY, copy_repo, dvc, env, git_init, run, set_params
+from pipeline.ingest import ingest
+from pipeline.preprocess import build_dataset, save_dataset
+
+SMALL = {**TINY, "preprocess": {"size": 32}}
+
+
+def _project(path, **train):
+    path.mkdir(parents=True)
+    (path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    set_params(path, {**SMALL, "train": {**SMALL["train"], **train}})
+    ingest("synthetic", path / "data/raw", per_class=6)
+    save_dataset(build_dataset(path / "data/raw", 32, 2, 0), path / "data/processed/dataset.pt")
+    return path
+
+
+def _train(project, check=True):
+    return run([str(BIN / "python"), str(ROOT / "stages/train.py")], project, check=check)
+
+
+def _json(p):
+    return json.loads(p.read_text())
+
+
+def _client(project):
+    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+
+
+def _wait_for_checkpoint(proc, path, min_epoch=1, timeout=120):
+    import torch
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        if path.exists():
+            try:
+                if torch.load(path, weights_only=True)["epoch"] >= min_epoch:
+                    return
+            except Exception:
+                pass  # never happens with atomic writes, but the poll must not fail on a race
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_raising_epochs_with_resume_continues_the_run(tmp_path):
+    a = _project(tmp_path / "a", epochs=2, resume=True)
+    _train(a)
+    run_id = _json(a / "models/mlflow_run.json")["run_id"]
+    set_params(a, {"train": {"epochs": 4}})
+    out = _train(a)
+    assert "resuming at epoch 2" in out.stdout and "(continued)" in out.stdout
+    assert _json(a / "models/mlflow_run.json")["run_id"] == run_id
+    b = _project(tmp_path / "b", epochs=4, resume=True)
+    _train(b)
+    ma, mb = _json(a / "metrics/train.json"), _json(b / "metrics/train.json")
+    assert ma["epochs"] == mb["epochs"] == 4 and ma["resumed_from_epoch"] == 2
+    assert ma["loss"] == mb["loss"]  # 2 + 2 epochs == 4 epochs, exactly, on CPU
+    client = _client(a)
+    assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2, 3, 4]
+    r = client.get_run(run_id)
+    assert r.info.run_name == "z8-e4" and r.info.status == "FINISHED"
+    assert r.data.params["train.epochs"] == "2" and r.data.tags["resumed.train.epochs"] == "4"
+
+
+def test_without_resume_raising_epochs_retrains(tmp_path):
+    a = _project(tmp_path / "a", epochs=2)
+    _train(a)
+    first = _json(a / "models/mlflow_run.json")["run_id"]
+    set_params(a, {"train": {"epochs": 3}})
+    out = _train(a)
+    assert "from scratch" in out.stdout
+    assert _json(a / "models/mlflow_run.json")["run_id"] != first
+
+
+def test_sigterm_saves_a_checkpoint_and_the_next_run_resumes(tmp_path):
+    p = _project(tmp_path / "p", epochs=80, checkpoint_every=1)
+    proc = subprocess.Popen([str(BIN / "python"), str(ROOT / "stages/train.py")], cwd=p, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(proc, p / "models/checkpoint.pt", min_epoch=2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("train: SIGTERM received: stopped after epoch") and "dvc repro" in last
+    import torch
+
+    state = torch.load(p / "models/checkpoint.pt", weights_only=True)
+    stopped_at = state["epoch"]
+    assert 2 <= stopped_at < 80 and not state["finished"]
+    assert f"stopped after epoch {stopped_at}/80" in last
+    run_id = json.loads(state["meta"])["mlflow_run_id"]
+    assert _client(p).get_run(run_id).info.status == "KILLED"
+    again = _train(p)
+    assert f"resuming at epoch {stopped_at}" in again.stdout
+    steps = [m.step for m in _client(p).get_metric_history(run_id, "loss")]
+    assert sorted(steps) == list(range(1, 81))  # the curve goes on without a gap or a repeat
+    assert _json(p / "metrics/train.json")["epochs"] == 80
+
+
+def test_after_sigkill_dvc_repro_resumes_from_the_last_checkpoint(tmp_path):
+    proj = copy_repo(tmp_path)
+    set_params(proj, {**SMALL, "train": {**SMALL["train"], "epochs": 80, "checkpoint_every": 1}})
+    git_init(proj)
+    dvc(proj, "repro", "preprocess")
+    proc = subprocess.Popen([str(BIN / "dvc"), "repro", "train"], cwd=proj, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    _wait_for_checkpoint(proc, proj / "models/checkpoint.pt", min_epoch=3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    import torch
+
+    saved = torch.load(proj / "models/checkpoint.pt", weights_only=True)["epoch"]
+    out = dvc(proj, "repro", "train")
+    assert "Running stage 'train'" in out.stdout
+    resumed_at = int(out.stdout.split("resuming at epoch ")[1].split(")")[0])
+    assert resumed_at >= saved
+    assert _json(proj / "metrics/train.json")["epochs"] == 80
+    assert "up to date" in dvc(proj, "repro", "train").stdout
