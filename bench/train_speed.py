@@ -1,0 +1,150 @@
+"""Training throughput: facevae's trainer against a seed-style reference loop, in one process, same data.
+
+The reference is the lecture notebook's loop: torchvision ImageFolder + Resize + ToTensor decoding every
+image every epoch, a DataLoader (batch 16, shuffled, no workers), fp32, the same ConvVAE and Adam.
+facevae trains the same model from uint8 tensors that the preprocess stage made once, kept on the
+device, with channels_last, bf16 autocast on CUDA and a fused Adam on CUDA.
+
+    python bench/train_speed.py [--device cpu|cuda] [--batch N] [--images N] [--epochs N]
+                                [--source-size S] [--compile]
+
+Ends with one JSON line: {"device", "batch", "reference_img_s", "facevae_img_s", "ratio", "tflops", "mfu"}
+(tflops and mfu on CUDA: achieved model FLOP/s of facevae's loop and its share of the GPU's dense bf16 peak).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import synthetic  # noqa: E402
+from pipeline.losses import vae_loss  # noqa: E402
+from pipeline.model import ConvVAE  # noqa: E402
+from pipeline.preprocess import load_image  # noqa: E402
+from pipeline.train import TrainConfig, Trainer, resolve_device  # noqa: E402
+
+# dense bf16 peak FLOP/s by device name (the MFU denominator)
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+
+
+def make_images(folder: Path, n: int, size: int) -> None:
+    """n synthetic faces as files in folder/<label>/, like photos a user would bring, at size x size."""
+    from PIL import Image
+    import io
+
+    per_class = max(1, n // 2)
+    for label, name, data in synthetic.generate(per_class, seed=0):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        img = Image.open(io.BytesIO(data))
+        if size != img.size[0]:
+            img = img.resize((size, size), Image.Resampling.BICUBIC)
+            img.save(folder / label / name.replace(".png", ".jpg"), quality=92)
+        else:
+            (folder / label / name).write_bytes(data)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def reference(folder: Path, device, batch: int, epochs: int, seed: int = 0) -> float:
+    """The seed's loop; returns images per second over ``epochs`` timed epochs after one warm-up."""
+    from torchvision import datasets, transforms
+
+    torch.manual_seed(seed)
+    tf = transforms.Compose([transforms.Resize((128, 128)), transforms.ToTensor()])
+    loader = torch.utils.data.DataLoader(datasets.ImageFolder(str(folder), transform=tf), batch_size=batch,
+                                         shuffle=True)
+    model = ConvVAE(32).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def epoch():
+        n = 0
+        for x, _ in loader:
+            x = x.to(device)
+            recon, mu, logvar = model(x)
+            loss = vae_loss(recon, x, mu, logvar, kl="seed_mean")["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            n += x.shape[0]
+        return n
+
+    epoch()
+    sync(device)
+    t0 = time.perf_counter()
+    n = sum(epoch() for _ in range(epochs))
+    sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def facevae(images: torch.Tensor, device, batch: int, epochs: int, compile_: bool) -> tuple[float, Trainer]:
+    cfg = TrainConfig(latent_dim=32, epochs=epochs + 1, batch_size=batch, device=device.type, kl="seed_mean",
+                      compile=compile_)
+    trainer = Trainer(images, cfg, device)
+    trainer.train_epoch()  # warm-up (and compilation)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        trainer.train_epoch()
+    sync(device)
+    return images.shape[0] * epochs / (time.perf_counter() - t0), trainer
+
+
+def flops_per_image(trainer: Trainer, batch: int) -> float:
+    """Model FLOPs of one training step (forward + backward) per image, counted by PyTorch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = trainer.data[:batch].float() / 255
+    with FlopCounterMode(display=False) as counter:
+        recon, mu, logvar = trainer.model(x)
+        vae_loss(recon, x, mu, logvar)["loss"].backward()
+    trainer.opt.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / x.shape[0]
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--images", type=int, default=160)
+    ap.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up epoch")
+    ap.add_argument("--source-size", type=int, default=128,
+                    help="side of the image files the reference decodes (128: the built-in set as ingested; "
+                         "larger: JPEG photos)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile facevae's training step")
+    args = ap.parse_args(argv)
+    device = resolve_device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        make_images(folder, args.images, args.source_size)
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        images = torch.stack([torch.from_numpy(load_image(p, 128)).permute(2, 0, 1) for p in files])
+        ref = reference(folder, device, args.batch, args.epochs)
+        ours, trainer = facevae(images, device, args.batch, args.epochs, args.compile)
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "batch": args.batch, "reference_img_s": round(ref, 1), "facevae_img_s": round(ours, 1),
+              "ratio": round(ours / ref, 2), "tflops": None, "mfu": None}
+    if device.type == "cuda":
+        achieved = flops_per_image(trainer, args.batch) * ours
+        result["tflops"] = round(achieved / 1e12, 2)
+        peak = next((v for k, v in PEAK_BF16.items() if k in result["device"]), None)
+        result["mfu"] = round(achieved / peak, 4) if peak else None
+    print(f"reference (ImageFolder + Resize + ToTensor, DataLoader, fp32): {ref:.1f} img/s; "
+          f"facevae: {ours:.1f} img/s; {args.images} images of {args.source_size}px, batch {args.batch}, "
+          f"{torch.get_num_threads()} CPU threads", file=sys.stderr)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
