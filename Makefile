@@ -34,3 +34,12 @@ ui: $(VENV)/.installed  ## serve the MLflow UI on this project's store
 
 clean-venv:
 	rm -rf $(VENV)
+
+NPROC ?= 2
+.PHONY: train-ddp
+train-ddp: $(VENV)/.installed  ## the train stage under torchrun with DistributedDataParallel (NPROC processes)
+	dvc repro preprocess
+	torchrun --standalone --nproc_per_node=$(NPROC) stages/train.py
+	dvc commit --force train
+	dvc repro
+	@$(BIN)/python -m pipeline.summary

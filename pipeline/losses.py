@@ -61,15 +61,21 @@ def recon_term(recon: torch.Tensor, x: torch.Tensor, mode: str = "mse") -> tuple
 
 
 def vae_loss(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-             beta: float = 1.0, kl: str = "elbo", recon_mode: str = "mse") -> dict[str, torch.Tensor]:
-    """Return {'loss': the objective to minimise, and per-image means of 'recon', 'kl', 'sse'}."""
+             beta: float = 1.0, kl: str = "elbo", recon_mode: str = "mse",
+             batch_size: int | None = None) -> dict[str, torch.Tensor]:
+    """Return {'loss': the objective to minimise, and per-image means of 'recon', 'kl', 'sse'}.
+
+    ``batch_size`` is the size of the whole batch when these images are one process's shard of it
+    (data-parallel training): the shards' losses then add up to the whole batch's loss.
+    """
     recon, x, mu, logvar = recon.float(), x.float(), mu.float(), logvar.float()
     rec, sse = recon_term(recon, x, recon_mode)
     kld = kl_per_image(mu, logvar)
+    b = batch_size or x.shape[0]
     if kl == "elbo":
-        loss = (rec + beta * kld).mean()
+        loss = (rec + beta * kld).sum() / b
     elif kl == "seed_mean":
-        loss = rec.sum() + beta * (-0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp()))
+        loss = rec.sum() + beta * (-0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / (b * mu.shape[1]))
     else:
         raise ValueError(f"unknown KL variant {kl!r}; expected one of {KL_MODES}")
     return {"loss": loss, "recon": rec.mean(), "kl": kld.mean(), "sse": sse.mean()}

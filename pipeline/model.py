@@ -57,18 +57,20 @@ class ConvVAE(nn.Module):
         h = self.encoder(x)
         return self.fc1(h), self.fc2(h)
 
-    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor, generator=None) -> torch.Tensor:
+    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor, generator=None, eps=None) -> torch.Tensor:
         std = torch.exp(0.5 * logvar)
-        eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+        if eps is None:
+            eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
         return mu + std * eps
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.fc3(z))
 
-    def forward(self, x: torch.Tensor, generator=None):
-        """Return (reconstruction, mu, logvar) like the seed's model(x)."""
+    def forward(self, x: torch.Tensor, generator=None, eps=None):
+        """Return (reconstruction, mu, logvar) like the seed's model(x). ``eps`` (optional) is the
+        standard normal noise of the reparameterisation, else drawn from ``generator``."""
         mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar, generator)
+        z = self.reparameterize(mu, logvar, generator, eps)
         return self.decode(z), mu, logvar
 
     @torch.no_grad()

@@ -80,6 +80,34 @@ def autocast_dtype(precision: str, device: torch.device):
     return None
 
 
+def distributed_world() -> tuple[int, int]:
+    """(world size, rank) of torch.distributed, or (1, 0) when not running under torchrun."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def init_distributed(device_name: str = "auto") -> torch.device | None:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on CUDA, gloo on CPU) and return this
+    process's device; otherwise None."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
 def to_float(batch_uint8: torch.Tensor) -> torch.Tensor:
     return batch_uint8.float().div_(255.0)
 
@@ -133,10 +161,20 @@ class Trainer:
         self.device = device or resolve_device(cfg.device)
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
         self.channels_last = self.device.type in ("cuda", "cpu")  # measured faster on both (docs/benchmarks.md)
+        self.world, self.rank = distributed_world()
+        if cfg.batch_size % self.world:
+            raise UserError(f"train.batch_size = {cfg.batch_size} must be divisible by the number of processes "
+                            f"({self.world}); change train.batch_size or NPROC")
         torch.manual_seed(cfg.seed)
         self.model = ConvVAE(cfg.latent_dim, cfg.image_size, images.shape[1]).to(self.device)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=fmt)
+        self.net = self.model
+        if self.world > 1:  # PyTorch's DistributedDataParallel: gradients averaged across processes
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index]
+                                               if self.device.type == "cuda" else None)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=self.device.type == "cuda" or None)
         self.data = images.to(self.device).contiguous(memory_format=fmt)
         self.shuffle_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
@@ -178,31 +216,45 @@ class Trainer:
         w = self.cfg.kl_warmup_epochs
         return self.cfg.beta * (min(1.0, epoch / w) if w > 0 else 1.0)
 
-    def _train_step(self, x: torch.Tensor, beta: float):
+    def _train_step(self, x: torch.Tensor, eps: torch.Tensor, beta: float, batch_size: int):
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            recon, mu, logvar = self.model(x, generator=self.noise_gen)
-        out = vae_loss(recon, x, mu, logvar, beta=beta, kl=self.cfg.kl, recon_mode=self.cfg.recon)
+            recon, mu, logvar = self.net(x, eps=eps)
+        out = vae_loss(recon, x, mu, logvar, beta=beta, kl=self.cfg.kl, recon_mode=self.cfg.recon,
+                       batch_size=batch_size)
         self.opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        # DDP averages gradients over processes; each shard's loss is its part of the whole batch's loss
+        (out["loss"] * self.world).backward()
         self.opt.step()
         return out
 
     def train_epoch(self) -> dict:
         t0 = time.perf_counter()
-        self.model.train()
+        self.net.train()
         epoch = self.epoch + 1
         beta = self.beta_at(epoch)
         n, bs = self.data.shape[0], self.cfg.batch_size
         order = torch.randperm(n, generator=self.shuffle_gen, device=self.device)
         sums = torch.zeros(4, device=self.device)  # loss, recon, kl, sse; each summed over images
         for start in range(0, n, bs):
-            x = to_float(self.data[order[start:start + bs]])
-            out = self._step(x, beta)
-            b = x.shape[0]
-            per_image = out["loss"] if self.cfg.kl == "elbo" else out["loss"] / b
-            sums += torch.stack([per_image.detach(), out["recon"].detach(), out["kl"].detach(),
-                                 out["sse"].detach()]) * b
+            idx = order[start:start + bs]
+            b = idx.shape[0]
+            # every process draws the whole batch's noise and keeps its shard's rows: the same numbers
+            # as a single process, whatever the number of processes
+            eps = torch.randn((b, self.cfg.latent_dim), generator=self.noise_gen, device=self.device)
+            if self.world > 1:
+                idx, eps = idx[self.rank::self.world], eps[self.rank::self.world]
+            x = to_float(self.data[idx])
+            out = self._step(x, eps, beta, b)
+            k = x.shape[0]
+            # sum over images of the per-image objective (elbo: mean over the batch; seed_mean: batch loss / b)
+            loss_sum = out["loss"] * (b if self.cfg.kl == "elbo" else 1)
+            sums += torch.stack([loss_sum.detach(), out["recon"].detach() * k, out["kl"].detach() * k,
+                                 out["sse"].detach() * k])
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(sums)
         loss, recon, kl, sse = (sums / n).tolist()
         self.epoch = epoch
         row = {"epoch": epoch, "loss": loss, "recon": recon, "kl": kl, "neg_elbo": recon + kl, "sse": sse,
@@ -232,16 +284,24 @@ class Trainer:
                     bar.set_postfix(loss=f"{row['loss']:.1f}", recon=f"{row['recon']:.1f}", kl=f"{row['kl']:.1f}")
                     bar.update(1)
                 stopping = stop is not None and stop.requested
-                if checkpoint and (stopping or (checkpoint_every and self.epoch % checkpoint_every == 0)):
+                if self.world > 1:  # stop together: a signal seen by one process stops them all
+                    import torch.distributed as dist
+
+                    flag = torch.tensor([float(stopping)], device=self.device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    stopping = bool(flag.item())
+                    if stopping and stop is not None and stop.signum is None:
+                        stop.signum = signal.SIGTERM
+                if checkpoint and self.rank == 0 and (stopping or (checkpoint_every and self.epoch % checkpoint_every == 0)):
                     self.save_checkpoint(checkpoint)
                 if stopping:
                     break
         finally:
             if bar is not None:
                 bar.close()
-        if checkpoint and (stop is None or not stop.requested):
+        if checkpoint and self.rank == 0 and (stop is None or not stop.requested):
             self.save_checkpoint(checkpoint)
-        self.model.eval()
+        self.net.eval()
         return self.history
 
     def save_checkpoint(self, path: str | Path) -> None:

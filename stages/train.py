@@ -20,8 +20,8 @@ from pipeline.io import write_json, write_text
 from pipeline.params import section
 from pipeline.preprocess import load_dataset, subset
 from pipeline.tracking import TrainingRun, file_sha256, git_info, project_root
-from pipeline.train import (GracefulStop, TrainConfig, Trainer, can_continue, load_checkpoint,
-                            resolve_device, save_model)
+from pipeline.train import (GracefulStop, TrainConfig, Trainer, can_continue, init_distributed,
+                            load_checkpoint, resolve_device, save_model)
 
 DATASET = "data/processed/dataset.pt"
 CHECKPOINT = "models/checkpoint.pt"
@@ -29,16 +29,30 @@ CHECKPOINT = "models/checkpoint.pt"
 
 def run(params):
     cfg = TrainConfig.from_params(section(params, "train"), params["preprocess.size"])
-    device = resolve_device(cfg.device)  # a missing GPU is reported before anything is logged
+    # under torchrun (make train-ddp) join the process group; a missing GPU is reported before anything else
+    device = init_distributed(cfg.device) or resolve_device(cfg.device)
+    try:
+        train_stage(params, cfg, device)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train_stage(params, cfg, device):
     ds = subset(load_dataset(DATASET), "train")
     data_hash = file_sha256(DATASET)
     trainer = Trainer(ds["images"], cfg, device)
-
     ckpt = load_checkpoint(CHECKPOINT)
     resume = can_continue(ckpt, cfg, params["train.resume"]) and \
         json.loads(ckpt.get("meta", "{}")).get("data_hash") == data_hash
     if resume:
         trainer.load_state_dict(ckpt)
+    if trainer.rank != 0:  # only rank 0 writes outputs and talks to MLflow
+        with GracefulStop() as stop:
+            trainer.fit(progress=False, stop=stop)
+        return
     root = project_root()
     tags = {**git_info(root), "data_hash": data_hash, "device": str(device)}
     mlrun = TrainingRun(params["mlflow.experiment"], f"z{cfg.latent_dim}-e{cfg.epochs}",
@@ -46,7 +60,8 @@ def run(params):
                         continue_run_id=trainer.meta.get("mlflow_run_id") if resume else None)
     trainer.meta = {"mlflow_run_id": mlrun.run_id, "data_hash": data_hash}
     where = f"resuming at epoch {trainer.epoch}" if resume else "from scratch"
-    print(f"train: {len(ds['ids'])} images on {device}, latent_dim {cfg.latent_dim}, {cfg.epochs} epochs "
+    procs = f" x {trainer.world} processes (DDP)" if trainer.world > 1 else ""
+    print(f"train: {len(ds['ids'])} images on {device}{procs}, latent_dim {cfg.latent_dim}, {cfg.epochs} epochs "
           f"({where}); MLflow run {mlrun.run_id}{' (continued)' if mlrun.resumed else ''} in {mlrun.uri}")
 
     t0 = time.perf_counter()

@@ -128,3 +128,20 @@ def test_after_sigkill_dvc_repro_resumes_from_the_last_checkpoint(tmp_path):
     assert resumed_at >= saved
     assert _json(proj / "metrics/train.json")["epochs"] == 80
     assert "up to date" in dvc(proj, "repro", "train").stdout
+
+
+def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path):
+    """torchrun --nproc_per_node=2 (gloo) with the same global batch gives the losses of one process."""
+    ddp = _project(tmp_path / "ddp", epochs=3)
+    one = _project(tmp_path / "one", epochs=3)
+    out = run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(ROOT / "stages/train.py")], ddp)
+    assert "x 2 processes (DDP)" in out.stdout
+    _train(one)
+    a, b = _json(ddp / "metrics/train.json"), _json(one / "metrics/train.json")
+    for k in ("loss", "recon", "kl", "sse"):
+        assert a[k] == pytest.approx(b[k], rel=1e-4), k
+    # only rank 0 talked to MLflow: one run, with one value per epoch
+    client = _client(ddp)
+    runs = client.search_runs([client.get_experiment_by_name("facevae").experiment_id])
+    assert len(runs) == 1
+    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")) == [1, 2, 3]
