@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test ui install summary clean-venv
+.PHONY: run test ui install summary clean-venv mlflow-server remote push pull
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,30 @@ ui: $(VENV)/.installed  ## serve the MLflow UI on this project's store
 
 clean-venv:
 	rm -rf $(VENV)
+
+# --- team workflow -----------------------------------------------------------------------------------
+# A shared MLflow server: SQL backend store + artifact store under MLFLOW_STORE, on HOST:PORT
+# (127.0.0.1 by default; HOST=0.0.0.0 to let teammates in). Point the pipeline at it with
+#   export MLFLOW_TRACKING_URI=http://<server>:5000
+MLFLOW_STORE ?= $(CURDIR)/mlflow-server
+mlflow-server: $(VENV)/.installed  ## serve a shared MLflow tracking server
+	@mkdir -p $(MLFLOW_STORE)
+	mlflow server --backend-store-uri sqlite:///$(MLFLOW_STORE)/mlflow.db \
+		--artifacts-destination $(MLFLOW_STORE)/artifacts --host $(HOST) --port $(PORT)
+
+# A default DVC remote: make remote URL=/mnt/shared/facevae-dvc (or s3://bucket/path, ssh://host/path ...)
+remote: $(VENV)/.installed
+	@test -n "$(URL)" || (echo "usage: make remote URL=<path or s3://... or ssh://...>"; exit 2)
+	dvc remote add --default --force storage $(URL)
+	@echo "commit .dvc/config so teammates get the remote: git add .dvc/config && git commit -m 'DVC remote'"
+
+push: $(VENV)/.installed  ## upload the cached data, models and reports to the DVC remote
+	dvc push
+
+pull: $(VENV)/.installed  ## fetch them on another clone, then check that nothing needs recomputing
+	dvc pull
+	dvc repro
+	@$(BIN)/python -m pipeline.summary
 
 NPROC ?= 2
 .PHONY: train-ddp

@@ -12,9 +12,14 @@ from .params import load
 
 def stage_main(fn: Callable[[dict], None], params_path: str = "params.yaml") -> None:
     """Load params.yaml, run ``fn(params)``; print a UserError as one line and exit 2; Ctrl-C exits 130."""
+    run_cli(lambda: fn(load(params_path)))
+
+
+def run_cli(fn: Callable[[], None]) -> None:
+    """Run ``fn``; a UserError is one line and exit 2, a Stopped its line and code, Ctrl-C exit 130."""
     name = os.path.splitext(os.path.basename(sys.argv[0]))[0]
     try:
-        fn(load(params_path))
+        fn()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -78,3 +78,16 @@ class ConvVAE(nn.Module):
         """Deterministic reconstruction from the posterior mean (no sampling)."""
         mu, _ = self.encode(x)
         return self.decode(mu)
+
+
+class Reconstructor(nn.Module):
+    """A ConvVAE as one tensor in, one tensor out: images -> reconstructions from the posterior mean.
+    This is the form logged to MLflow (``mlflow.pytorch.load_model`` gives it back); ``.vae`` is the VAE."""
+
+    def __init__(self, vae: ConvVAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu, _ = self.vae.encode(x)
+        return self.vae.decode(mu)

@@ -10,6 +10,10 @@
 
 Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<project>/mlflow.db`` with artifacts in
 ``<project>/mlartifacts``.
+
+A tracking server must answer before training starts (:func:`check_reachable`, a few seconds, instead of
+MLflow's minutes of retries). If it stops answering during training, training goes on: what could not be
+sent is kept in ``models/mlflow_unsent.json`` and ``python -m pipeline.tracking resend`` sends it later.
 """
 
 from __future__ import annotations
@@ -21,10 +25,16 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network at run time
+# fail in seconds, not minutes, when a tracking server is gone (MLflow's defaults: 7 retries, 120 s timeout)
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
+from .errors import UserError  # noqa: E402
 from .io import read_json, write_json  # noqa: E402
 
 RUN_FILE = "mlflow_run.json"
+UNSENT_FILE = "mlflow_unsent.json"
 EPOCH_METRICS = ("loss", "recon", "kl", "neg_elbo", "sse", "beta")
 
 
@@ -47,6 +57,26 @@ def tracking_uri(root: Path | None = None) -> str:
     if uri:
         return uri
     return f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Refuse at once, with one line naming the URI, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            if r.status == 200:
+                return
+            problem = f"HTTP {r.status}"
+    except urllib.error.HTTPError as e:
+        problem = f"HTTP {e.code}"
+    except (urllib.error.URLError, OSError) as e:
+        problem = str(getattr(e, "reason", e))
+    raise UserError(f"MLflow server {uri} is not reachable ({problem}); start it (make mlflow-server) or fix "
+                    f"MLFLOW_TRACKING_URI (unset it to log to the local mlflow.db)")
 
 
 def _client(uri: str):
@@ -131,22 +161,63 @@ class TrainingRun:
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
-    def log_epoch(self, epoch: int, row: dict) -> None:
-        from mlflow.entities import Metric
-        import time
+    # -- logging that survives a server that goes away -----------------------------------------------
+    # Once a call fails, nothing more is sent during this training: metrics, artifacts and the final
+    # status are queued, tried once more at the end, and what still fails is kept in mlflow_unsent.json.
+    unsent: list | None = None  # None while the server answers
+    lost_at: str = ""
 
-        ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(row[k]), ts, epoch)
-                                                    for k in EPOCH_METRICS if k in row])
+    def _send(self, kind: str, payload: dict, call) -> None:
+        if self.unsent is None:
+            try:
+                call()
+                return
+            except Exception as e:  # the server went away: keep everything from here on
+                self.unsent = []
+                self.lost_at = f"{kind} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+        self.unsent.append({"kind": kind, **payload})
+
+    def log_epoch(self, epoch: int, row: dict) -> None:
+        metrics = {k: float(row[k]) for k in EPOCH_METRICS if k in row}
+        self.log_metrics(metrics, epoch)
 
     def log_metrics(self, metrics: dict, step: int) -> None:
-        _log_metrics(self.client, self.run_id, metrics, step)
+        import time
+
+        payload = {"metrics": metrics, "step": step, "timestamp": int(time.time() * 1000)}
+        self._send("metrics", payload, lambda: _log_metrics(self.client, self.run_id, metrics, step,
+                                                          payload["timestamp"]))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._send("artifact", {"path": str(Path(path).resolve()), "artifact_path": artifact_path},
+                   lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
-    def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status=status)
+    def log_model(self, model, example) -> None:
+        """The model as an MLflow PyTorch model (signature and input example): mlflow.pytorch.load_model
+        gives it back. Skipped, with the weights still logged as artifacts, when the server is gone."""
+        if self.unsent is not None:
+            return
+        try:
+            _log_pytorch_model(self.uri, self.run_id, model, example)
+        except Exception as e:
+            print(f"warning: could not log the model to MLflow ({type(e).__name__}: {e}); "
+                  f"models/vae.pt is logged as an artifact", file=sys.stderr)
+
+    def finish(self, status: str = "FINISHED", model_dir: str | Path | None = None) -> None:
+        self._send("status", {"status": status}, lambda: self.client.set_terminated(self.run_id, status=status))
+        if self.unsent:
+            try:  # one more try: the server may be back
+                resend_items(self.client, self.run_id, self.unsent)
+                self.unsent = []
+            except Exception:
+                pass
+        if self.unsent and model_dir is not None:
+            path = Path(model_dir) / UNSENT_FILE
+            write_json(path, {"tracking_uri": self.uri, "run_id": self.run_id, "items": self.unsent})
+            epochs = sum(1 for i in self.unsent if i["kind"] == "metrics")
+            print(f"warning: MLflow server {self.uri} stopped answering at {self.lost_at}; {epochs} metric "
+                  f"steps and {len(self.unsent) - epochs} other items are kept in {path}: send them with "
+                  f"`python -m pipeline.tracking resend {path}`", file=sys.stderr)
 
     def save(self, model_dir: str | Path) -> None:
         write_json(Path(model_dir) / RUN_FILE, {"run_id": self.run_id, "experiment_id": self.experiment_id,
@@ -158,12 +229,57 @@ def _param_str(v) -> str:
     return s if len(s) <= 6000 else s[:5997] + "..."
 
 
-def _log_metrics(client, run_id: str, metrics: dict, step: int) -> None:
+def _log_pytorch_model(uri: str, run_id: str, model, example) -> None:
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    from .model import Reconstructor
+
+    model = Reconstructor(model.to("cpu").to(memory_format=torch.contiguous_format)).eval()
+    x = example.float().div(255.0) if example.dtype == torch.uint8 else example.float()
+    with torch.no_grad():
+        y = model(x)
+    signature = infer_signature(x.numpy().astype(np.float32), y.numpy().astype(np.float32))
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(model, name="pytorch_model", signature=signature,
+                                 input_example=x.numpy().astype(np.float32),
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    # start_run(run_id=...) marks the run FINISHED on exit; training may still be going on
+    mlflow.tracking.MlflowClient(uri).update_run(run_id, status="RUNNING")
+
+
+def resend_items(client, run_id: str, items: list) -> None:
+    """Send queued items in order (see TrainingRun._send)."""
+    for item in items:
+        if item["kind"] == "metrics":
+            _log_metrics(client, run_id, item["metrics"], item["step"], item["timestamp"])
+        elif item["kind"] == "artifact":
+            client.log_artifact(run_id, item["path"], item["artifact_path"])
+        elif item["kind"] == "status":
+            client.set_terminated(run_id, status=item["status"])
+
+
+def resend(path: str | Path) -> int:
+    """Send what a training kept in mlflow_unsent.json; delete the file when all went through."""
+    path = Path(path)
+    data = read_json(path)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or data["tracking_uri"]
+    check_reachable(uri)
+    resend_items(_client(uri), data["run_id"], data["items"])
+    path.unlink()
+    return len(data["items"])
+
+
+def _log_metrics(client, run_id: str, metrics: dict, step: int, timestamp: int | None = None) -> None:
     from mlflow.entities import Metric
     import math
     import time
 
-    ts = int(time.time() * 1000)
+    ts = timestamp or int(time.time() * 1000)
     batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
     if batch:
@@ -179,6 +295,16 @@ def log_stage(model_dir: str | Path, stage: str, params: dict, metrics: dict, ar
     """
     root = project_root()
     uri = tracking_uri(root)
+    try:
+        check_reachable(uri)
+        return _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, parent_metrics)
+    except Exception as e:  # the stage's outputs are written: MLflow being away must not undo them
+        print(f"warning: '{stage}' not logged to MLflow ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+              file=sys.stderr)
+        return None
+
+
+def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, parent_metrics):
     client = _client(uri)
     info = read_json(Path(model_dir) / RUN_FILE)
     cfg = read_json(Path(model_dir) / "config.json")
@@ -214,3 +340,20 @@ def log_stage(model_dir: str | Path, stage: str, params: dict, metrics: dict, ar
         raise
     client.set_terminated(cid, status="FINISHED")
     return cid
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    from .cli import run_cli
+
+    ap = argparse.ArgumentParser(prog="python -m pipeline.tracking")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("resend", help="send the metrics and artifacts a training kept while MLflow was away")
+    r.add_argument("path", nargs="?", default=f"models/{UNSENT_FILE}")
+    args = ap.parse_args(argv)
+    run_cli(lambda: print(f"sent {resend(args.path)} items to MLflow"))
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,7 @@ from pipeline.errors import Stopped
 from pipeline.io import write_json, write_text
 from pipeline.params import section
 from pipeline.preprocess import load_dataset, subset
-from pipeline.tracking import TrainingRun, file_sha256, git_info, project_root
+from pipeline.tracking import TrainingRun, check_reachable, file_sha256, git_info, project_root, tracking_uri
 from pipeline.train import (GracefulStop, TrainConfig, Trainer, can_continue, init_distributed,
                             load_checkpoint, resolve_device, save_model)
 
@@ -41,6 +41,8 @@ def run(params):
 
 
 def train_stage(params, cfg, device):
+    root = project_root()
+    check_reachable(tracking_uri(root))  # refuse in seconds, before training, if the server is down
     ds = subset(load_dataset(DATASET), "train")
     data_hash = file_sha256(DATASET)
     trainer = Trainer(ds["images"], cfg, device)
@@ -53,7 +55,6 @@ def train_stage(params, cfg, device):
         with GracefulStop() as stop:
             trainer.fit(progress=False, stop=stop)
         return
-    root = project_root()
     tags = {**git_info(root), "data_hash": data_hash, "device": str(device)}
     mlrun = TrainingRun(params["mlflow.experiment"], f"z{cfg.latent_dim}-e{cfg.epochs}",
                         {**params, "data.n_train": len(ds["ids"])}, tags, root,
@@ -71,10 +72,10 @@ def train_stage(params, cfg, device):
             trainer.fit(on_epoch=mlrun.log_epoch, checkpoint=CHECKPOINT,
                         checkpoint_every=params["train.checkpoint_every"], stop=stop)
     except BaseException:
-        mlrun.finish("FAILED")
+        mlrun.finish("FAILED", "models")
         raise
     if stop.requested:
-        mlrun.finish("KILLED")
+        mlrun.finish("KILLED", "models")
         name = signal.Signals(stop.signum).name
         raise Stopped(f"{name} received: stopped after epoch {trainer.epoch}/{cfg.epochs}, checkpoint saved to "
                       f"{CHECKPOINT}; run `dvc repro` to resume", code=128 + stop.signum)
@@ -93,7 +94,8 @@ def train_stage(params, cfg, device):
     mlrun.log_metrics({"train_seconds": seconds, "images_per_second": metrics["images_per_second"]}, len(history))
     for f in ("models/vae.pt", "models/config.json", "metrics/train_history.csv"):
         mlrun.log_artifact(f, "model" if f.startswith("models/") else None)
-    mlrun.finish()
+    mlrun.log_model(trainer.model, ds["images"][:2])  # 2: a batch of 1 would fix the batch size in the export
+    mlrun.finish("FINISHED", "models")
     print(f"train: done in {seconds:.1f}s; final loss {last['loss']:.1f} (recon {last['recon']:.1f}, "
           f"kl {last['kl']:.1f}) per image")
 

@@ -22,18 +22,19 @@ TINY = {
 }
 
 
-def env() -> dict:
+def env(**extra) -> dict:
     e = dict(os.environ)
     e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
     e.pop("MLFLOW_TRACKING_URI", None)
+    e.update(extra)
     e.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1",
               "GIT_AUTHOR_NAME": "facevae-tests", "GIT_AUTHOR_EMAIL": "tests@facevae.invalid",
               "GIT_COMMITTER_NAME": "facevae-tests", "GIT_COMMITTER_EMAIL": "tests@facevae.invalid"})
     return e
 
 
-def run(cmd, cwd, check=True, timeout=600) -> subprocess.CompletedProcess:
-    p = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+def run(cmd, cwd, check=True, timeout=600, **extra_env) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, cwd=cwd, env=env(**extra_env), capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"{cmd} exited {p.returncode}\nstdout:\n{p.stdout[-4000:]}\nstderr:\n{p.stderr[-4000:]}")
     return p
@@ -68,11 +69,59 @@ def git_init(project: Path) -> None:
     run(["git", "commit", "-qm", "test baseline"], project)
 
 
-def dvc(project: Path, *args, check=True) -> subprocess.CompletedProcess:
-    return run([str(BIN / "dvc"), *args], project, check=check)
+def dvc(project: Path, *args, check=True, **extra_env) -> subprocess.CompletedProcess:
+    return run([str(BIN / "dvc"), *args], project, check=check, **extra_env)
 
 
 def ran_stages(output: str) -> list[str]:
     import re
 
     return re.findall(r"Running stage '([^']+)'", output)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on a loopback port, with a SQL backend store and an artifact store in ``store``."""
+
+    def __init__(self, store: Path, port: int | None = None):
+        self.store = store
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 90) -> "MlflowServer":
+        import time
+        import urllib.request
+
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}",
+             "--artifacts-destination", str(self.store / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            env=env(), stdout=subprocess.DEVNULL, stderr=open(self.store / "server.log", "ab"),
+            start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError((self.store / "server.log").read_text()[-3000:])
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError("mlflow server did not start")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)

@@ -1,0 +1,97 @@
+"""A team's MLflow server: a real `mlflow server` on loopback, gone before and during training."""
+
+import json
+import subprocess
+import time
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from helpers import BIN, ROOT, TINY, MlflowServer, copy_repo, dvc, env, git_init, run, set_params
+from test_train_stage import _json, _project, _wait_for_checkpoint
+
+pytestmark = pytest.mark.integration
+
+
+def test_pipeline_against_a_real_server(tmp_path):
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        proj = copy_repo(tmp_path / "repo")
+        set_params(proj, TINY)
+        git_init(proj)
+        dvc(proj, "repro", MLFLOW_TRACKING_URI=server.uri)
+        assert not (proj / "mlflow.db").exists()  # everything went to the server
+        client = MlflowClient(tracking_uri=server.uri)
+        run_id = _json(proj / "models/mlflow_run.json")["run_id"]
+        r = client.get_run(run_id)
+        assert r.data.params["train.latent_dim"] == "8" and r.info.status == "FINISHED"
+        assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2]
+        assert "test_psnr" in r.data.metrics and "knn_accuracy" in r.data.metrics
+        assert {"model/vae.pt", "model/config.json"} <= {a.path for a in client.list_artifacts(run_id, "model")}
+        children = client.search_runs([r.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+        arts = {a.path for c in children for d in ("reconstruct", "latents", "tsne")
+                for a in client.list_artifacts(c.info.run_id, d)}
+        assert {"reconstruct/recon_test.png", "latents/latents.csv", "tsne/tsne.png"} <= arts
+        # the logged PyTorch model comes back and reconstructs a face
+        import mlflow.pytorch
+
+        mlflow.set_tracking_uri(server.uri)
+        model = mlflow.pytorch.load_model(f"runs:/{run_id}/pytorch_model")
+        ds = torch.load(proj / "data/processed/dataset.pt", weights_only=True)
+        x = ds["images"][:3].float() / 255
+        with torch.no_grad():
+            y = model(x)
+        assert y.shape == (3, 3, 128, 128) and 0 <= float(y.min()) and float(y.max()) <= 1
+        from pipeline.train import load_model
+
+        torch.testing.assert_close(y, load_model(proj / "models").reconstruct(x), rtol=1e-4, atol=1e-5)
+    finally:
+        server.stop()
+
+
+def test_unreachable_server_refuses_within_seconds_before_training(tmp_path):
+    p = _project(tmp_path / "p", epochs=2)
+    uri = f"http://127.0.0.1:{__import__('helpers').free_port()}"
+    t0 = time.time()
+    out = run([str(BIN / "python"), str(ROOT / "stages/train.py")], p, check=False, MLFLOW_TRACKING_URI=uri)
+    assert time.time() - t0 < 30
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"error: MLflow server {uri} is not reachable ([Errno 111] Connection refused); start it "
+        f"(make mlflow-server) or fix MLFLOW_TRACKING_URI (unset it to log to the local mlflow.db)"]
+    assert not (p / "models").exists()
+
+
+def test_server_gone_mid_training_keeps_the_metrics_and_resends_them(tmp_path):
+    server = MlflowServer(tmp_path / "server").start()
+    p = _project(tmp_path / "p", epochs=40, checkpoint_every=1)
+    proc = subprocess.Popen([str(BIN / "python"), str(ROOT / "stages/train.py")], cwd=p,
+                            env=env(MLFLOW_TRACKING_URI=server.uri), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_checkpoint(proc, p / "models/checkpoint.pt", min_epoch=3)
+        server.stop()
+        out, err = proc.communicate(timeout=600)
+    finally:
+        server.stop()
+    assert proc.returncode == 0, err
+    assert "stopped answering" in err and "Traceback" not in err
+    assert _json(p / "metrics/train.json")["epochs"] == 40  # training completed, outputs written
+    unsent = _json(p / "models/mlflow_unsent.json")
+    assert any(i["kind"] == "metrics" and i["step"] == 40 for i in unsent["items"])
+    assert any(i["kind"] == "artifact" for i in unsent["items"])
+    # the server comes back (same store, same port): nothing was lost
+    server.start()
+    try:
+        res = run([str(BIN / "python"), "-m", "pipeline.tracking", "resend"], p, MLFLOW_TRACKING_URI=server.uri,
+                  PYTHONPATH=str(ROOT))
+        assert "sent " in res.stdout and " items to MLflow" in res.stdout
+        assert not (p / "models/mlflow_unsent.json").exists()
+        client = MlflowClient(tracking_uri=server.uri)
+        run_id = unsent["run_id"]
+        assert sorted({m.step for m in client.get_metric_history(run_id, "loss")}) == list(range(1, 41))
+        assert client.get_run(run_id).info.status == "FINISHED"
+        assert "model/vae.pt" in {a.path for a in client.list_artifacts(run_id, "model")}
+    finally:
+        server.stop()
