@@ -2,14 +2,14 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
-BIN := $(CURDIR)/$(VENV)/bin
+BIN := $(abspath $(VENV))/bin
 # DVC runs each stage's `python stages/...` through the shell: the venv must come first on PATH.
 export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test ui install summary clean-venv mlflow-server remote push pull
+.PHONY: run test ui install summary clean-venv mlflow-server remote push pull sweep compare
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,3 +67,15 @@ train-ddp: $(VENV)/.installed  ## the train stage under torchrun with Distribute
 	dvc commit --force train
 	dvc repro
 	@$(BIN)/python -m pipeline.summary
+
+# --- the homework's sweep: one DVC experiment and one MLflow run per latent size --------------------
+# Each runs in a temporary copy (dvc exp run --temp), one after the other, so the workspace is untouched;
+# `dvc exp show` lists them, `dvc exp apply <name>` brings one into the workspace.
+SWEEP ?= 20 30 50
+sweep: $(VENV)/.installed  ## train and evaluate one model per latent size in SWEEP, then compare them
+	dvc repro ingest preprocess
+	@for d in $(SWEEP); do echo "== train.latent_dim=$$d"; dvc exp run --temp -S train.latent_dim=$$d || exit $$?; done
+	@$(BIN)/python -m pipeline.compare
+
+compare: $(VENV)/.installed  ## reports/compare/: latent size against test PSNR, SSIM, kNN accuracy, silhouette
+	@$(BIN)/python -m pipeline.compare

@@ -9,6 +9,7 @@ when train.epochs is raised. Any other change trains from scratch."""
 import _path  # noqa: F401
 
 import json
+import os
 import signal
 import time
 
@@ -55,7 +56,8 @@ def train_stage(params, cfg, device):
         with GracefulStop() as stop:
             trainer.fit(progress=False, stop=stop)
         return
-    tags = {**git_info(root), "data_hash": data_hash, "device": str(device)}
+    tags = {**git_info(root), "data_hash": data_hash, "device": str(device),
+            "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}  # set by `dvc exp run`
     mlrun = TrainingRun(params["mlflow.experiment"], f"z{cfg.latent_dim}-e{cfg.epochs}",
                         {**params, "data.n_train": len(ds["ids"])}, tags, root,
                         continue_run_id=trainer.meta.get("mlflow_run_id") if resume else None)
