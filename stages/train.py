@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pandas as pd
 
@@ -20,7 +21,8 @@ from pipeline.errors import Stopped
 from pipeline.io import write_json, write_text
 from pipeline.params import section
 from pipeline.preprocess import load_dataset, subset
-from pipeline.tracking import TrainingRun, check_reachable, file_sha256, git_info, project_root, tracking_uri
+from pipeline.tracking import (UNSENT_FILE, TrainingRun, check_reachable, file_sha256, git_info, project_root,
+                               tracking_uri)
 from pipeline.train import (GracefulStop, TrainConfig, Trainer, can_continue, init_distributed,
                             load_checkpoint, resolve_device, save_model)
 
@@ -52,6 +54,8 @@ def train_stage(params, cfg, device):
         json.loads(ckpt.get("meta", "{}")).get("data_hash") == data_hash
     if resume:
         trainer.load_state_dict(ckpt)
+    elif trainer.rank == 0:  # what an earlier model's run could not send belongs to that run, not this one
+        Path("models", UNSENT_FILE).unlink(missing_ok=True)
     if trainer.rank != 0:  # only rank 0 writes outputs and talks to MLflow
         with GracefulStop() as stop:
             trainer.fit(progress=False, stop=stop)
