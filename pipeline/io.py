@@ -45,3 +45,15 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def save_torch(obj, path: str | os.PathLike) -> None:
+    """torch.save, atomically and byte-for-byte reproducibly: torch names the records inside its zip after
+    the file it writes to, so saving straight to a temporary name would make every file different."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getvalue())

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 
 from .errors import UserError
 from .ingest import read_manifest
-from .io import atomic_path
+from .io import save_torch
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -103,8 +103,7 @@ def build_dataset(raw_dir: str | Path, size: int, test_per_class: int, seed: int
 
 
 def save_dataset(ds: dict, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(ds, tmp)
+    save_torch(ds, path)
 
 
 def load_dataset(path: str | Path) -> dict:

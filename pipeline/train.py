@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from .errors import UserError
-from .io import atomic_path, write_json
+from .io import save_torch, write_json
 from .losses import vae_loss
 from .model import ConvVAE
 
@@ -307,8 +307,7 @@ class Trainer:
     def save_checkpoint(self, path: str | Path) -> None:
         state = self.state_dict()
         state["finished"] = self.epoch >= self.cfg.epochs
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        save_torch(state, path)
 
 
 def load_checkpoint(path: str | Path) -> dict | None:
@@ -342,8 +341,7 @@ def train(images: torch.Tensor, cfg: TrainConfig, on_epoch: Callable[[int, dict]
 
 def save_model(model: ConvVAE, cfg: TrainConfig, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
-    with atomic_path(out_dir / "vae.pt") as tmp:
-        torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
+    save_torch({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out_dir / "vae.pt")
     write_json(out_dir / "config.json", asdict(cfg))
 
 

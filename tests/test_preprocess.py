@@ -95,3 +95,15 @@ def test_build_dataset_from_ingested_synthetic(tmp_path):
     test = subset(ds, "test")
     assert sorted(test["labels"].tolist()) == [0, 1]
     assert len(subset(ds, "train")["ids"]) == 6
+
+
+def test_saved_dataset_is_byte_identical_for_the_same_input(tmp_path):
+    """Identical data must hash identically, or DVC retrains after every rerun of preprocess."""
+    ingest("synthetic", tmp_path / "raw", per_class=3, seed=0)
+    ds = build_dataset(tmp_path / "raw", 32, test_per_class=1, seed=0)
+    from pipeline.preprocess import save_dataset
+
+    save_dataset(ds, tmp_path / "a.pt")
+    save_dataset(build_dataset(tmp_path / "raw", 32, test_per_class=1, seed=0), tmp_path / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert torch.equal(torch.load(tmp_path / "a.pt", weights_only=True)["images"], ds["images"])
