@@ -3,6 +3,12 @@
 ``data/raw/<label>/<file>`` holds a byte-for-byte copy of every accepted image,
 ``data/raw/manifest.csv`` lists them (relpath, label, sha256, width, height, source) and
 ``data/raw/rejected.csv`` lists what was refused and why (path, reason). The source is never modified.
+
+Hostile input is refused item by item, each with one reason, and ingest goes on: empty, truncated or
+corrupt files, non-images named like images, unsupported formats, decompression bombs, images smaller than
+``preprocess.min_size``, exact duplicates (the same bytes under two labels: refused from both; twice under
+one label: the later copies), and symbolic links that point outside the source (never followed).
+Stray non-image files are skipped and counted; empty label folders are warned about.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import io
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +29,14 @@ from . import synthetic
 from .errors import UserError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# image formats people have but Pillow cannot read without plugins: refused with a hint, not ignored
+UNSUPPORTED_EXTENSIONS = {".heic", ".heif", ".avif", ".svg", ".psd", ".raw", ".cr2", ".nef", ".arw", ".dng"}
 MANIFEST_COLUMNS = ["relpath", "label", "sha256", "width", "height", "source"]
 REJECTED_COLUMNS = ["path", "reason"]
+
+
+class Rejected(Exception):
+    """One item refused, with its reason."""
 
 
 @dataclass
@@ -31,6 +44,7 @@ class IngestResult:
     accepted: list[dict] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
     ignored: int = 0  # stray non-image files
+    warnings: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -38,11 +52,15 @@ class IngestResult:
             out[row["label"]] = out.get(row["label"], 0) + 1
         return dict(sorted(out.items()))
 
+    def reject(self, path: str, reason: str) -> None:
+        self.rejected.append({"path": path, "reason": reason})
+
     def summary(self) -> str:
         per_label = ", ".join(f"{k} {v}" for k, v in self.counts().items())
         reasons: dict[str, int] = {}
         for row in self.rejected:
-            reasons[row["reason"]] = reasons.get(row["reason"], 0) + 1
+            key = row["reason"].split(" (")[0]
+            reasons[key] = reasons.get(key, 0) + 1
         rej = "; ".join(f"{n} {r}" for r, n in sorted(reasons.items())) or "none"
         return (f"ingest: accepted {len(self.accepted)} images ({per_label}); rejected {len(self.rejected)} "
                 f"({rej}); ignored {self.ignored} non-image files")
@@ -52,16 +70,50 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _image_size(data: bytes) -> tuple[int, int]:
-    """Decode fully (catches truncated files) and return (width, height) as stored."""
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return im.size
+def inspect_image(data: bytes, min_size: int = 1) -> tuple[int, int]:
+    """Decode fully and return (width, height) as stored, or raise Rejected with the reason."""
+    if not data:
+        raise Rejected("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                size = im.size
+                im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise Rejected(f"decompression bomb (Pillow refuses images over {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
+    except UnidentifiedImageError:
+        raise Rejected("not an image (content not recognised)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise Rejected(f"truncated or corrupt image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if min(size) < min_size:
+        raise Rejected(f"too small ({size[0]}x{size[1]} < preprocess.min_size {min_size})")
+    return size
+
+
+@dataclass
+class _Item:
+    label: str
+    name: str
+    source: str  # what rejected.csv and the manifest name
+    data: bytes | None = None  # synthetic items carry their bytes; files are read when needed
+    path: Path | None = None
+
+    def read(self) -> bytes:
+        return self.data if self.data is not None else self.path.read_bytes()
 
 
 def _synthetic_items(per_class: int, seed: int, labels: list[str]):
     for label, name, data in synthetic.generate(per_class, seed=seed, labels=labels):
-        yield label, name, data, f"synthetic:{name}"
+        yield _Item(label, name, f"synthetic:{name}", data=data)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
 
 
 def _folder_items(root: Path, result: IngestResult, labels: list[str] | None):
@@ -73,19 +125,44 @@ def _folder_items(root: Path, result: IngestResult, labels: list[str] | None):
         label = label_dir.name
         if labels and label not in labels:
             continue
-        for path in sorted(label_dir.rglob("*")):
-            if not path.is_file():
-                continue
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                result.ignored += 1
-                continue
-            rel = path.relative_to(label_dir)
-            name = "__".join(rel.parts[:-1] + (rel.stem + rel.suffix.lower(),))
-            yield label, name, path.read_bytes(), str(path)
+        if label_dir.is_symlink() and not _inside(label_dir, root):
+            result.reject(str(label_dir), "symbolic link pointing outside the source (not followed)")
+            continue
+        found = 0
+        for dirpath, dirnames, filenames in os.walk(label_dir, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for d in dirnames:
+                p = Path(dirpath) / d
+                if p.is_symlink():
+                    result.reject(str(p), "symbolic link to a folder (not followed)")
+            for fn in sorted(filenames):
+                path = Path(dirpath) / fn
+                if fn.startswith("."):
+                    result.ignored += 1
+                    continue
+                ext = path.suffix.lower()
+                if ext in UNSUPPORTED_EXTENSIONS:
+                    result.reject(str(path), f"unsupported format ({ext}); convert it to JPEG or PNG")
+                    continue
+                if ext not in IMAGE_EXTENSIONS:
+                    result.ignored += 1
+                    continue
+                if path.is_symlink() and not _inside(path, root):
+                    result.reject(str(path), "symbolic link pointing outside the source (not followed)")
+                    continue
+                if not path.is_file():
+                    result.reject(str(path), "not a regular file")
+                    continue
+                found += 1
+                rel = path.relative_to(label_dir)
+                name = "__".join(rel.parts[:-1] + (rel.stem + ext,))
+                yield _Item(label, name, str(path), path=path)
+        if not found:
+            result.warnings.append(f"label folder '{label_dir}' has no images")
 
 
 def ingest(source: str, out_dir: str | Path, per_class: int = 100, seed: int = 0,
-           labels: list[str] | None = None) -> IngestResult:
+           labels: list[str] | None = None, min_size: int = 1) -> IngestResult:
     """Ingest ``source`` into ``out_dir`` (replaced atomically as a whole)."""
     out_dir = Path(out_dir)
     labels = list(labels or [])
@@ -103,28 +180,60 @@ def ingest(source: str, out_dir: str | Path, per_class: int = 100, seed: int = 0
                             f"'synthetic' or a folder with one sub-folder per label")
         items = _folder_items(root, result, labels)
 
+    # pass 1: check every item (bytes are not kept: photo collections can be larger than memory)
+    checked: list[tuple[_Item, str, int, int]] = []
+    for item in items:
+        try:
+            data = item.read()
+            w, h = inspect_image(data, min_size)
+        except Rejected as e:
+            result.reject(item.source, str(e))
+            continue
+        except OSError as e:
+            result.reject(item.source, f"unreadable file ({e.strerror or e})")
+            continue
+        checked.append((item, _sha256(data), w, h))
+
+    # pass 2: exact duplicates
+    by_hash: dict[str, list[tuple[_Item, str, int, int]]] = {}
+    for entry in checked:
+        by_hash.setdefault(entry[1], []).append(entry)
+    keep = []
+    for entries in by_hash.values():
+        labels_seen = sorted({e[0].label for e in entries})
+        if len(labels_seen) > 1:
+            for e in entries:
+                result.reject(e[0].source, f"duplicate under two labels ({', '.join(labels_seen)}): "
+                                           f"refused from both")
+            continue
+        keep.append(entries[0])
+        for e in entries[1:]:
+            result.reject(e[0].source, f"duplicate of {entries[0][0].source}")
+    keep.sort(key=lambda e: (e[0].label, e[0].name))
+
+    counts: dict[str, int] = {}
+    for e in keep:
+        counts[e[0].label] = counts.get(e[0].label, 0) + 1
+    if not counts:
+        raise UserError(f"data.source: no usable images in '{source}' ({len(result.rejected)} rejected, "
+                        f"{result.ignored} non-image files); add JPEG or PNG photos in one sub-folder per label")
+    if len(counts) < 2:
+        raise UserError(f"data.source: only one label ({next(iter(counts))}) in '{source}'; the pipeline "
+                        f"compares expressions and needs at least two label sub-folders")
+
+    # pass 3: copy the accepted items into a temporary folder, then swap it in
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        for label, name, data, src in items:
-            try:
-                width, height = _image_size(data)
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-                reason = "not a readable image" if isinstance(e, UnidentifiedImageError) else f"corrupt image ({e})"
-                result.rejected.append({"path": src, "reason": reason})
-                continue
-            dest = tmp / label / name
+        for item, sha, w, h in keep:
+            dest = tmp / item.label / item.name
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data)
-            result.accepted.append({"relpath": f"{label}/{name}", "label": label, "sha256": _sha256(data),
-                                    "width": width, "height": height, "source": src})
-        counts = result.counts()
-        if not counts:
-            raise UserError(f"data.source: no images found in '{source}'; add JPEG or PNG photos in one "
-                            f"sub-folder per label")
-        if len(counts) < 2:
-            raise UserError(f"data.source: only one label ({next(iter(counts))}) in '{source}'; the pipeline "
-                            f"compares expressions and needs at least two label sub-folders")
+            if item.data is not None:
+                dest.write_bytes(item.data)
+            else:
+                shutil.copyfile(item.path, dest)
+            result.accepted.append({"relpath": f"{item.label}/{item.name}", "label": item.label, "sha256": sha,
+                                    "width": w, "height": h, "source": item.source})
         _write_csv(tmp / "manifest.csv", MANIFEST_COLUMNS, result.accepted)
         _write_csv(tmp / "rejected.csv", REJECTED_COLUMNS, result.rejected)
         if out_dir.exists():

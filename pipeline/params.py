@@ -51,6 +51,7 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "split.test_per_class": (_positive_int, "a positive integer"),
     "split.seed": (_int, "an integer"),
     "preprocess.size": (lambda v: _positive_int(v) and v >= 16, "an integer >= 16 (the model is built for 128)"),
+    "preprocess.min_size": (_positive_int, "a positive integer (smaller images are rejected at ingest)"),
     "train.latent_dim": (_positive_int, "a positive integer, e.g. 20, 30 or 50"),
     "train.epochs": (_positive_int, "a positive integer"),
     "train.batch_size": (_positive_int, "a positive integer"),

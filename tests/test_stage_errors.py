@@ -58,29 +58,29 @@ def test_params_file_checks(tmp_path):
         load(tmp_path / "params.yaml")
 
 
-def _photo(path, size, mode="RGB", fmt="JPEG"):
+def _photo(path, size, mode="RGB", fmt="JPEG", grey=128):
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, 128).save(path, format=fmt)
+    Image.new(mode, size, (grey, 128, 255 - grey)).save(path, format=fmt)
 
 
 def test_folder_source_with_ordinary_photos(tmp_path):
     src = tmp_path / "photos"
     for i in range(3):
-        _photo(src / "happy" / f"IMG {i}.JPG", (640, 480))
-        _photo(src / "angry" / "nested" / f"a{i}.png", (300, 500), fmt="PNG")
+        _photo(src / "happy" / f"IMG {i}.JPG", (640, 480), grey=10 + 40 * i)
+        _photo(src / "angry" / "nested" / f"a{i}.png", (300, 500), fmt="PNG", grey=20 + 40 * i)
     (src / "happy" / "notes.txt").write_text("not an image")
     (src / "angry" / "broken.jpg").write_bytes(b"this is text, not a JPEG")
     before = sorted((p, p.stat().st_mtime_ns) for p in src.rglob("*"))
     result = ingest(str(src), tmp_path / "raw")
     assert result.counts() == {"angry": 3, "happy": 3}
     assert result.ignored == 1
-    assert [r["reason"] for r in result.rejected] == ["not a readable image"]
+    assert [r["reason"] for r in result.rejected] == ["not an image (content not recognised)"]
     assert (tmp_path / "raw" / "angry" / "nested__a0.png").exists()
     assert (tmp_path / "raw" / "happy" / "IMG 0.jpg").read_bytes() == (src / "happy" / "IMG 0.JPG").read_bytes()
     assert sorted((p, p.stat().st_mtime_ns) for p in src.rglob("*")) == before  # source untouched
-    assert "rejected 1 (1 not a readable image)" in result.summary()
+    assert "rejected 1 (1 not an image)" in result.summary()
 
 
 def test_folder_source_with_one_label_is_refused(tmp_path):
@@ -90,7 +90,7 @@ def test_folder_source_with_one_label_is_refused(tmp_path):
 
 
 def test_labels_filter_keeps_a_subset(tmp_path):
-    for lab in ("happy", "angry", "sad"):
-        _photo(tmp_path / "photos" / lab / "a.jpg", (50, 50))
+    for i, lab in enumerate(("happy", "angry", "sad")):
+        _photo(tmp_path / "photos" / lab / "a.jpg", (50, 50), grey=60 * i)
     result = ingest(str(tmp_path / "photos"), tmp_path / "raw", labels=["happy", "sad"])
     assert result.counts() == {"happy": 1, "sad": 1}

@@ -1,0 +1,145 @@
+"""Messy photo collections: each hostile case is refused (or accepted) with one clear reason, and the
+source is never modified."""
+
+import io
+import os
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.errors import UserError
+from pipeline.ingest import ingest, inspect_image, Rejected
+from pipeline.preprocess import load_image
+
+
+def _jpeg(size=(64, 48), colour=(120, 90, 60), mode="RGB", **kw):
+    buf = io.BytesIO()
+    Image.new(mode, size, colour if mode == "RGB" else None).save(buf, format="JPEG", **kw)
+    return buf.getvalue()
+
+
+def _png(img):
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _noise(seed, size=(64, 64)):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def _snapshot(root):
+    return sorted((str(p), p.lstat().st_mtime_ns, p.lstat().st_size) for p in root.rglob("*"))
+
+
+@pytest.fixture
+def source(tmp_path):
+    src = tmp_path / "photos"
+    for label in ("happy", "angry"):
+        for i in range(3):
+            (src / label).mkdir(parents=True, exist_ok=True)
+            _noise((0 if label == "happy" else 10) + i).save(src / label / f"ok {i}.png")
+    return src
+
+
+def _reasons(result):
+    return {os.path.basename(r["path"]): r["reason"] for r in result.rejected}
+
+
+def test_each_hostile_file_gets_one_reason_and_the_rest_goes_on(source, tmp_path):
+    h = source / "happy"
+    (h / "empty.jpg").write_bytes(b"")
+    (h / "text.jpg").write_text("I am not a JPEG")
+    (h / "truncated.jpg").write_bytes(_png(_noise(7, (200, 200)))[:300])
+    (h / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (h / "tiny.png").write_bytes(_png(_noise(8, (20, 20))))
+    (h / "notes.txt").write_text("stray")
+    (h / "naïve café ☺.png").write_bytes(_png(_noise(9)))  # unicode with spaces: accepted
+    (source / "angry" / "same as happy.png").write_bytes((h / "ok 0.png").read_bytes())  # across labels
+    (h / "copy of ok 1.png").write_bytes((h / "ok 1.png").read_bytes())  # within a label
+    before = _snapshot(source)
+    result = ingest(str(source), tmp_path / "raw", min_size=32)
+    r = _reasons(result)
+    assert r["empty.jpg"] == "empty file"
+    assert r["text.jpg"] == "not an image (content not recognised)"
+    assert r["truncated.jpg"].startswith("truncated or corrupt image")
+    assert r["photo.heic"] == "unsupported format (.heic); convert it to JPEG or PNG"
+    assert r["tiny.png"] == "too small (20x20 < preprocess.min_size 32)"
+    assert r["same as happy.png"].startswith("duplicate under two labels (angry, happy)")
+    assert r["ok 0.png"].startswith("duplicate under two labels")
+    # within a label the first copy in name order is kept, the others point at it
+    assert r["ok 1.png"] == f"duplicate of {h / 'copy of ok 1.png'}"
+    assert len(result.rejected) == 8
+    assert result.ignored == 1
+    assert result.counts() == {"angry": 3, "happy": 3}  # happy: copy of ok 1, ok 2, naïve café ☺
+    assert (tmp_path / "raw" / "happy" / "naïve café ☺.png").exists()
+    rejected_csv = (tmp_path / "raw" / "rejected.csv").read_text(encoding="utf-8")
+    assert rejected_csv.count("\n") == 9  # header + 8
+    assert _snapshot(source) == before  # the source is never modified
+    s = result.summary()
+    assert "accepted 6 images" in s and "rejected 8" in s and "ignored 1 non-image files" in s
+
+
+def test_decompression_bomb_is_reported_as_such(monkeypatch):
+    data = _png(Image.new("L", (400, 400)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 160,000 pixels > 2 x limit: Pillow's error
+    with pytest.raises(Rejected, match="decompression bomb"):
+        inspect_image(data)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # between 1x and 2x: Pillow only warns
+    with pytest.raises(Rejected, match="decompression bomb"):
+        inspect_image(data)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Image.new("CMYK", (64, 64), (0, 255, 255, 0)),
+    lambda: Image.fromarray(np.full((64, 64), 40000, np.uint16)),
+    lambda: Image.new("RGB", (64, 64), (200, 10, 10)).convert("P", palette=Image.Palette.ADAPTIVE),
+    lambda: Image.new("RGBA", (64, 64), (10, 200, 10, 128)),
+    lambda: Image.new("LA", (64, 64), (90, 255)),
+    lambda: Image.new("L", (64, 64), 90),
+], ids=["cmyk", "16-bit", "palette", "rgba", "la", "grayscale"])
+def test_unusual_modes_are_accepted_and_converted(make, tmp_path):
+    img = make()
+    fmt = "JPEG" if img.mode == "CMYK" else "PNG"
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    data = buf.getvalue()
+    assert inspect_image(data, 32) == (64, 64)
+    out = load_image(data, 32)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+
+
+def test_symlink_outside_the_source_is_not_followed(source, tmp_path):
+    secret = tmp_path / "elsewhere"
+    secret.mkdir()
+    _noise(99).save(secret / "private.png")
+    os.symlink(secret / "private.png", source / "happy" / "link.png")
+    os.symlink(secret, source / "angry" / "linked_dir")
+    os.symlink(source / "happy" / "ok 2.png", source / "angry" / "inside.png")  # inside the source: fine
+    result = ingest(str(source), tmp_path / "raw")
+    r = _reasons(result)
+    assert r["link.png"] == "symbolic link pointing outside the source (not followed)"
+    assert r["linked_dir"] == "symbolic link to a folder (not followed)"
+    assert not any("private" in a["source"] for a in result.accepted)
+    # the link inside the source is a duplicate of its target under another label: refused from both
+    assert r["inside.png"].startswith("duplicate under two labels")
+
+
+def test_empty_label_folder_is_warned(source, tmp_path):
+    (source / "surprised").mkdir()
+    result = ingest(str(source), tmp_path / "raw")
+    assert result.warnings == [f"label folder '{source / 'surprised'}' has no images"]
+    assert result.counts() == {"angry": 3, "happy": 3}
+
+
+def test_nothing_usable_is_one_clear_error(tmp_path):
+    src = tmp_path / "photos"
+    for label in ("happy", "angry"):
+        (src / label).mkdir(parents=True)
+        (src / label / "a.jpg").write_text("nope")
+    with pytest.raises(UserError, match=r"no usable images .* \(2 rejected, 0 non-image files\)"):
+        ingest(str(src), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
