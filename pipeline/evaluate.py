@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -57,6 +55,3 @@ def image_metrics(original: torch.Tensor, recon: torch.Tensor) -> dict[str, floa
         "n": int(original.shape[0]),
     }
 
-
-def psnr_from_mse(mse: float) -> float:
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)

@@ -20,6 +20,7 @@ from pipeline.cli import stage_main
 from pipeline.errors import Stopped
 from pipeline.io import write_json, write_text
 from pipeline.params import section
+from pipeline.plots import save_loss_plot
 from pipeline.preprocess import load_dataset, subset
 from pipeline.tracking import (UNSENT_FILE, TrainingRun, check_reachable, file_sha256, git_info, project_root,
                                tracking_uri)
@@ -100,6 +101,8 @@ def train_stage(params, cfg, device):
     mlrun.log_metrics({"train_seconds": seconds, "images_per_second": metrics["images_per_second"]}, len(history))
     for f in ("models/vae.pt", "models/config.json", "metrics/train_history.csv"):
         mlrun.log_artifact(f, "model" if f.startswith("models/") else None)
+    save_loss_plot(history, "models/loss.png")
+    mlrun.log_artifact("models/loss.png")
     mlrun.log_model(trainer.model, ds["images"][:2])  # 2: a batch of 1 would fix the batch size in the export
     mlrun.finish("FINISHED", "models")
     print(f"train: done in {seconds:.1f}s; final loss {last['loss']:.1f} (recon {last['recon']:.1f}, "

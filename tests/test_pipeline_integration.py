@@ -118,6 +118,7 @@ def test_mlflow_run_holds_params_history_and_artifacts(project, mlflow_client):
     train_json = _json(proj / "metrics/train.json")
     assert run.data.metrics["loss"] == pytest.approx(train_json["loss"])
     assert {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "model")} >= {"model/vae.pt", "model/config.json"}
+    assert {"loss.png", "train_history.csv"} <= {a.path for a in mlflow_client.list_artifacts(run.info.run_id)}
     # downstream metrics reach the model's run
     recon = _json(proj / "metrics/recon.json")
     assert run.data.metrics["test_psnr"] == pytest.approx(recon["test"]["psnr"])
