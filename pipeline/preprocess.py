@@ -58,6 +58,43 @@ def load_image(source: str | Path | bytes, size: int = 128) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8).copy()
 
 
+def _decode_one(args) -> np.ndarray | str:
+    path, size = args
+    try:
+        return load_image(path, size).transpose(2, 0, 1)
+    except (OSError, ValueError, SyntaxError) as e:
+        return f"preprocess: cannot decode {path} ({e}); rerun ingest or remove the file"
+
+
+def decode_images(paths: list, size: int, workers: int | None = None) -> np.ndarray:
+    """Decode, crop and resize ``paths`` into a uint8 N x 3 x size x size array, in order, over all cores
+    (worker processes; below 64 images, or with workers=1, in this process)."""
+    import os
+
+    workers = workers or os.cpu_count() or 1
+    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
+    jobs = [(p, size) for p in paths]
+    if workers > 1 and len(paths) >= 64:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # fork: workers start at once and need nothing from torch (only Pillow and numpy run there)
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            results = pool.map(_decode_one, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
+            for i, r in enumerate(results):
+                if isinstance(r, str):
+                    raise UserError(r)
+                out[i] = r
+        return out
+    for i, job in enumerate(jobs):
+        r = _decode_one(job)
+        if isinstance(r, str):
+            raise UserError(r)
+        out[i] = r
+    return out
+
+
 def stratified_split(ids: list[str], labels: list[str], test_per_class: int, seed: int) -> list[bool]:
     """Return is_test per item: ``test_per_class`` of every label, the same for the same inputs."""
     by_label: dict[str, list[int]] = {}
@@ -86,13 +123,7 @@ def build_dataset(raw_dir: str | Path, size: int, test_per_class: int, seed: int
     labels = [r["label"] for r in rows]
     is_test = stratified_split(ids, labels, test_per_class, seed)
     classes = sorted(set(labels))
-    images = np.empty((len(rows), 3, size, size), dtype=np.uint8)
-    for i, rel in enumerate(ids):
-        path = raw_dir / rel
-        try:
-            images[i] = load_image(path, size).transpose(2, 0, 1)
-        except (OSError, ValueError, SyntaxError) as e:
-            raise UserError(f"preprocess: cannot decode {path} ({e}); rerun ingest or remove the file") from None
+    images = decode_images([raw_dir / rel for rel in ids], size)
     return {
         "images": torch.from_numpy(images),
         "labels": torch.tensor([classes.index(x) for x in labels], dtype=torch.int64),

@@ -107,3 +107,20 @@ def test_saved_dataset_is_byte_identical_for_the_same_input(tmp_path):
     save_dataset(build_dataset(tmp_path / "raw", 32, test_per_class=1, seed=0), tmp_path / "b.pt")
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
     assert torch.equal(torch.load(tmp_path / "a.pt", weights_only=True)["images"], ds["images"])
+
+
+def test_parallel_decoding_gives_the_same_pixels_in_the_same_order(tmp_path):
+    from pipeline.preprocess import decode_images
+
+    paths = []
+    for i in range(70):
+        p = tmp_path / f"{i:03d}.jpg"
+        Image.new("RGB", (300 + i, 200), (i * 3, 255 - i * 3, 100)).save(p, quality=90)
+        paths.append(p)
+    one = decode_images(paths, 32, workers=1)
+    two = decode_images(paths, 32, workers=2)
+    assert one.shape == (70, 3, 32, 32)
+    assert np.array_equal(one, two)
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match="cannot decode .*bad.jpg"):
+        decode_images(paths + [tmp_path / "bad.jpg"], 32, workers=2)
