@@ -13,13 +13,16 @@ Stray non-image files are skipped and counted; empty label folders are warned ab
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import os
 import shutil
+import tarfile
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,11 +99,16 @@ class _Item:
     label: str
     name: str
     source: str  # what rejected.csv and the manifest name
-    data: bytes | None = None  # synthetic items carry their bytes; files are read when needed
-    path: Path | None = None
+    data: bytes | None = None  # synthetic and FER items carry their bytes
+    path: Path | None = None  # files are read when needed
+    reader: object = None  # archive members: a function returning the bytes
 
     def read(self) -> bytes:
-        return self.data if self.data is not None else self.path.read_bytes()
+        if self.data is not None:
+            return self.data
+        if self.reader is not None:
+            return self.reader()
+        return self.path.read_bytes()
 
 
 def _synthetic_items(per_class: int, seed: int, labels: list[str]):
@@ -161,6 +169,138 @@ def _folder_items(root: Path, result: IngestResult, labels: list[str] | None):
             result.warnings.append(f"label folder '{label_dir}' has no images")
 
 
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+FER_LABELS = {0: "angry", 1: "disgust", 2: "fear", 3: "happy", 4: "sad", 5: "surprise", 6: "neutral"}
+FER_PIXELS = 48 * 48
+
+
+def _safe_member_parts(name: str) -> tuple[str, ...] | None:
+    """The parts of an archive member's path, or None if it is absolute or climbs out with '..'."""
+    from pathlib import PurePosixPath
+
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return None
+    parts = tuple(p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("", "."))
+    if any(p == ".." for p in parts):
+        return None
+    return parts
+
+
+def _archive_items(archive: Path, result: IngestResult, labels: list[str] | None, stack):
+    """Members of a .zip or .tar(.gz) as items, read on demand; nothing is ever extracted to disk."""
+    members = []  # (parts, reader, display name)
+    if archive.name.lower().endswith(".zip"):
+        zf = stack.enter_context(zipfile.ZipFile(archive))
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            members.append((info.filename, (lambda n=info.filename: zf.read(n)), True))
+    else:
+        tf = stack.enter_context(tarfile.open(archive))
+        for m in tf.getmembers():
+            if m.isdir():
+                continue
+            members.append((m.name, (lambda m=m: tf.extractfile(m).read()), m.isfile()))
+    entries = []
+    for name, reader, regular in members:
+        src = f"{archive}:{name}"
+        parts = _safe_member_parts(name)
+        if parts is None:
+            result.reject(src, "unsafe path in archive (absolute or '..'); not extracted")
+            continue
+        if not regular:
+            result.reject(src, "link or special file in archive; not extracted")
+            continue
+        if any(p.startswith(".") for p in parts) or parts[0] == "__MACOSX":
+            result.ignored += 1
+            continue
+        entries.append((parts, reader, src))
+    # an archive of a folder ("faces/happy/a.jpg"): the labels are one level down
+    tops = {e[0][0] for e in entries}
+    if len(tops) == 1 and all(len(e[0]) >= 3 for e in entries):
+        entries = [(e[0][1:], e[1], e[2]) for e in entries]
+    for parts, reader, src in sorted(entries, key=lambda e: e[0]):
+        if len(parts) < 2:
+            result.ignored += 1  # a file beside the label folders
+            continue
+        label, ext = parts[0], Path(parts[-1]).suffix.lower()
+        if labels and label not in labels:
+            continue
+        if ext in UNSUPPORTED_EXTENSIONS:
+            result.reject(src, f"unsupported format ({ext}); convert it to JPEG or PNG")
+            continue
+        if ext not in IMAGE_EXTENSIONS:
+            result.ignored += 1
+            continue
+        name = "__".join(parts[1:-1] + (Path(parts[-1]).stem + ext,))
+        yield _Item(label, name, src, reader=reader)
+
+
+def _manifest_items(csv_path: Path, rows: list[dict], result: IngestResult, labels: list[str] | None):
+    """A CSV with columns path,label; paths are relative to the CSV's folder."""
+    base = csv_path.parent
+    for i, row in enumerate(rows, start=2):
+        rel, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+        src = f"{csv_path}:{i} {rel}"
+        if not rel or not label:
+            result.reject(src, "manifest row without path or label")
+            continue
+        if labels and label not in labels:
+            continue
+        path = (base / rel)
+        ext = path.suffix.lower()
+        if not path.is_file():
+            result.reject(src, "file named in the manifest not found")
+            continue
+        if ext in UNSUPPORTED_EXTENSIONS:
+            result.reject(src, f"unsupported format ({ext}); convert it to JPEG or PNG")
+            continue
+        name = "__".join(Path(rel).parts[:-1] + (path.stem + ext,))
+        yield _Item(label, f"{i:06d}_{name}", src, path=path)
+
+
+def _fer_items(csv_path: Path, rows: list[dict], result: IngestResult, labels: list[str] | None):
+    """FER2013: emotion (0-6), pixels (48 x 48 grayscale, space-separated), optional Usage."""
+    import numpy as np
+    from PIL import Image
+
+    for i, row in enumerate(rows, start=2):
+        src = f"{csv_path}:{i}"
+        try:
+            label = FER_LABELS[int(row["emotion"])]
+        except (KeyError, ValueError, TypeError):
+            result.reject(src, f"FER row with an unknown emotion code {row.get('emotion')!r} (expected 0-6)")
+            continue
+        if labels and label not in labels:
+            continue
+        try:
+            values = [int(v) for v in (row.get("pixels") or "").split()]
+        except ValueError:
+            result.reject(src, "FER row with non-numeric pixels")
+            continue
+        if len(values) != FER_PIXELS or not all(0 <= v <= 255 for v in values):
+            result.reject(src, f"FER row with {len(values)} pixel values, expected {FER_PIXELS} in 0-255")
+            continue
+        img = Image.fromarray(np.array(values, dtype=np.uint8).reshape(48, 48), "L")
+        yield _Item(label, f"fer_{i:06d}.png", src, data=synthetic.png_bytes(img))
+
+
+def _csv_items(csv_path: Path, result: IngestResult, labels: list[str] | None):
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+            rows = [{(k or "").strip().lower(): v for k, v in r.items()} for r in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"data.source: cannot read CSV '{csv_path}' ({e}); expected UTF-8 with a header row") from None
+    if {"emotion", "pixels"} <= set(columns):
+        return _fer_items(csv_path, rows, result, labels)
+    if {"path", "label"} <= set(columns):
+        return _manifest_items(csv_path, rows, result, labels)
+    raise UserError(f"data.source: CSV '{csv_path}' has columns {columns}; expected path,label (a manifest) or "
+                    f"emotion,pixels (FER2013)")
+
+
 def ingest(source: str, out_dir: str | Path, per_class: int = 100, seed: int = 0,
            labels: list[str] | None = None, min_size: int = 1) -> IngestResult:
     """Ingest ``source`` into ``out_dir`` (replaced atomically as a whole)."""
@@ -173,13 +313,27 @@ def ingest(source: str, out_dir: str | Path, per_class: int = 100, seed: int = 0
             raise UserError(f"data.labels: {unknown} are not synthetic labels; use a subset of "
                             f"{list(synthetic.LABELS)} or []")
         items = _synthetic_items(per_class, seed, labels or list(synthetic.LABELS))
-    else:
-        root = Path(source).expanduser()
-        if not root.is_dir():
-            raise UserError(f"data.source: folder '{source}' not found; set data.source in params.yaml to "
-                            f"'synthetic' or a folder with one sub-folder per label")
-        items = _folder_items(root, result, labels)
+        return _ingest_items(items, source, out_dir, result, min_size)
+    root = Path(source).expanduser()
+    if not root.exists():
+        raise UserError(f"data.source: '{source}' not found; set data.source in params.yaml to 'synthetic', a "
+                        f"folder with one sub-folder per label, a .zip/.tar.gz of one, or a CSV")
+    with contextlib.ExitStack() as stack:
+        if root.is_dir():
+            items = _folder_items(root, result, labels)
+        elif root.name.lower().endswith(ARCHIVE_SUFFIXES):
+            try:
+                items = list(_archive_items(root, result, labels, stack))
+            except (OSError, EOFError, ValueError, zipfile.BadZipFile, tarfile.TarError) as e:
+                raise UserError(f"data.source: cannot open archive '{source}' ({e}); check the file") from None
+        elif root.suffix.lower() == ".csv":
+            items = _csv_items(root, result, labels)
+        else:
+            raise UserError(f"data.source: '{source}' is neither a folder, a .zip/.tar/.tar.gz archive nor a .csv")
+        return _ingest_items(items, source, out_dir, result, min_size)
 
+
+def _ingest_items(items, source: str, out_dir: Path, result: IngestResult, min_size: int) -> IngestResult:
     # pass 1: check every item (bytes are not kept: photo collections can be larger than memory)
     checked: list[tuple[_Item, str, int, int]] = []
     for item in items:
@@ -228,10 +382,10 @@ def ingest(source: str, out_dir: str | Path, per_class: int = 100, seed: int = 0
         for item, sha, w, h in keep:
             dest = tmp / item.label / item.name
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if item.data is not None:
-                dest.write_bytes(item.data)
-            else:
+            if item.path is not None:
                 shutil.copyfile(item.path, dest)
+            else:
+                dest.write_bytes(item.read())
             result.accepted.append({"relpath": f"{item.label}/{item.name}", "label": item.label, "sha256": sha,
                                     "width": w, "height": h, "source": item.source})
         _write_csv(tmp / "manifest.csv", MANIFEST_COLUMNS, result.accepted)

@@ -44,7 +44,7 @@ def _str_list(v):
 
 # key -> (check, what a good value looks like)
 SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "data.source": (_str, "'synthetic' or a folder path with one sub-folder per label"),
+    "data.source": (_str, "'synthetic', a folder with one sub-folder per label, a .zip/.tar.gz of one, or a CSV"),
     "data.per_class": (_positive_int, "a positive integer"),
     "data.seed": (_int, "an integer"),
     "data.labels": (_str_list, "a list of label names, e.g. [happy, angry], or [] for all"),

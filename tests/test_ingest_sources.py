@@ -1,0 +1,115 @@
+"""Other sources: .zip / .tar.gz archives (safely), a CSV manifest, a FER2013 CSV; data.labels on any."""
+
+import csv
+import io
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.errors import UserError
+from pipeline.ingest import ingest
+
+
+def _png(seed, size=64):
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _add_tar(tf, name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def test_zip_of_a_folder_with_unsafe_members(tmp_path):
+    z = tmp_path / "faces.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for i in range(2):
+            zf.writestr(f"faces/happy/h{i}.png", _png(i))
+            zf.writestr(f"faces/angry/nested/a{i}.png", _png(10 + i))
+        zf.writestr("faces/../../evil.png", _png(20))
+        zf.writestr("/abs/evil.png", _png(21))
+        zf.writestr("faces/happy/readme.txt", "hi")
+    result = ingest(str(z), tmp_path / "out" / "raw")
+    assert result.counts() == {"angry": 2, "happy": 2}
+    reasons = {r["path"].split(":", 1)[1]: r["reason"] for r in result.rejected}
+    assert reasons == {"faces/../../evil.png": "unsafe path in archive (absolute or '..'); not extracted",
+                       "/abs/evil.png": "unsafe path in archive (absolute or '..'); not extracted"}
+    assert result.ignored == 1
+    assert (tmp_path / "out" / "raw" / "angry" / "nested__a0.png").exists()
+    assert not (tmp_path / "evil.png").exists() and not (tmp_path / "out" / "evil.png").exists()
+    written = {p.name for p in tmp_path.rglob("*.png")}
+    assert "evil.png" not in written
+
+
+def test_tar_gz_with_links_is_handled(tmp_path):
+    t = tmp_path / "faces.tar.gz"
+    with tarfile.open(t, "w:gz") as tf:
+        for i in range(2):
+            _add_tar(tf, f"happy/h{i}.png", _png(i))
+            _add_tar(tf, f"angry/a{i}.png", _png(10 + i))
+        link = tarfile.TarInfo("happy/link.png")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/passwd"
+        tf.addfile(link)
+        _add_tar(tf, "../escape.png", _png(30))
+    result = ingest(str(t), tmp_path / "raw", labels=["happy", "angry"])
+    assert result.counts() == {"angry": 2, "happy": 2}
+    reasons = sorted(r["reason"] for r in result.rejected)
+    assert reasons == ["link or special file in archive; not extracted",
+                       "unsafe path in archive (absolute or '..'); not extracted"]
+    assert not (tmp_path / "escape.png").exists()
+
+
+def test_broken_archive_is_one_clear_error(tmp_path):
+    bad = tmp_path / "faces.zip"
+    bad.write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(UserError, match="cannot open archive"):
+        ingest(str(bad), tmp_path / "raw")
+
+
+def test_csv_manifest_relative_to_the_csv(tmp_path):
+    photos = tmp_path / "shoot"
+    photos.mkdir()
+    rows = []
+    for i in range(2):
+        for label, off in (("happy", 0), ("angry", 10)):
+            (photos / f"{label}{i}.png").write_bytes(_png(off + i))
+            rows.append({"path": f"shoot/{label}{i}.png", "label": label})
+    rows.append({"path": "shoot/missing.png", "label": "happy"})
+    with open(tmp_path / "faces.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    result = ingest(str(tmp_path / "faces.csv"), tmp_path / "raw")
+    assert result.counts() == {"angry": 2, "happy": 2}
+    assert [r["reason"] for r in result.rejected] == ["file named in the manifest not found"]
+    assert "missing.png" in result.rejected[0]["path"]
+
+
+def test_fer2013_csv_maps_codes_to_labels_and_refuses_bad_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = ["emotion,pixels,Usage"]
+    for code in (0, 0, 3, 3, 6):
+        lines.append(f"{code},{' '.join(str(v) for v in rng.integers(0, 256, 48 * 48))},Training")
+    lines.append(f"3,{' '.join(['7'] * 2303)},PublicTest")  # one value short
+    lines.append(f"9,{' '.join(['7'] * 2304)},Training")  # unknown code
+    (tmp_path / "fer2013.csv").write_text("\n".join(lines) + "\n")
+    result = ingest(str(tmp_path / "fer2013.csv"), tmp_path / "raw", labels=["happy", "angry"], min_size=32)
+    assert result.counts() == {"angry": 2, "happy": 2}  # neutral dropped by data.labels
+    assert sorted(r["reason"] for r in result.rejected) == [
+        "FER row with 2303 pixel values, expected 2304 in 0-255",
+        "FER row with an unknown emotion code '9' (expected 0-6)"]
+    img = Image.open(tmp_path / "raw" / "happy" / "fer_000004.png")
+    assert img.size == (48, 48) and img.mode == "L"
+
+
+def test_csv_with_other_columns_is_one_clear_error(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="expected path,label .* or emotion,pixels"):
+        ingest(str(tmp_path / "x.csv"), tmp_path / "raw")
