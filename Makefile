@@ -27,7 +27,7 @@ summary: $(VENV)/.installed
 	@$(BIN)/python -m pipeline.summary
 
 test: $(VENV)/.installed  ## the whole test suite
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses=4  # tests run in parallel processes (pytest-xdist)
 
 ui: $(VENV)/.installed  ## serve the MLflow UI on this project's store
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT)
