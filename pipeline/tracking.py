@@ -146,20 +146,13 @@ class TrainingRun:
             changed = {f"resumed.{k}": v for k, v in new.items() if k in old and old[k] != v}
             for k, v in {**tags, **changed}.items():
                 self.client.set_tag(self.run_id, k, v)
-            self._log_params(missing)
+            _log_params(self.client, self.run_id, missing)
             return
         self.experiment_id = _experiment_id(self.client, experiment, self.uri, self.root)
         run = self.client.create_run(self.experiment_id, run_name=run_name,
                                      tags={**tags, "facevae.kind": "model"})
         self.run_id = run.info.run_id
-        self._log_params(params)
-
-    def _log_params(self, params: dict) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, _param_str(v)) for k, v in sorted(params.items())]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+        _log_params(self.client, self.run_id, params)
 
     # -- logging that survives a server that goes away -----------------------------------------------
     # Once a call fails, nothing more is sent during this training: metrics, artifacts and the final
@@ -274,6 +267,15 @@ def resend(path: str | Path) -> int:
     return len(data["items"])
 
 
+def _log_params(client, run_id: str, params: dict) -> None:
+    """Log params in batches of 100 (MLflow's limit per call), values cut to its 6000 characters."""
+    from mlflow.entities import Param
+
+    items = [Param(k, _param_str(v)) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
 def _log_metrics(client, run_id: str, metrics: dict, step: int, timestamp: int | None = None) -> None:
     from mlflow.entities import Metric
     import math
@@ -325,10 +327,7 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, parent_m
     child = client.create_run(experiment_id, run_name=name, tags=tags)
     cid = child.info.run_id
     try:
-        from mlflow.entities import Param
-
-        if params:
-            client.log_batch(cid, params=[Param(k, _param_str(v)) for k, v in sorted(params.items())])
+        _log_params(client, cid, params)
         _log_metrics(client, cid, metrics, step)
         for path in artifacts:
             client.log_artifact(cid, str(path), stage)
