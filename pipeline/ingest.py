@@ -58,15 +58,18 @@ class IngestResult:
     def reject(self, path: str, reason: str) -> None:
         self.rejected.append({"path": path, "reason": reason})
 
-    def summary(self) -> str:
-        per_label = ", ".join(f"{k} {v}" for k, v in self.counts().items())
+    def reasons(self) -> str:
+        """Rejections counted by reason: '2 too small; 1 empty file' (or 'none')."""
         reasons: dict[str, int] = {}
         for row in self.rejected:
             key = row["reason"].split(" (")[0]
             reasons[key] = reasons.get(key, 0) + 1
-        rej = "; ".join(f"{n} {r}" for r, n in sorted(reasons.items())) or "none"
+        return "; ".join(f"{n} {r}" for r, n in sorted(reasons.items())) or "none"
+
+    def summary(self) -> str:
+        per_label = ", ".join(f"{k} {v}" for k, v in self.counts().items())
         return (f"ingest: accepted {len(self.accepted)} images ({per_label}); rejected {len(self.rejected)} "
-                f"({rej}); ignored {self.ignored} non-image files")
+                f"({self.reasons()}); ignored {self.ignored} non-image files")
 
 
 def _sha256(data: bytes) -> str:
@@ -302,8 +305,9 @@ def _csv_items(csv_path: Path, result: IngestResult, labels: list[str] | None):
 
 
 def ingest(source: str, out_dir: str | Path, per_class: int = 100, seed: int = 0,
-           labels: list[str] | None = None, min_size: int = 1) -> IngestResult:
-    """Ingest ``source`` into ``out_dir`` (replaced atomically as a whole)."""
+           labels: list[str] | None = None, min_size: int = 1, min_per_label: int = 1) -> IngestResult:
+    """Ingest ``source`` into ``out_dir`` (replaced atomically as a whole). Stops with one line when no image,
+    only one label, or a label with fewer than ``min_per_label`` images is left."""
     out_dir = Path(out_dir)
     labels = list(labels or [])
     result = IngestResult()
@@ -313,7 +317,7 @@ def ingest(source: str, out_dir: str | Path, per_class: int = 100, seed: int = 0
             raise UserError(f"data.labels: {unknown} are not synthetic labels; use a subset of "
                             f"{list(synthetic.LABELS)} or []")
         items = _synthetic_items(per_class, seed, labels or list(synthetic.LABELS))
-        return _ingest_items(items, source, out_dir, result, min_size)
+        return _ingest_items(items, source, out_dir, result, min_size, min_per_label)
     root = Path(source).expanduser()
     if not root.exists():
         raise UserError(f"data.source: '{source}' not found; set data.source in params.yaml to 'synthetic', a "
@@ -330,10 +334,11 @@ def ingest(source: str, out_dir: str | Path, per_class: int = 100, seed: int = 0
             items = _csv_items(root, result, labels)
         else:
             raise UserError(f"data.source: '{source}' is neither a folder, a .zip/.tar/.tar.gz archive nor a .csv")
-        return _ingest_items(items, source, out_dir, result, min_size)
+        return _ingest_items(items, source, out_dir, result, min_size, min_per_label)
 
 
-def _ingest_items(items, source: str, out_dir: Path, result: IngestResult, min_size: int) -> IngestResult:
+def _ingest_items(items, source: str, out_dir: Path, result: IngestResult, min_size: int,
+                  min_per_label: int = 1) -> IngestResult:
     # pass 1: check every item (bytes are not kept: photo collections can be larger than memory)
     checked: list[tuple[_Item, str, int, int]] = []
     for item in items:
@@ -374,6 +379,13 @@ def _ingest_items(items, source: str, out_dir: Path, result: IngestResult, min_s
     if len(counts) < 2:
         raise UserError(f"data.source: only one label ({next(iter(counts))}) in '{source}'; the pipeline "
                         f"compares expressions and needs at least two label sub-folders")
+    few = {label: n for label, n in counts.items() if n < min_per_label}
+    if few:
+        listed = ", ".join(f"'{label}' {n}" for label, n in sorted(few.items()))
+        raise UserError(f"data.source: too few usable images per label in '{source}' ({listed}; "
+                        f"rejected: {result.reasons()}); split.test_per_class "
+                        f"{min_per_label - 1} needs at least {min_per_label} per label: add images or lower "
+                        f"split.test_per_class")
 
     # pass 3: copy the accepted items into a temporary folder, then swap it in
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import yaml
 
 from .errors import UserError
+from .faces import CROP_MODES, NO_FACE_MODES
 from .losses import KL_MODES, RECON_MODES
 from .train import PRECISIONS
 
@@ -52,6 +53,10 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "split.seed": (_int, "an integer"),
     "preprocess.size": (lambda v: _positive_int(v) and v >= 16, "an integer >= 16 (the model is built for 128)"),
     "preprocess.min_size": (_positive_int, "a positive integer (smaller images are rejected at ingest)"),
+    "preprocess.face_crop": (lambda v: v in CROP_MODES, " | ".join(CROP_MODES)),
+    "preprocess.face_margin": (lambda v: _non_negative_number(v) and v <= 2,
+                               "a number from 0 to 2 (share of the face's width added on every side)"),
+    "preprocess.no_face": (lambda v: v in NO_FACE_MODES, " | ".join(NO_FACE_MODES)),
     "train.latent_dim": (_positive_int, "a positive integer, e.g. 20, 30 or 50"),
     "train.epochs": (_positive_int, "a positive integer"),
     "train.batch_size": (_positive_int, "a positive integer"),

@@ -1,7 +1,8 @@
 """Preprocess: decode every ingested image to a uint8 3xSxS tensor and split train/test.
 
 Images are turned upright from their EXIF orientation, flattened onto white if they carry transparency,
-converted to RGB, centre-cropped to a square and resized with an antialiasing (Lanczos) filter.
+converted to RGB, cropped to a square (the centre, the whole picture, or the largest detected face: see
+:mod:`pipeline.faces`) and resized with an antialiasing (Lanczos) filter.
 The split is stratified and deterministic: ``test_per_class`` images of every label are held out,
 chosen by ``split.seed`` among the label's images sorted by id.
 """
@@ -9,6 +10,7 @@ chosen by ``split.seed`` among the label's images sorted by id.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .errors import UserError
+from .faces import CropSpec, NoFace, center_box, choose_crop
 from .ingest import read_manifest
 from .io import save_torch
 
@@ -38,61 +41,85 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def center_square(img: Image.Image) -> Image.Image:
-    w, h = img.size
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    return img.crop((left, top, left + s, top + s))
+    return img.crop(center_box(img.size))
 
 
-def load_image(source: str | Path | bytes, size: int = 128) -> np.ndarray:
-    """Decode one image to an upright, centre-cropped size x size RGB uint8 array (H, W, 3)."""
+def decode_one(source: str | Path | bytes, size: int = 128, crop: CropSpec = CropSpec()) -> tuple[np.ndarray, dict]:
+    """Decode one image to an upright size x size RGB uint8 array (H, W, 3), cropped as ``crop`` says, and
+    where the crop was taken: {'crop': how, 'left', 'top', 'right', 'bottom'} in pixels of the upright
+    picture at its full resolution. Raises :class:`NoFace` when detection finds nothing and ``no_face`` is
+    ``reject``."""
     fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     with Image.open(fp) as img:
+        full = img.size
         if img.format == "JPEG":
             # DCT-domain downscaling: decodes large photos several times faster, never below 2x the target
-            img.draft("RGB", (size * 2, size * 2))
-        img = ImageOps.exif_transpose(img)
-        img = center_square(to_rgb(img))
+            # (8x when a face is to be found and cropped out of the picture)
+            draft = size * (8 if crop.mode == "detect" else 2)
+            img.draft("RGB", (draft, draft))
+        scale = 2 ** round(math.log2(full[0] / img.size[0]))  # draft shrinks by 1, 2, 4 or 8
+        turned = img.size
+        img = to_rgb(ImageOps.exif_transpose(img))
+        if img.size != turned:  # a quarter turn: the full-size picture is turned too
+            full = full[::-1]
+        how, box = choose_crop(img, crop)
+        if box != (0, 0, *img.size):
+            img = img.crop(box)
         if img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.LANCZOS)
-        return np.asarray(img, dtype=np.uint8).copy()
+        limits = (full[0], full[1], full[0], full[1])
+        where = dict(zip(("left", "top", "right", "bottom"), (min(v * scale, m) for v, m in zip(box, limits))))
+        return np.asarray(img, dtype=np.uint8).copy(), {"crop": how, **where}
 
 
-def _decode_one(args) -> np.ndarray | str:
-    path, size = args
+def load_image(source: str | Path | bytes, size: int = 128, crop: CropSpec = CropSpec()) -> np.ndarray:
+    """Decode one image to an upright, cropped size x size RGB uint8 array (H, W, 3)."""
+    return decode_one(source, size, crop)[0]
+
+
+def _decode_one(args) -> tuple[np.ndarray | None, dict] | str:
+    path, size, crop = args
     try:
-        return load_image(path, size).transpose(2, 0, 1)
+        image, where = decode_one(path, size, crop)
+        return image.transpose(2, 0, 1), where
+    except NoFace as e:
+        return None, {"crop": "rejected", "reason": str(e)}
     except (OSError, ValueError, SyntaxError) as e:
         return f"preprocess: cannot decode {path} ({e}); rerun ingest or remove the file"
 
 
-def decode_images(paths: list, size: int, workers: int | None = None) -> np.ndarray:
-    """Decode, crop and resize ``paths`` into a uint8 N x 3 x size x size array, in order, over all cores
-    (worker processes; below 64 images, or with workers=1, in this process)."""
+def decode_images(paths: list, size: int, workers: int | None = None,
+                  crop: CropSpec = CropSpec()) -> tuple[np.ndarray, list[dict]]:
+    """Decode and crop ``paths`` into a uint8 N x 3 x size x size array, in order, over all cores (worker
+    processes; below 64 images, or with workers=1, in this process), with where each crop was taken
+    (see :func:`decode_one`). A picture refused for having no face gets {'crop': 'rejected', 'reason': ...}
+    and an all-zero image."""
     import os
 
     workers = workers or os.cpu_count() or 1
-    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
-    jobs = [(p, size) for p in paths]
+    out = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
+    crops: list[dict] = []
+    jobs = [(p, size, crop) for p in paths]
+
+    def collect(results):
+        for i, r in enumerate(results):
+            if isinstance(r, str):
+                raise UserError(r)
+            if r[0] is not None:
+                out[i] = r[0]
+            crops.append(r[1])
+
     if workers > 1 and len(paths) >= 64:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        # fork: workers start at once and need nothing from torch (only Pillow and numpy run there)
+        # fork: workers start at once and need nothing from torch (only Pillow, numpy and OpenCV run there)
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            results = pool.map(_decode_one, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
-            for i, r in enumerate(results):
-                if isinstance(r, str):
-                    raise UserError(r)
-                out[i] = r
-        return out
-    for i, job in enumerate(jobs):
-        r = _decode_one(job)
-        if isinstance(r, str):
-            raise UserError(r)
-        out[i] = r
-    return out
+            collect(pool.map(_decode_one, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
+    else:
+        collect(map(_decode_one, jobs))
+    return out, crops
 
 
 def stratified_split(ids: list[str], labels: list[str], test_per_class: int, seed: int) -> list[bool]:
@@ -113,24 +140,40 @@ def stratified_split(ids: list[str], labels: list[str], test_per_class: int, see
     return is_test
 
 
-def build_dataset(raw_dir: str | Path, size: int, test_per_class: int, seed: int) -> dict:
-    """Read ``raw_dir``'s manifest and images into a dict of tensors (see :func:`save_dataset`)."""
+def build_dataset(raw_dir: str | Path, size: int, test_per_class: int, seed: int,
+                  crop: CropSpec = CropSpec()) -> tuple[dict, list[dict]]:
+    """Read ``raw_dir``'s manifest and images into a dict of tensors (see :func:`save_dataset`), and one row per
+    manifest image saying where it was cropped or why it was refused (id, label, source, crop, left, top,
+    right, bottom, reason)."""
     raw_dir = Path(raw_dir)
     rows = sorted(read_manifest(raw_dir), key=lambda r: r["relpath"])
     if not rows:
         raise UserError(f"{raw_dir}/manifest.csv lists no images; check data.source and rerun ingest")
-    ids = [r["relpath"] for r in rows]
-    labels = [r["label"] for r in rows]
+    images, crops = decode_images([raw_dir / r["relpath"] for r in rows], size, crop=crop)
+    report = [{"id": r["relpath"], "label": r["label"], "source": r.get("source", r["relpath"]), **c}
+              for r, c in zip(rows, crops)]
+    keep = [i for i, c in enumerate(crops) if c["crop"] != "rejected"]
+    if not keep:
+        raise UserError(f"preprocess: no face found in any of the {len(rows)} images of {raw_dir}; use "
+                        f"preprocess.face_crop: center, or preprocess.no_face: center to keep them centre-cropped")
+    for label in sorted({r["label"] for r in rows}):
+        kept = sum(1 for i in keep if rows[i]["label"] == label)
+        refused = sum(1 for r in report if r["label"] == label and r["crop"] == "rejected")
+        if refused and kept < test_per_class + 1:
+            raise UserError(f"preprocess: label '{label}' keeps {kept} images after {refused} with no face were "
+                            f"refused, but split.test_per_class {test_per_class} needs {test_per_class + 1}; "
+                            f"add photos, set preprocess.no_face: center, or lower split.test_per_class")
+    ids = [rows[i]["relpath"] for i in keep]
+    labels = [rows[i]["label"] for i in keep]
     is_test = stratified_split(ids, labels, test_per_class, seed)
     classes = sorted(set(labels))
-    images = decode_images([raw_dir / rel for rel in ids], size)
     return {
-        "images": torch.from_numpy(images),
+        "images": torch.from_numpy(images[keep] if len(keep) < len(rows) else images),
         "labels": torch.tensor([classes.index(x) for x in labels], dtype=torch.int64),
         "is_test": torch.tensor(is_test, dtype=torch.bool),
         "ids": ids,
         "classes": classes,
-    }
+    }, report
 
 
 def save_dataset(ds: dict, path: str | Path) -> None:

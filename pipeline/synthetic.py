@@ -166,3 +166,18 @@ def generate(per_class: int, seed: int = 0, labels=LABELS, size: int = 128):
         for i in range(per_class):
             img = render_face(label, _rng(seed, label, i), size)
             yield label, f"{label}_{i:04d}.png", png_bytes(img)
+
+
+def in_scene(face: Image.Image, canvas: tuple[int, int], box: tuple[int, int, int, int], seed: int = 0) -> Image.Image:
+    """``face`` resized into ``box`` (left, top, right, bottom) of a ``canvas``-sized (w, h) photo-like scene:
+    a smooth random colour field with noise, nothing face-like. For testing and measuring face detection."""
+    rng = np.random.default_rng(seed)
+    w, h = canvas
+    corners = rng.integers(40, 216, (2, 2, 3)).astype(np.float64)
+    ty = np.linspace(0.0, 1.0, h)[:, None, None]
+    tx = np.linspace(0.0, 1.0, w)[None, :, None]
+    bg = (corners[0, 0] * (1 - tx) + corners[0, 1] * tx) * (1 - ty) + (corners[1, 0] * (1 - tx) + corners[1, 1] * tx) * ty
+    bg = bg + rng.normal(0.0, 6.0, bg.shape)
+    scene = Image.fromarray(np.clip(np.rint(bg), 0, 255).astype(np.uint8), "RGB")
+    scene.paste(face.convert("RGB").resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.LANCZOS), box[:2])
+    return scene

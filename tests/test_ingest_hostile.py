@@ -143,3 +143,19 @@ def test_nothing_usable_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match=r"no usable images .* \(2 rejected, 0 non-image files\)"):
         ingest(str(src), tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
+
+
+def test_a_label_left_too_small_by_rejections_stops_ingest(tmp_path):
+    """A class must not silently shrink below what the split needs: the error says which and why."""
+    src = tmp_path / "photos"
+    for label in ("happy", "angry"):
+        (src / label).mkdir(parents=True)
+        for i in range(3):
+            (src / label / f"{i}.png").write_bytes(_png(_noise(i + (0 if label == "happy" else 10))))
+    (src / "angry" / "1.png").write_bytes(b"")
+    (src / "angry" / "2.png").write_text("not a picture")
+    assert ingest(str(src), tmp_path / "ok", min_per_label=1).counts() == {"angry": 1, "happy": 3}
+    with pytest.raises(UserError, match=r"too few usable images per label .*\('angry' 1; rejected: 1 empty file; "
+                                        r"1 not an image.*needs at least 3 per label"):
+        ingest(str(src), tmp_path / "raw", min_per_label=3)
+    assert not (tmp_path / "raw").exists()

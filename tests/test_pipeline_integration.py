@@ -54,6 +54,11 @@ def test_ingest_and_preprocess_outputs(project):
     split = pd.read_csv(proj / "data/processed/split.csv")
     assert split.groupby(["label", "split"]).size().to_dict() == {
         ("angry", "test"): 2, ("angry", "train"): 4, ("happy", "test"): 2, ("happy", "train"): 4}
+    crops = pd.read_csv(proj / "data/processed/crops.csv")  # face_crop: center on the 128x128 built-in faces
+    assert crops["id"].tolist() == split["id"].tolist() and set(crops["crop"]) == {"center"}
+    assert (crops[["left", "top", "right", "bottom"]].values == [0, 0, 128, 128]).all()
+    assert list(pd.read_csv(proj / "data/processed/rejected.csv").columns) == ["path", "reason"]
+    assert pd.read_csv(proj / "data/processed/rejected.csv").empty
 
 
 def test_train_outputs(project):

@@ -87,7 +87,7 @@ def test_too_few_images_in_a_class_is_one_clear_error():
 
 def test_build_dataset_from_ingested_synthetic(tmp_path):
     ingest("synthetic", tmp_path / "raw", per_class=4, seed=0)
-    ds = build_dataset(tmp_path / "raw", 64, test_per_class=1, seed=0)
+    ds, _ = build_dataset(tmp_path / "raw", 64, test_per_class=1, seed=0)
     assert ds["images"].shape == (8, 3, 64, 64) and ds["images"].dtype == torch.uint8
     assert ds["classes"] == ["angry", "happy"]
     assert ds["labels"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
@@ -100,11 +100,11 @@ def test_build_dataset_from_ingested_synthetic(tmp_path):
 def test_saved_dataset_is_byte_identical_for_the_same_input(tmp_path):
     """Identical data must hash identically, or DVC retrains after every rerun of preprocess."""
     ingest("synthetic", tmp_path / "raw", per_class=3, seed=0)
-    ds = build_dataset(tmp_path / "raw", 32, test_per_class=1, seed=0)
+    ds, _ = build_dataset(tmp_path / "raw", 32, test_per_class=1, seed=0)
     from pipeline.preprocess import save_dataset
 
     save_dataset(ds, tmp_path / "a.pt")
-    save_dataset(build_dataset(tmp_path / "raw", 32, test_per_class=1, seed=0), tmp_path / "b.pt")
+    save_dataset(build_dataset(tmp_path / "raw", 32, test_per_class=1, seed=0)[0], tmp_path / "b.pt")
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
     assert torch.equal(torch.load(tmp_path / "a.pt", weights_only=True)["images"], ds["images"])
 
@@ -117,10 +117,12 @@ def test_parallel_decoding_gives_the_same_pixels_in_the_same_order(tmp_path):
         p = tmp_path / f"{i:03d}.jpg"
         Image.new("RGB", (300 + i, 200), (i * 3, 255 - i * 3, 100)).save(p, quality=90)
         paths.append(p)
-    one = decode_images(paths, 32, workers=1)
-    two = decode_images(paths, 32, workers=2)
+    one, crops_one = decode_images(paths, 32, workers=1)
+    two, crops_two = decode_images(paths, 32, workers=2)
     assert one.shape == (70, 3, 32, 32)
-    assert np.array_equal(one, two)
+    assert np.array_equal(one, two) and crops_one == crops_two
+    # centre crops of a 369x200 picture: the middle 200x200 square
+    assert crops_one[69] == {"crop": "center", "left": 84, "top": 0, "right": 284, "bottom": 200}
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(UserError, match="cannot decode .*bad.jpg"):
         decode_images(paths + [tmp_path / "bad.jpg"], 32, workers=2)

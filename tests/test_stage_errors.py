@@ -40,9 +40,9 @@ def test_missing_photo_folder(project):
 
 def test_too_few_images_for_the_split(project):
     set_params(project, {"data": {"per_class": 3}, "split": {"test_per_class": 3}})
-    assert _stage(project, "ingest").returncode == 0
-    _one_line_error(_stage(project, "preprocess"), "has 3 images but split.test_per_class is 3")
-    assert not (project / "data" / "processed").exists()
+    _one_line_error(_stage(project, "ingest"), "too few usable images per label", "'angry' 3, 'happy' 3",
+                    "split.test_per_class 3 needs at least 4 per label")
+    assert not (project / "data" / "raw").exists()
 
 
 def test_train_before_preprocess(project):

@@ -21,7 +21,7 @@ def _project(path, **train):
     (path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     set_params(path, {**SMALL, "train": {**SMALL["train"], **train}})
     ingest("synthetic", path / "data/raw", per_class=6)
-    save_dataset(build_dataset(path / "data/raw", 32, 2, 0), path / "data/processed/dataset.pt")
+    save_dataset(build_dataset(path / "data/raw", 32, 2, 0)[0], path / "data/processed/dataset.pt")
     return path
 
 

@@ -1,0 +1,171 @@
+"""preprocess.face_crop: none | center | detect (OpenCV's Haar cascade), on rendered faces and real photos.
+
+The real photos are the ones the dependencies ship: matplotlib's portrait of Grace Hopper (a face) and
+scikit-learn's china.jpg and flower.jpg (no face)."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pandas as pd
+
+import matplotlib
+import numpy as np
+import pytest
+import sklearn
+from PIL import Image, ImageOps
+
+from helpers import copy_repo, dvc, git_init, ran_stages, set_params
+from pipeline.faces import CropSpec, NoFace, choose_crop, detect_faces, square_around
+from pipeline.preprocess import decode_one, load_image
+from pipeline.synthetic import _rng, in_scene, render_face
+
+HOPPER = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
+NO_FACE = [os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images", n) for n in ("china.jpg", "flower.jpg")]
+HOPPER_FACE_CENTRE = (265, 215)  # x, y of the middle of her face in the 512x600 picture (looked up by eye)
+
+
+def _inside(box, outer, slack=6):
+    return (box[0] >= outer[0] - slack and box[1] >= outer[1] - slack
+            and box[2] <= outer[2] + slack and box[3] <= outer[3] + slack)
+
+
+def test_square_around_widens_centres_and_stays_inside():
+    assert square_around((100, 100, 200, 200), 0.25, (1000, 1000)) == (75, 75, 225, 225)
+    assert square_around((100, 100, 200, 200), 0.0, (1000, 1000)) == (100, 100, 200, 200)
+    # a tall box becomes a square on its longer side
+    assert square_around((100, 100, 140, 200), 0.0, (1000, 1000)) == (70, 100, 170, 200)
+    # near the top-left corner the square is moved inside, not shrunk
+    assert square_around((0, 0, 100, 100), 0.5, (1000, 1000)) == (0, 0, 200, 200)
+    # bigger than the picture: shrunk to its shorter side
+    assert square_around((10, 10, 90, 60), 1.0, (100, 60)) == (20, 0, 80, 60)
+
+
+def test_detect_finds_rendered_faces_in_scenes_and_nothing_else():
+    """The cascade is trained on photos: it finds a good share of the cartoon faces and every box it returns
+    lies on the pasted face, never on the background."""
+    found = tried = 0
+    for label in ("happy", "angry"):
+        for i in range(8):
+            face = render_face(label, _rng(0, label, i))
+            for side, (x, y) in ((160, (100, 80)), (300, (250, 100))):
+                box = (x, y, x + side, y + side)
+                boxes = detect_faces(in_scene(face, (640, 480), box, seed=i))
+                tried += 1
+                found += bool(boxes)
+                for b in boxes:
+                    assert _inside(b, box), (label, i, side, b, box)
+    assert found >= tried * 0.4, f"found {found} of {tried} rendered faces"
+    # the bare scenes hold no face
+    for i in range(8):
+        assert detect_faces(in_scene(Image.new("RGB", (8, 8), (128, 128, 128)), (640, 480), (0, 0, 1, 1), i)) == []
+
+
+def test_detect_crops_grace_hopper_around_her_face():
+    image, where = decode_one(HOPPER, 64, CropSpec(mode="detect", margin=0.25))
+    assert image.shape == (64, 64, 3)
+    assert where["crop"] == "face"
+    side = where["right"] - where["left"]
+    assert side == where["bottom"] - where["top"]
+    assert 200 < side < 512  # the face (~230 px) plus margins, not the whole 512 x 600 picture
+    cx, cy = (where["left"] + where["right"]) / 2, (where["top"] + where["bottom"]) / 2
+    assert abs(cx - HOPPER_FACE_CENTRE[0]) < 40 and abs(cy - HOPPER_FACE_CENTRE[1]) < 40
+    # a larger margin takes more around the same face
+    _, wide = decode_one(HOPPER, 64, CropSpec(mode="detect", margin=0.6))
+    assert wide["right"] - wide["left"] > side
+    # the centre crop of the same picture is a different square (the full width, lower down)
+    centre, c = decode_one(HOPPER, 64, CropSpec(mode="center"))
+    assert c == {"crop": "center", "left": 0, "top": 44, "right": 512, "bottom": 556}
+    assert np.abs(centre.astype(int) - image.astype(int)).mean() > 10
+
+
+def test_detect_works_on_exif_rotated_photos():
+    """The face is searched in the upright picture: a phone photo stored sideways is found the same."""
+    with Image.open(HOPPER) as img:
+        sideways = img.rotate(90, expand=True)  # stored turned a quarter to the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turn 90 degrees clockwise to view
+    buf = io.BytesIO()
+    sideways.save(buf, format="JPEG", quality=95, exif=exif)
+    _, upright = decode_one(HOPPER, 64, CropSpec(mode="detect"))
+    _, turned = decode_one(buf.getvalue(), 64, CropSpec(mode="detect"))
+    assert turned["crop"] == "face"
+    for k in ("left", "top", "right", "bottom"):
+        assert abs(turned[k] - upright[k]) <= 12, (turned, upright)
+
+
+@pytest.mark.parametrize("path", NO_FACE, ids=lambda p: os.path.basename(p))
+def test_no_face_is_refused_or_centre_cropped(path):
+    with pytest.raises(NoFace, match="no face found .*preprocess.no_face: center"):
+        decode_one(path, 32, CropSpec(mode="detect", no_face="reject"))
+    image, where = decode_one(path, 32, CropSpec(mode="detect", no_face="center"))
+    assert where == {"crop": "center (no face)", "left": 106, "top": 0, "right": 533, "bottom": 427}
+    # the same square as face_crop: center (decoded from a larger JPEG draft, so equal up to resampling)
+    centre = load_image(path, 32, CropSpec(mode="center"))
+    assert np.abs(image.astype(int) - centre.astype(int)).mean() < 3
+
+
+def test_none_keeps_the_whole_picture():
+    arr = np.zeros((100, 300, 3), np.uint8)
+    arr[:, :100] = (255, 0, 0)  # left third red, right third blue, middle black
+    arr[:, 200:] = (0, 0, 255)
+    img = Image.fromarray(arr)
+    assert choose_crop(img, CropSpec(mode="none")) == ("none", (0, 0, 300, 100))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    whole = load_image(buf.getvalue(), 30, CropSpec(mode="none"))
+    centre = load_image(buf.getvalue(), 30, CropSpec(mode="center"))
+    assert tuple(whole[15, 2]) == (255, 0, 0) and tuple(whole[15, 27]) == (0, 0, 255)
+    assert tuple(centre[15, 2]) == (0, 0, 0) and tuple(centre[15, 27]) == (0, 0, 0)
+
+
+def _photo_folder(root):
+    """Grace Hopper's portrait in scenes at several sizes and places (mirrored for 'angry'), and one picture
+    without a face in each label."""
+    with Image.open(HOPPER) as img:
+        hopper = img.convert("RGB")
+    for label, face in (("happy", hopper), ("angry", ImageOps.mirror(hopper))):
+        (root / label).mkdir(parents=True)
+        for i, (side, x, y) in enumerate(((300, 40, 60), (420, 400, 20), (250, 500, 300))):
+            scene = in_scene(face, (1000, 750), (x, y, x + side, y + int(side * 600 / 512)), seed=i)
+            scene.save(root / label / f"portrait {i}.jpg", quality=92)
+        with Image.open(NO_FACE[label == "angry"]) as img:
+            img.convert("RGB").save(root / label / "no face.jpg", quality=92)
+    return root
+
+
+def test_dvc_repro_with_face_detection(tmp_path):
+    """The real stages under `dvc repro`: faces cropped, pictures without one refused and listed, switching to
+    no_face: center reruns only preprocess, and a label left too small by refusals stops with one line."""
+    proj = copy_repo(tmp_path / "proj")
+    photos = _photo_folder(tmp_path / "photos")
+    set_params(proj, {"data": {"source": str(photos)}, "split": {"test_per_class": 1},
+                      "preprocess": {"size": 64, "face_crop": "detect"}})
+    git_init(proj)
+    out = dvc(proj, "repro", "preprocess")
+    assert ran_stages(out.stdout) == ["ingest", "preprocess"]
+    assert "refused 2 with no face (see data/processed/rejected.csv)" in out.stdout
+    rejected = pd.read_csv(proj / "data/processed/rejected.csv")
+    assert sorted(rejected["path"]) == [str(photos / "angry" / "no face.jpg"), str(photos / "happy" / "no face.jpg")]
+    assert rejected["reason"].str.startswith("no face found").all()
+    crops = pd.read_csv(proj / "data/processed/crops.csv").set_index("id")
+    assert len(crops) == 6 and set(crops["crop"]) == {"face"}
+    # each crop is a square on the portrait that was pasted there (1000 x 750 scenes)
+    box = crops.loc["happy/portrait 1.jpg"]
+    assert box["right"] - box["left"] == box["bottom"] - box["top"]
+    assert 400 <= box["left"] and box["right"] <= 820 and box["top"] >= 20 and box["bottom"] <= 20 + 492
+    assert len(pd.read_csv(proj / "data/processed/split.csv")) == 6
+
+    set_params(proj, {"preprocess": {"no_face": "center"}})
+    out = dvc(proj, "repro", "preprocess")
+    assert ran_stages(out.stdout) == ["preprocess"]
+    crops = pd.read_csv(proj / "data/processed/crops.csv")
+    assert (crops["crop"] == "center (no face)").sum() == 2 and len(crops) == 8
+    assert pd.read_csv(proj / "data/processed/rejected.csv").empty
+
+    set_params(proj, {"preprocess": {"no_face": "reject"}, "split": {"test_per_class": 3}})
+    failed = dvc(proj, "repro", "preprocess", check=False)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr + failed.stdout
+    assert ("preprocess: label 'angry' keeps 3 images after 1 with no face were refused, but "
+            "split.test_per_class 3 needs 4") in failed.stderr
