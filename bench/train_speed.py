@@ -5,8 +5,11 @@ image every epoch, a DataLoader (batch 16, shuffled, no workers), fp32, the same
 facevae trains the same model from uint8 tensors that the preprocess stage made once, kept on the
 device, with channels_last, bf16 autocast on CUDA and a fused Adam on CUDA.
 
-    python bench/train_speed.py [--device cpu|cuda] [--batch N] [--images N] [--epochs N]
+    python bench/train_speed.py [--device cpu|cuda] [--batch N] [--images N] [--epochs N] [--rounds R]
                                 [--source-size S] [--compile]
+
+After one warm-up epoch each, the two loops run in alternating rounds (default 5 rounds of 1 epoch) and the
+median images/s of each is reported, so a slow spell of a shared machine does not favour either.
 
 Ends with one JSON line: {"device", "batch", "reference_img_s", "facevae_img_s", "ratio", "tflops", "mfu"}
 (tflops and mfu on CUDA: achieved model FLOP/s of facevae's loop and its share of the GPU's dense bf16 peak).
@@ -16,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -56,8 +61,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def reference(folder: Path, device, batch: int, epochs: int, seed: int = 0) -> float:
-    """The seed's loop; returns images per second over ``epochs`` timed epochs after one warm-up."""
+def reference(folder: Path, device, batch: int, seed: int = 0):
+    """The seed's loop; returns a function that trains one epoch and returns the number of images."""
     from torchvision import datasets, transforms
 
     torch.manual_seed(seed)
@@ -79,7 +84,24 @@ def reference(folder: Path, device, batch: int, epochs: int, seed: int = 0) -> f
             n += x.shape[0]
         return n
 
-    epoch()
+    return epoch
+
+
+def facevae(images: torch.Tensor, device, batch: int, compile_: bool) -> tuple[Callable[[], int], Trainer]:
+    """facevae's Trainer on the preprocessed uint8 images; returns (one-epoch function, trainer)."""
+    cfg = TrainConfig(latent_dim=32, epochs=10**6, batch_size=batch, device=device.type, kl="seed_mean",
+                      compile=compile_)
+    trainer = Trainer(images, cfg, device)
+
+    def epoch():
+        trainer.train_epoch()
+        return images.shape[0]
+
+    return epoch, trainer
+
+
+def timed(epoch: Callable[[], int], epochs: int, device) -> float:
+    """Images per second over ``epochs`` epochs."""
     sync(device)
     t0 = time.perf_counter()
     n = sum(epoch() for _ in range(epochs))
@@ -87,17 +109,16 @@ def reference(folder: Path, device, batch: int, epochs: int, seed: int = 0) -> f
     return n / (time.perf_counter() - t0)
 
 
-def facevae(images: torch.Tensor, device, batch: int, epochs: int, compile_: bool) -> tuple[float, Trainer]:
-    cfg = TrainConfig(latent_dim=32, epochs=epochs + 1, batch_size=batch, device=device.type, kl="seed_mean",
-                      compile=compile_)
-    trainer = Trainer(images, cfg, device)
-    trainer.train_epoch()  # warm-up (and compilation)
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        trainer.train_epoch()
-    sync(device)
-    return images.shape[0] * epochs / (time.perf_counter() - t0), trainer
+def race(ref: Callable[[], int], ours: Callable[[], int], epochs: int, rounds: int, device) -> tuple[float, float]:
+    """One warm-up epoch each, then ``rounds`` rounds of ``epochs`` epochs, alternating reference and
+    facevae so that a slow spell of a shared machine hits both; the median img/s of each."""
+    ref()
+    ours()
+    ref_rates, our_rates = [], []
+    for _ in range(rounds):
+        ref_rates.append(timed(ref, epochs, device))
+        our_rates.append(timed(ours, epochs, device))
+    return statistics.median(ref_rates), statistics.median(our_rates)
 
 
 def flops_per_image(trainer: Trainer, batch: int) -> float:
@@ -117,7 +138,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--images", type=int, default=160)
-    ap.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up epoch")
+    ap.add_argument("--epochs", type=int, default=1, help="timed epochs per round")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (the median is reported)")
     ap.add_argument("--source-size", type=int, default=128,
                     help="side of the image files the reference decodes (128: the built-in set as ingested; "
                          "larger: JPEG photos)")
@@ -129,8 +151,9 @@ def main(argv=None) -> dict:
         make_images(folder, args.images, args.source_size)
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         images = torch.stack([torch.from_numpy(load_image(p, 128)).permute(2, 0, 1) for p in files])
-        ref = reference(folder, device, args.batch, args.epochs)
-        ours, trainer = facevae(images, device, args.batch, args.epochs, args.compile)
+        ref_epoch = reference(folder, device, args.batch)
+        our_epoch, trainer = facevae(images, device, args.batch, args.compile)
+        ref, ours = race(ref_epoch, our_epoch, args.epochs, args.rounds, device)
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "batch": args.batch, "reference_img_s": round(ref, 1), "facevae_img_s": round(ours, 1),
               "ratio": round(ours / ref, 2), "tflops": None, "mfu": None}
