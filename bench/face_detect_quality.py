@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageOps  # noqa: E402
 
-from pipeline.faces import CropSpec, detect_faces  # noqa: E402
+from pipeline.faces import CropSpec, detect_faces, within  # noqa: E402
 from pipeline.preprocess import decode_one  # noqa: E402
-from pipeline.synthetic import LABELS, _rng, in_scene, render_face  # noqa: E402
+from pipeline.synthetic import SCENE, face_scenes, in_scene  # noqa: E402
 
 SKIMAGE_FACES = ("astronaut.png", "camera.png")
 SKIMAGE_OTHERS = ("brick.png", "cell.png", "chelsea.png", "coffee.png", "coins.png", "color.png", "grass.png",
@@ -38,24 +38,15 @@ SKIMAGE_OTHERS = ("brick.png", "cell.png", "chelsea.png", "coffee.png", "coins.p
                   "motorcycle_left.png", "rocket.jpg")
 
 
-def _on(box, outer, slack=6) -> bool:
-    return (box[0] >= outer[0] - slack and box[1] >= outer[1] - slack
-            and box[2] <= outer[2] + slack and box[3] <= outer[3] + slack)
-
-
 def rendered(per_class: int) -> dict:
     found = tried = misplaced = empty_hits = 0
-    for label in LABELS:
-        for i in range(per_class):
-            face = render_face(label, _rng(0, label, i))
-            for side, (x, y) in ((160, (100, 80)), (300, (250, 100))):
-                box = (x, y, x + side, y + side)
-                boxes = detect_faces(in_scene(face, (640, 480), box, seed=i))
-                tried += 1
-                found += bool(boxes)
-                misplaced += sum(not _on(b, box) for b in boxes)
+    for _, _, scene, box in face_scenes(per_class):
+        boxes = detect_faces(scene)
+        tried += 1
+        found += bool(boxes)
+        misplaced += sum(not within(b, box, slack=6) for b in boxes)
     for i in range(per_class):
-        empty_hits += bool(detect_faces(in_scene(Image.new("RGB", (1, 1)), (640, 480), (0, 0, 1, 1), seed=i)))
+        empty_hits += bool(detect_faces(in_scene(Image.new("RGB", (1, 1)), SCENE, (0, 0, 1, 1), seed=i)))
     return {"rendered_found": round(found / tried, 3), "rendered_tried": tried, "rendered_misplaced": misplaced,
             "bare_scenes_with_detection": empty_hits, "bare_scenes": per_class}
 

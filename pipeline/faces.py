@@ -97,6 +97,12 @@ def square_around(box: Box, margin: float, size: tuple[int, int]) -> Box:
     return left, top, left + side, top + side
 
 
+def within(box: Box, outer: Box, slack: int = 0) -> bool:
+    """Whether ``box`` lies inside ``outer`` (give or take ``slack`` pixels)."""
+    return (box[0] >= outer[0] - slack and box[1] >= outer[1] - slack
+            and box[2] <= outer[2] + slack and box[3] <= outer[3] + slack)
+
+
 def center_box(size: tuple[int, int]) -> Box:
     w, h = size
     s = min(w, h)

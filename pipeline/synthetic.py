@@ -181,3 +181,18 @@ def in_scene(face: Image.Image, canvas: tuple[int, int], box: tuple[int, int, in
     scene = Image.fromarray(np.clip(np.rint(bg), 0, 255).astype(np.uint8), "RGB")
     scene.paste(face.convert("RGB").resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.LANCZOS), box[:2])
     return scene
+
+
+SCENE = (640, 480)
+SCENE_PLACEMENTS = ((160, (100, 80)), (300, (250, 100)))  # (side, top-left corner) of a face in a scene
+
+
+def face_scenes(per_class: int, seed: int = 0, labels=LABELS):
+    """Yield (label, index, scene, box): each of ``per_class`` rendered faces per label pasted into a 640x480
+    scene at 160 px and at 300 px; ``box`` is where the face went. For testing and measuring face detection."""
+    for label in labels:
+        for i in range(per_class):
+            face = render_face(label, _rng(seed, label, i))
+            for side, (x, y) in SCENE_PLACEMENTS:
+                box = (x, y, x + side, y + side)
+                yield label, i, in_scene(face, SCENE, box, seed=i), box

@@ -17,18 +17,13 @@ import sklearn
 from PIL import Image, ImageOps
 
 from helpers import copy_repo, dvc, git_init, ran_stages, set_params
-from pipeline.faces import CropSpec, NoFace, choose_crop, detect_faces, square_around
+from pipeline.faces import CropSpec, NoFace, choose_crop, detect_faces, square_around, within
 from pipeline.preprocess import decode_one, load_image
-from pipeline.synthetic import _rng, in_scene, render_face
+from pipeline.synthetic import SCENE, face_scenes, in_scene
 
 HOPPER = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
 NO_FACE = [os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images", n) for n in ("china.jpg", "flower.jpg")]
 HOPPER_FACE_CENTRE = (265, 215)  # x, y of the middle of her face in the 512x600 picture (looked up by eye)
-
-
-def _inside(box, outer, slack=6):
-    return (box[0] >= outer[0] - slack and box[1] >= outer[1] - slack
-            and box[2] <= outer[2] + slack and box[3] <= outer[3] + slack)
 
 
 def test_square_around_widens_centres_and_stays_inside():
@@ -46,20 +41,16 @@ def test_detect_finds_rendered_faces_in_scenes_and_nothing_else():
     """The cascade is trained on photos: it finds a good share of the cartoon faces and every box it returns
     lies on the pasted face, never on the background."""
     found = tried = 0
-    for label in ("happy", "angry"):
-        for i in range(8):
-            face = render_face(label, _rng(0, label, i))
-            for side, (x, y) in ((160, (100, 80)), (300, (250, 100))):
-                box = (x, y, x + side, y + side)
-                boxes = detect_faces(in_scene(face, (640, 480), box, seed=i))
-                tried += 1
-                found += bool(boxes)
-                for b in boxes:
-                    assert _inside(b, box), (label, i, side, b, box)
+    for label, i, scene, box in face_scenes(8):
+        boxes = detect_faces(scene)
+        tried += 1
+        found += bool(boxes)
+        for b in boxes:
+            assert within(b, box, slack=6), (label, i, b, box)
     assert found >= tried * 0.4, f"found {found} of {tried} rendered faces"
     # the bare scenes hold no face
     for i in range(8):
-        assert detect_faces(in_scene(Image.new("RGB", (8, 8), (128, 128, 128)), (640, 480), (0, 0, 1, 1), i)) == []
+        assert detect_faces(in_scene(Image.new("RGB", (8, 8), (128, 128, 128)), SCENE, (0, 0, 1, 1), i)) == []
 
 
 def test_detect_crops_grace_hopper_around_her_face():
