@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .errors import UserError
-from .faces import CropSpec, NoFace, center_box, choose_crop
+from .faces import CropSpec, NoFace, choose_crop
 from .ingest import read_manifest
 from .io import save_torch
 
@@ -38,10 +38,6 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
-
-
-def center_square(img: Image.Image) -> Image.Image:
-    return img.crop(center_box(img.size))
 
 
 def decode_one(source: str | Path | bytes, size: int = 128, crop: CropSpec = CropSpec()) -> tuple[np.ndarray, dict]:
