@@ -12,3 +12,14 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 @pytest.fixture(scope="session")
 def root():
     return ROOT
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    """Run a trainer test on the CPU (always, CI included) and on a CUDA GPU where one is visible: the same
+    assertions then check the CUDA paths (bf16 autocast, the fused CUDA Adam, data and shuffling on the GPU)."""
+    import torch
+
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    return request.param
