@@ -51,8 +51,11 @@ def recon_term(recon: torch.Tensor, x: torch.Tensor, mode: str = "mse") -> tuple
     if mode == "mse":
         return sse, sse
     if mode == "bce":
-        # the decoder ends in a sigmoid; clamp like F.binary_cross_entropy does (log clamped at -100)
-        return F.binary_cross_entropy(recon, x, reduction="none").flatten(1).sum(dim=1), sse
+        # the decoder ends in a sigmoid; clamp like F.binary_cross_entropy does (log clamped at -100).
+        # A diverged model outputs NaN, which F.binary_cross_entropy refuses with a range error (a
+        # device-side assert on CUDA): it gets 0.5 instead, and the NaN sse reports the divergence.
+        bce = F.binary_cross_entropy(torch.nan_to_num(recon, nan=0.5), x, reduction="none")
+        return bce.flatten(1).sum(dim=1), sse
     if mode == "gaussian":
         p = x[0].numel()
         var = (sse.sum() / (sse.numel() * p)).clamp_min(1e-6)  # the optimal sigma^2 for this batch

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -118,6 +120,25 @@ def code_fingerprint() -> str:
     for name in CODE_FILES:
         h.update((Path(__file__).parent / name).read_bytes())
     return h.hexdigest()[:16]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: torch.OutOfMemoryError (CUDA, MPS) or the CPU allocator's RuntimeError."""
+    return isinstance(exc, getattr(torch, "OutOfMemoryError", ())) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+@contextmanager
+def out_of_memory_as_user_error(device: torch.device, cfg: TrainConfig):
+    """Within the block, running out of memory is one line naming the device, the sizes and the fix."""
+    try:
+        yield
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        smaller = f" (e.g. {cfg.batch_size // 2})" if cfg.batch_size > 1 else ""
+        raise UserError(f"out of memory on {device} training {cfg.image_size}x{cfg.image_size} images in batches of "
+                        f"{cfg.batch_size}: lower train.batch_size{smaller} or preprocess.size") from None
 
 
 class GracefulStop:
@@ -258,6 +279,10 @@ class Trainer:
 
             dist.all_reduce(sums)
         loss, recon, kl, sse = (sums / n).tolist()
+        if not all(math.isfinite(v) for v in (loss, recon, kl, sse)):  # the weights are lost: stop here
+            hint = " or train.precision: fp32" if self.amp_dtype is not None else ""
+            raise UserError(f"training diverged in epoch {epoch}: the loss became {loss} (recon {recon}, kl {kl}); "
+                            f"lower train.lr (now {self.cfg.lr}){hint} and rerun")
         self.epoch = epoch
         row = {"epoch": epoch, "loss": loss, "recon": recon, "kl": kl, "neg_elbo": recon + kl, "sse": sse,
                "beta": beta, "seconds": time.perf_counter() - t0}

@@ -25,7 +25,7 @@ from pipeline.preprocess import load_dataset, subset
 from pipeline.tracking import (UNSENT_FILE, TrainingRun, check_reachable, file_sha256, git_info, project_root,
                                tracking_uri)
 from pipeline.train import (GracefulStop, TrainConfig, Trainer, can_continue, init_distributed,
-                            load_checkpoint, resolve_device, save_model)
+                            load_checkpoint, out_of_memory_as_user_error, resolve_device, save_model)
 
 DATASET = "data/processed/dataset.pt"
 CHECKPOINT = "models/checkpoint.pt"
@@ -36,7 +36,8 @@ def run(params):
     # under torchrun (make train-ddp) join the process group; a missing GPU is reported before anything else
     device = init_distributed(cfg.device) or resolve_device(cfg.device)
     try:
-        train_stage(params, cfg, device)
+        with out_of_memory_as_user_error(device, cfg):
+            train_stage(params, cfg, device)
     finally:
         import torch.distributed as dist
 

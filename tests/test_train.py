@@ -217,3 +217,36 @@ def test_bf16_precision_stays_close_to_fp32(device):
     auto = Trainer(_images(), _cfg(precision="auto", device=device))
     assert auto.amp_dtype == (torch.bfloat16 if device == "cuda" else None)  # bf16 autocast on CUDA only
     assert bf16[0]["sse"] == pytest.approx(fp32[0]["sse"], rel=0.05)
+
+
+@pytest.mark.parametrize("recon", ["mse", "bce", "gaussian"])
+def test_divergence_stops_training_with_one_clear_error(tmp_path, recon, device):
+    """lr 1.0 blows the weights up to NaN in the first epoch: training stops there with a UserError that
+    names the epoch and the fix (for bce too, whose F.binary_cross_entropy would refuse NaN input with a
+    range error), and no NaN epoch reaches the history, the callback or the checkpoint."""
+    ckpt = tmp_path / "c.pt"
+    trainer = Trainer(_images(), _cfg(epochs=3, lr=1.0, recon=recon, device=device))
+    seen = []
+    with pytest.raises(UserError, match=r"training diverged in epoch 1: the loss became nan .*lower train.lr \(now 1.0\)"):
+        trainer.fit(progress=False, checkpoint=ckpt, checkpoint_every=1, on_epoch=lambda e, r: seen.append(e))
+    assert trainer.epoch == 0 and trainer.history == [] and seen == [] and not ckpt.exists()
+
+
+def test_out_of_memory_becomes_one_line_naming_the_fix():
+    from pipeline.train import is_out_of_memory, out_of_memory_as_user_error
+
+    cfg = _cfg(batch_size=256, image_size=128)
+    cpu_oom = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 40000000000000 bytes. Error code 12")
+    for exc in (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), cpu_oom):
+        assert is_out_of_memory(exc)
+        with pytest.raises(UserError) as info:
+            with out_of_memory_as_user_error(torch.device("cuda"), cfg):
+                raise exc
+        assert str(info.value) == ("out of memory on cuda training 128x128 images in batches of 256: "
+                                   "lower train.batch_size (e.g. 128) or preprocess.size")
+    other = RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    assert not is_out_of_memory(other)
+    with pytest.raises(RuntimeError, match="shapes"):
+        with out_of_memory_as_user_error(torch.device("cpu"), cfg):
+            raise other

@@ -86,6 +86,20 @@ def test_without_resume_raising_epochs_retrains(tmp_path):
     assert _json(a / "models/mlflow_run.json")["run_id"] != first
 
 
+def test_a_diverging_run_stops_with_one_line_and_a_failed_mlflow_run(tmp_path):
+    p = _project(tmp_path / "p", epochs=3, lr=1.0, checkpoint_every=1)
+    out = _train(p, check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training diverged in epoch 1: the loss became nan") and "train.lr (now 1.0)" in last
+    assert not (p / "models/vae.pt").exists() and not (p / "models/checkpoint.pt").exists()
+    assert not (p / "metrics/train.json").exists()
+    client = _client(p)
+    runs = client.search_runs([client.get_experiment_by_name("facevae").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert not client.get_metric_history(runs[0].info.run_id, "loss")  # no NaN epoch was logged
+
+
 def test_sigterm_saves_a_checkpoint_and_the_next_run_resumes(tmp_path):
     p = _project(tmp_path / "p", epochs=80, checkpoint_every=1)
     proc = subprocess.Popen([str(BIN / "python"), str(ROOT / "stages/train.py")], cwd=p, env=env(),
