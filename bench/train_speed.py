@@ -6,10 +6,12 @@ facevae trains the same model from uint8 tensors that the preprocess stage made 
 device, with channels_last, bf16 autocast on CUDA and a fused Adam on CUDA.
 
     python bench/train_speed.py [--device cpu|cuda] [--batch N] [--images N] [--epochs N] [--rounds R]
-                                [--source-size S] [--compile]
+                                [--source-size S] [--compile] [--malloc keep|default]
 
 After one warm-up epoch each, the two loops run in alternating rounds (default 5 rounds of 1 epoch) and the
 median images/s of each is reported, so a slow spell of a shared machine does not favour either.
+Both loops share the process and so its malloc settings: by default those of the train stage, which keeps
+freed memory for reuse (``pipeline.train.keep_freed_memory``); ``--malloc default`` leaves glibc's.
 
 Ends with one JSON line: {"device", "batch", "reference_img_s", "facevae_img_s", "ratio", "tflops", "mfu"}
 (tflops and mfu on CUDA: achieved model FLOP/s of facevae's loop and its share of the GPU's dense bf16 peak).
@@ -34,7 +36,7 @@ from pipeline import synthetic  # noqa: E402
 from pipeline.losses import vae_loss  # noqa: E402
 from pipeline.model import ConvVAE  # noqa: E402
 from pipeline.preprocess import load_image  # noqa: E402
-from pipeline.train import TrainConfig, Trainer, resolve_device  # noqa: E402
+from pipeline.train import TrainConfig, Trainer, keep_freed_memory, resolve_device  # noqa: E402
 
 # dense bf16 peak FLOP/s by device name (the MFU denominator)
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
@@ -100,25 +102,35 @@ def facevae(images: torch.Tensor, device, batch: int, compile_: bool) -> tuple[C
     return epoch, trainer
 
 
-def timed(epoch: Callable[[], int], epochs: int, device) -> float:
-    """Images per second over ``epochs`` epochs."""
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where the OS does not count them)."""
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed(epoch: Callable[[], int], epochs: int, device) -> tuple[float, float]:
+    """(images per second, minor page faults per image) over ``epochs`` epochs."""
     sync(device)
-    t0 = time.perf_counter()
+    f0, t0 = minor_faults(), time.perf_counter()
     n = sum(epoch() for _ in range(epochs))
     sync(device)
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), (minor_faults() - f0) / n
 
 
-def race(ref: Callable[[], int], ours: Callable[[], int], epochs: int, rounds: int, device) -> tuple[float, float]:
+def race(ref: Callable[[], int], ours: Callable[[], int], epochs: int, rounds: int, device) -> dict:
     """One warm-up epoch each, then ``rounds`` rounds of ``epochs`` epochs, alternating reference and
-    facevae so that a slow spell of a shared machine hits both; the median img/s of each."""
+    facevae so that a slow spell of a shared machine hits both; the medians of img/s and page faults per
+    image of each: {"reference": (img/s, faults), "facevae": (img/s, faults)}."""
     ref()
     ours()
-    ref_rates, our_rates = [], []
+    runs: dict[str, list[tuple[float, float]]] = {"reference": [], "facevae": []}
     for _ in range(rounds):
-        ref_rates.append(timed(ref, epochs, device))
-        our_rates.append(timed(ours, epochs, device))
-    return statistics.median(ref_rates), statistics.median(our_rates)
+        runs["reference"].append(timed(ref, epochs, device))
+        runs["facevae"].append(timed(ours, epochs, device))
+    return {k: tuple(statistics.median(col) for col in zip(*v)) for k, v in runs.items()}
 
 
 def flops_per_image(trainer: Trainer, batch: int) -> float:
@@ -144,7 +156,12 @@ def main(argv=None) -> dict:
                     help="side of the image files the reference decodes (128: the built-in set as ingested; "
                          "larger: JPEG photos)")
     ap.add_argument("--compile", action="store_true", help="torch.compile facevae's training step")
+    ap.add_argument("--malloc", default="keep", choices=["keep", "default"],
+                    help="keep: the process keeps freed memory for reuse, as the train stage does (both loops "
+                         "share the process, so the reference gets it too); default: glibc's defaults")
     args = ap.parse_args(argv)
+    if args.malloc == "keep":
+        keep_freed_memory()
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -153,7 +170,8 @@ def main(argv=None) -> dict:
         images = torch.stack([torch.from_numpy(load_image(p, 128)).permute(2, 0, 1) for p in files])
         ref_epoch = reference(folder, device, args.batch)
         our_epoch, trainer = facevae(images, device, args.batch, args.compile)
-        ref, ours = race(ref_epoch, our_epoch, args.epochs, args.rounds, device)
+        medians = race(ref_epoch, our_epoch, args.epochs, args.rounds, device)
+    (ref, ref_faults), (ours, our_faults) = medians["reference"], medians["facevae"]
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "batch": args.batch, "reference_img_s": round(ref, 1), "facevae_img_s": round(ours, 1),
               "ratio": round(ours / ref, 2), "tflops": None, "mfu": None}
@@ -164,7 +182,8 @@ def main(argv=None) -> dict:
         result["mfu"] = round(achieved / peak, 4) if peak else None
     print(f"reference (ImageFolder + Resize + ToTensor, DataLoader, fp32): {ref:.1f} img/s; "
           f"facevae: {ours:.1f} img/s; {args.images} images of {args.source_size}px, batch {args.batch}, "
-          f"{torch.get_num_threads()} CPU threads", file=sys.stderr)
+          f"{torch.get_num_threads()} CPU threads, malloc {args.malloc}; minor page faults per image: reference "
+          f"{ref_faults:.0f}, facevae {our_faults:.0f}", file=sys.stderr)
     print(json.dumps(result))
     return result
 
