@@ -3,7 +3,7 @@
 The reference is the lecture notebook's loop: torchvision ImageFolder + Resize + ToTensor decoding every
 image every epoch, a DataLoader (batch 16, shuffled, no workers), fp32, the same ConvVAE and Adam.
 facevae trains the same model from uint8 tensors that the preprocess stage made once, kept on the
-device, with channels_last, bf16 autocast on CUDA and a fused Adam on CUDA.
+device, with channels_last, a fused Adam and, on CUDA, bf16 autocast.
 
     python bench/train_speed.py [--device cpu|cuda] [--batch N] [--images N] [--epochs N] [--rounds R]
                                 [--source-size S] [--compile] [--malloc keep|default]
