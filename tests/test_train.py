@@ -1,8 +1,10 @@
 import json
 import math
+import sys
 
 import pytest
 import torch
+from helpers import run
 
 from pipeline.errors import UserError
 from pipeline.train import (TrainConfig, Trainer, can_continue, load_checkpoint, load_model, resolve_device,
@@ -253,8 +255,7 @@ def test_out_of_memory_becomes_one_line_naming_the_fix():
 
 
 _FAULTS_PER_STEP = """
-import resource, sys
-sys.path.insert(0, {root!r})
+import resource
 from pipeline.train import TrainConfig, Trainer, keep_freed_memory
 if {keep}:
     assert keep_freed_memory()
@@ -272,12 +273,8 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 8)
 def test_keeping_freed_memory_ends_the_page_faults_of_every_step(root):
     """keep_freed_memory (called by the train stage) lets each step reuse the previous step's memory: with
     glibc's defaults every batch-16 step of 128-px images faults thousands of pages in again."""
-    import subprocess
-    import sys
-
-    def faults_per_step(keep: bool) -> float:
-        out = subprocess.run([sys.executable, "-c", _FAULTS_PER_STEP.format(root=str(root), keep=keep)],
-                             capture_output=True, text=True, check=True, timeout=300)
+    def faults_per_step(keep: bool) -> float:  # a fresh process each: the setting is process-wide
+        out = run([sys.executable, "-c", _FAULTS_PER_STEP.format(keep=keep)], root, timeout=300)
         return float(out.stdout.strip().splitlines()[-1])
 
     default, kept = faults_per_step(False), faults_per_step(True)
