@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import synthetic
 from .errors import UserError
+from .names import UniqueNames, label_problem, printable, safe_component
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # image formats people have but Pillow cannot read without plugins: refused with a hint, not ignored
@@ -114,6 +115,12 @@ class _Item:
         return self.path.read_bytes()
 
 
+def _flat_name(parts: tuple[str, ...], ext: str) -> str:
+    """A file at ``parts`` below its label folder as one name: 'x/y0.JPG' -> 'x__y0.jpg'. Only a readable
+    name: :func:`_store` makes the stored file name safe and unique."""
+    return "__".join(tuple(parts[:-1]) + (Path(parts[-1]).stem + ext,))
+
+
 def _synthetic_items(per_class: int, seed: int, labels: list[str]):
     for label, name, data in synthetic.generate(per_class, seed=seed, labels=labels):
         yield _Item(label, name, f"synthetic:{name}", data=data)
@@ -165,9 +172,7 @@ def _folder_items(root: Path, result: IngestResult, labels: list[str] | None):
                     result.reject(str(path), "not a regular file")
                     continue
                 found += 1
-                rel = path.relative_to(label_dir)
-                name = "__".join(rel.parts[:-1] + (rel.stem + ext,))
-                yield _Item(label, name, str(path), path=path)
+                yield _Item(label, _flat_name(path.relative_to(label_dir).parts, ext), str(path), path=path)
         if not found:
             result.warnings.append(f"label folder '{label_dir}' has no images")
 
@@ -235,8 +240,7 @@ def _archive_items(archive: Path, result: IngestResult, labels: list[str] | None
         if ext not in IMAGE_EXTENSIONS:
             result.ignored += 1
             continue
-        name = "__".join(parts[1:-1] + (Path(parts[-1]).stem + ext,))
-        yield _Item(label, name, src, reader=reader)
+        yield _Item(label, _flat_name(parts[1:], ext), src, reader=reader)
 
 
 def _manifest_items(csv_path: Path, rows: list[dict], result: IngestResult, labels: list[str] | None):
@@ -250,16 +254,19 @@ def _manifest_items(csv_path: Path, rows: list[dict], result: IngestResult, labe
             continue
         if labels and label not in labels:
             continue
-        path = (base / rel)
+        path = base / rel
         ext = path.suffix.lower()
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except (OSError, ValueError):  # NUL bytes, names too long for the filesystem
+            found = False
+        if not found:
             result.reject(src, "file named in the manifest not found")
             continue
         if ext in UNSUPPORTED_EXTENSIONS:
             result.reject(src, f"unsupported format ({ext}); convert it to JPEG or PNG")
             continue
-        name = "__".join(Path(rel).parts[:-1] + (path.stem + ext,))
-        yield _Item(label, f"{i:06d}_{name}", src, path=path)
+        yield _Item(label, f"{i:06d}_{_flat_name(Path(rel).parts, ext)}", src, path=path)
 
 
 def _fer_items(csv_path: Path, rows: list[dict], result: IngestResult, labels: list[str] | None):
@@ -304,10 +311,26 @@ def _csv_items(csv_path: Path, result: IngestResult, labels: list[str] | None):
                     f"emotion,pixels (FER2013)")
 
 
+def check_not_an_output(source: Path, outputs: list[Path]) -> None:
+    """Refuse a source inside a pipeline output (the pipeline would delete or overwrite the user's files) or
+    holding one (its own results would be read back as photos)."""
+    src = source.resolve()
+    for out in outputs:
+        out = Path(out).resolve()
+        if src == out or out in src.parents:
+            raise UserError(f"data.source: '{source}' is inside the pipeline output '{out}', which the pipeline "
+                            f"replaces; move the photos elsewhere (e.g. photos/) and set data.source to that folder")
+        if src in out.parents:
+            raise UserError(f"data.source: '{source}' holds the pipeline output '{out}'; put the photos in a "
+                            f"folder of their own (e.g. photos/) and set data.source to that folder")
+
+
 def ingest(source: str, out_dir: str | Path, per_class: int = 100, seed: int = 0,
-           labels: list[str] | None = None, min_size: int = 1, min_per_label: int = 1) -> IngestResult:
+           labels: list[str] | None = None, min_size: int = 1, min_per_label: int = 1,
+           outputs: list[str | Path] = ()) -> IngestResult:
     """Ingest ``source`` into ``out_dir`` (replaced atomically as a whole). Stops with one line when no image,
-    only one label, or a label with fewer than ``min_per_label`` images is left."""
+    only one label, or a label with fewer than ``min_per_label`` images is left, and before reading anything
+    when the source is inside ``out_dir`` or one of the other pipeline ``outputs``."""
     out_dir = Path(out_dir)
     labels = list(labels or [])
     result = IngestResult()
@@ -322,6 +345,7 @@ def ingest(source: str, out_dir: str | Path, per_class: int = 100, seed: int = 0
     if not root.exists():
         raise UserError(f"data.source: '{source}' not found; set data.source in params.yaml to 'synthetic', a "
                         f"folder with one sub-folder per label, a .zip/.tar.gz of one, or a CSV")
+    check_not_an_output(root, [out_dir, *outputs])
     with contextlib.ExitStack() as stack:
         if root.is_dir():
             items = _folder_items(root, result, labels)
@@ -342,6 +366,10 @@ def _ingest_items(items, source: str, out_dir: Path, result: IngestResult, min_s
     # pass 1: check every item (bytes are not kept: photo collections can be larger than memory)
     checked: list[tuple[_Item, str, int, int]] = []
     for item in items:
+        problem = label_problem(item.label)
+        if problem:
+            result.reject(item.source, f"{problem}; rename the label")
+            continue
         try:
             data = item.read()
             w, h = inspect_image(data, min_size)
@@ -389,16 +417,18 @@ def _ingest_items(items, source: str, out_dir: Path, result: IngestResult, min_s
 
     # pass 3: copy the accepted items into a temporary folder, then swap it in
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.*"):  # left by an ingest killed mid-copy
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        for item, sha, w, h in keep:
-            dest = tmp / item.label / item.name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if item.path is not None:
-                shutil.copyfile(item.path, dest)
-            else:
-                dest.write_bytes(item.read())
-            result.accepted.append({"relpath": f"{item.label}/{item.name}", "label": item.label, "sha256": sha,
+        for (item, sha, w, h), relpath in zip(keep, _store_paths([e[0] for e in keep])):
+            dest = tmp / relpath
+            dest.parent.mkdir(exist_ok=True)
+            data = item.read()
+            if _sha256(data) != sha:
+                raise UserError(f"data.source: '{item.source}' changed while ingest was reading it; rerun ingest")
+            dest.write_bytes(data)
+            result.accepted.append({"relpath": relpath, "label": item.label, "sha256": sha,
                                     "width": w, "height": h, "source": item.source})
         _write_csv(tmp / "manifest.csv", MANIFEST_COLUMNS, result.accepted)
         _write_csv(tmp / "rejected.csv", REJECTED_COLUMNS, result.rejected)
@@ -411,11 +441,29 @@ def _ingest_items(items, source: str, out_dir: Path, result: IngestResult, min_s
     return result
 
 
+def _store_paths(items: list[_Item]) -> list[str]:
+    """Where each item is stored below data/raw: '<label folder>/<file name>', each a safe component
+    (pipeline.names), every label its own folder and every item its own file, case-insensitively."""
+    folders: dict[str, str] = {}
+    top = UniqueNames()
+    in_folder: dict[str, UniqueNames] = {}
+    paths = []
+    for item in items:
+        if item.label not in folders:
+            folders[item.label] = top.claim(safe_component(item.label))
+            in_folder[item.label] = UniqueNames()
+        name = Path(item.name)
+        ext = name.suffix.lower() if name.suffix.lower() in IMAGE_EXTENSIONS else ""
+        stem = item.name[:-len(name.suffix)] if ext else item.name
+        paths.append(f"{folders[item.label]}/{in_folder[item.label].claim(safe_component(stem), ext)}")
+    return paths
+
+
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows({k: printable(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows)
 
 
 def read_manifest(raw_dir: str | Path) -> list[dict]:

@@ -2,17 +2,30 @@
 
 import _path  # noqa: F401
 
+import os
 import sys
+
+import yaml
 
 from pipeline.cli import stage_main
 from pipeline.ingest import ingest
 from pipeline.params import section
 
 
+def pipeline_outputs(dvc_yaml="dvc.yaml") -> list[str]:
+    """Every path a stage of dvc.yaml writes (outs, metrics, plots): a source there would be lost."""
+    if not os.path.exists(dvc_yaml):  # the script run outside a DVC project
+        return []
+    stages = yaml.safe_load(open(dvc_yaml, encoding="utf-8"))["stages"].values()
+    return [next(iter(o)) if isinstance(o, dict) else o
+            for st in stages for kind in ("outs", "metrics", "plots") for o in st.get(kind, [])]
+
+
 def run(params):
     d = section(params, "data")
     result = ingest(d["source"], "data/raw", per_class=d["per_class"], seed=d["seed"], labels=d["labels"],
-                    min_size=params["preprocess.min_size"], min_per_label=params["split.test_per_class"] + 1)
+                    min_size=params["preprocess.min_size"], min_per_label=params["split.test_per_class"] + 1,
+                    outputs=pipeline_outputs())
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(result.summary() + (" (see data/raw/rejected.csv)" if result.rejected else ""))
