@@ -1,19 +1,20 @@
 """Training throughput: facevae's trainer against a seed-style reference loop, in one process, same data.
 
 The reference is the lecture notebook's loop: torchvision ImageFolder + Resize + ToTensor decoding every
-image every epoch, a DataLoader (batch 16, shuffled, no workers), fp32, the same ConvVAE and Adam.
-facevae trains the same model from uint8 tensors that the preprocess stage made once, kept on the
-device, with channels_last, a fused Adam and, on CUDA, bf16 autocast.
+image every epoch, a DataLoader (batch 16, shuffled, no workers), fp32, the notebook's ConvVAE layers and
+Adam. facevae trains params.yaml's recipe (``model.arch``, optimizer, schedule, loss; ``--arch seed`` for
+the notebook's layers) from uint8 tensors that the preprocess stage made once, kept on the device, with
+channels_last, a fused optimizer and, on CUDA, bf16 autocast.
 
     python bench/train_speed.py [--device cpu|cuda] [--batch N] [--images N] [--epochs N] [--rounds R]
-                                [--source-size S] [--compile] [--malloc keep|default]
+                                [--source-size S] [--compile] [--arch seed|bn] [--malloc keep|default]
 
 After one warm-up epoch each, the two loops run in alternating rounds (default 5 rounds of 1 epoch) and the
 median images/s of each is reported, so a slow spell of a shared machine does not favour either.
 Both loops share the process and so its malloc settings: by default those of the train stage, which keeps
 freed memory for reuse (``pipeline.train.keep_freed_memory``); ``--malloc default`` leaves glibc's.
 
-Ends with one JSON line: {"device", "batch", "reference_img_s", "facevae_img_s", "ratio", "tflops", "mfu"}
+Ends with one JSON line: {"device", "batch", "arch", "recon", "reference_img_s", "facevae_img_s", "ratio", "tflops", "mfu"}
 (tflops and mfu on CUDA: achieved model FLOP/s of facevae's loop and its share of the GPU's dense bf16 peak).
 """
 
@@ -34,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import synthetic  # noqa: E402
 from pipeline.losses import vae_loss  # noqa: E402
-from pipeline.model import ConvVAE  # noqa: E402
+from pipeline.model import ARCHS, ConvVAE  # noqa: E402
+from pipeline.params import load, section  # noqa: E402
 from pipeline.preprocess import load_image  # noqa: E402
 from pipeline.train import TrainConfig, Trainer, keep_freed_memory, resolve_device  # noqa: E402
 
@@ -89,10 +91,13 @@ def reference(folder: Path, device, batch: int, seed: int = 0):
     return epoch
 
 
-def facevae(images: torch.Tensor, device, batch: int, compile_: bool) -> tuple[Callable[[], int], Trainer]:
-    """facevae's Trainer on the preprocessed uint8 images; returns (one-epoch function, trainer)."""
-    cfg = TrainConfig(latent_dim=32, epochs=10**6, batch_size=batch, device=device.type, kl="seed_mean",
-                      compile=compile_)
+def facevae(images: torch.Tensor, device, batch: int, compile_: bool, arch: str) -> tuple[Callable[[], int], Trainer]:
+    """facevae's Trainer with params.yaml's recipe (model.arch, train.*; latent 32) on the preprocessed uint8
+    images; returns (one-epoch function, trainer)."""
+    params = load(Path(__file__).resolve().parents[1] / "params.yaml")
+    train = {**section(params, "train"), "latent_dim": 32, "epochs": 10**6, "batch_size": batch,
+             "device": device.type, "compile": compile_}
+    cfg = TrainConfig.from_params(train, 128, arch or params["model.arch"])
     trainer = Trainer(images, cfg, device)
 
     def epoch():
@@ -156,6 +161,7 @@ def main(argv=None) -> dict:
                     help="side of the image files the reference decodes (128: the built-in set as ingested; "
                          "larger: JPEG photos)")
     ap.add_argument("--compile", action="store_true", help="torch.compile facevae's training step")
+    ap.add_argument("--arch", choices=ARCHS, default=None, help="facevae's layers (default: params.yaml's model.arch)")
     ap.add_argument("--malloc", default="keep", choices=["keep", "default"],
                     help="keep: the process keeps freed memory for reuse, as the train stage does (both loops "
                          "share the process, so the reference gets it too); default: glibc's defaults")
@@ -169,11 +175,11 @@ def main(argv=None) -> dict:
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         images = torch.stack([torch.from_numpy(load_image(p, 128)).permute(2, 0, 1) for p in files])
         ref_epoch = reference(folder, device, args.batch)
-        our_epoch, trainer = facevae(images, device, args.batch, args.compile)
+        our_epoch, trainer = facevae(images, device, args.batch, args.compile, args.arch)
         medians = race(ref_epoch, our_epoch, args.epochs, args.rounds, device)
     (ref, ref_faults), (ours, our_faults) = medians["reference"], medians["facevae"]
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "batch": args.batch, "reference_img_s": round(ref, 1), "facevae_img_s": round(ours, 1),
+              "batch": args.batch, "arch": trainer.cfg.arch, "recon": trainer.cfg.recon, "reference_img_s": round(ref, 1), "facevae_img_s": round(ours, 1),
               "ratio": round(ours / ref, 2), "tflops": None, "mfu": None}
     if device.type == "cuda":
         achieved = flops_per_image(trainer, args.batch) * ours

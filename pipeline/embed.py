@@ -49,9 +49,31 @@ def tsne_coords(x: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
                 learning_rate="auto").fit_transform(x)
 
 
+PROBE_FOLDS = 5
+
+
+def probe_accuracy(x: np.ndarray, labels: np.ndarray, folds: int = PROBE_FOLDS, seed: int = 0) -> tuple[float, float]:
+    """A linear probe: the mean and standard deviation over stratified ``folds``-fold cross-validation of a
+    logistic regression (on standardised features) predicting the label from the latent means. Fewer
+    folds when a label has fewer images; (nan, nan) with one label or one image of a label."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    _, counts = np.unique(labels, return_counts=True)
+    k = min(folds, int(counts.min())) if len(counts) > 1 else 0
+    if k < 2:
+        return float("nan"), float("nan")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    scores = cross_val_score(probe, x, labels, cv=StratifiedKFold(k, shuffle=True, random_state=seed))
+    return float(scores.mean()), float(scores.std())
+
+
 def cluster_metrics(frame: pd.DataFrame, knn_k: int = 5) -> dict[str, float]:
-    """Silhouette of the labels in latent (mu) space over all images, and the accuracy of a kNN
-    classifier fitted on train latents when predicting the test latents' labels."""
+    """How well the latent means (mu) separate the labels: the silhouette over all images, the accuracy of a
+    kNN classifier fitted on train latents predicting the test latents' labels, and the cross-validated
+    accuracy of a linear probe over all images (:func:`probe_accuracy`)."""
     x = mu_matrix(frame)
     labels = frame["label"].to_numpy()
     is_test = (frame["split"] == "test").to_numpy()
@@ -62,4 +84,5 @@ def cluster_metrics(frame: pd.DataFrame, knn_k: int = 5) -> dict[str, float]:
         knn = KNeighborsClassifier(n_neighbors=k).fit(x[~is_test], labels[~is_test])
         out["knn_accuracy"] = float((knn.predict(x[is_test]) == labels[is_test]).mean())
         out["knn_k"] = k
+    out["probe_accuracy"], out["probe_std"] = probe_accuracy(x, labels)
     return out

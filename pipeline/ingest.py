@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import difflib
 import hashlib
 import io
 import os
@@ -49,6 +50,12 @@ class IngestResult:
     rejected: list[dict] = field(default_factory=list)
     ignored: int = 0  # stray non-image files
     warnings: list[str] = field(default_factory=list)
+    labels_seen: set[str] = field(default_factory=set)  # every label the source has, kept or not
+
+    def wanted(self, label: str, labels: list[str] | None) -> bool:
+        """Note that the source has ``label``; keep its items if ``labels`` (data.labels) is empty or names it."""
+        self.labels_seen.add(label)
+        return not labels or label in labels
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -121,8 +128,8 @@ def _flat_name(parts: tuple[str, ...], ext: str) -> str:
     return "__".join(tuple(parts[:-1]) + (Path(parts[-1]).stem + ext,))
 
 
-def _synthetic_items(per_class: int, seed: int, labels: list[str]):
-    for label, name, data in synthetic.generate(per_class, seed=seed, labels=labels):
+def _synthetic_items(per_class: int, seed: int, labels: list[str], identities: int):
+    for label, name, data in synthetic.generate(per_class, seed=seed, labels=labels, identities=identities):
         yield _Item(label, name, f"synthetic:{name}", data=data)
 
 
@@ -141,7 +148,7 @@ def _folder_items(root: Path, result: IngestResult, labels: list[str] | None):
                         f"sub-folder, e.g. {root}/happy/ and {root}/angry/")
     for label_dir in label_dirs:
         label = label_dir.name
-        if labels and label not in labels:
+        if not result.wanted(label, labels):
             continue
         if label_dir.is_symlink() and not _inside(label_dir, root):
             result.reject(str(label_dir), "symbolic link pointing outside the source (not followed)")
@@ -232,7 +239,7 @@ def _archive_items(archive: Path, result: IngestResult, labels: list[str] | None
             result.ignored += 1  # a file beside the label folders
             continue
         label, ext = parts[0], Path(parts[-1]).suffix.lower()
-        if labels and label not in labels:
+        if not result.wanted(label, labels):
             continue
         if ext in UNSUPPORTED_EXTENSIONS:
             result.reject(src, f"unsupported format ({ext}); convert it to JPEG or PNG")
@@ -252,7 +259,7 @@ def _manifest_items(csv_path: Path, rows: list[dict], result: IngestResult, labe
         if not rel or not label:
             result.reject(src, "manifest row without path or label")
             continue
-        if labels and label not in labels:
+        if not result.wanted(label, labels):
             continue
         path = base / rel
         ext = path.suffix.lower()
@@ -281,7 +288,7 @@ def _fer_items(csv_path: Path, rows: list[dict], result: IngestResult, labels: l
         except (KeyError, ValueError, TypeError):
             result.reject(src, f"FER row with an unknown emotion code {row.get('emotion')!r} (expected 0-6)")
             continue
-        if labels and label not in labels:
+        if not result.wanted(label, labels):
             continue
         try:
             values = [int(v) for v in (row.get("pixels") or "").split()]
@@ -325,7 +332,7 @@ def check_not_an_output(source: Path, outputs: list[Path]) -> None:
                             f"folder of their own (e.g. photos/) and set data.source to that folder")
 
 
-def ingest(source: str, out_dir: str | Path, per_class: int = 100, seed: int = 0,
+def ingest(source: str, out_dir: str | Path, per_class: int = 100, seed: int = 0, identities: int = 0,
            labels: list[str] | None = None, min_size: int = 1, min_per_label: int = 1,
            outputs: list[str | Path] = ()) -> IngestResult:
     """Ingest ``source`` into ``out_dir`` (replaced atomically as a whole). Stops with one line when no image,
@@ -339,7 +346,7 @@ def ingest(source: str, out_dir: str | Path, per_class: int = 100, seed: int = 0
         if unknown:
             raise UserError(f"data.labels: {unknown} are not synthetic labels; use a subset of "
                             f"{list(synthetic.LABELS)} or []")
-        items = _synthetic_items(per_class, seed, labels or list(synthetic.LABELS))
+        items = _synthetic_items(per_class, seed, labels or list(synthetic.LABELS), identities)
         return _ingest_items(items, source, out_dir, result, min_size, min_per_label)
     root = Path(source).expanduser()
     if not root.exists():
@@ -358,6 +365,13 @@ def ingest(source: str, out_dir: str | Path, per_class: int = 100, seed: int = 0
             items = _csv_items(root, result, labels)
         else:
             raise UserError(f"data.source: '{source}' is neither a folder, a .zip/.tar/.tar.gz archive nor a .csv")
+        items = list(items) if labels else items  # all of the source seen before data.labels is checked
+        missing = [x for x in labels if x not in result.labels_seen]
+        if missing:
+            near = {x: difflib.get_close_matches(x, result.labels_seen, n=1) for x in missing}
+            hint = "; ".join(f"'{x}' (did you mean '{near[x][0]}'?)" if near[x] else f"'{x}'" for x in missing)
+            raise UserError(f"data.labels: {hint} not in '{source}', which has labels "
+                            f"{', '.join(sorted(result.labels_seen)) or 'none'}; fix data.labels or use [] for all")
         return _ingest_items(items, source, out_dir, result, min_size, min_per_label)
 
 
@@ -405,6 +419,11 @@ def _ingest_items(items, source: str, out_dir: Path, result: IngestResult, min_s
         raise UserError(f"data.source: no usable images in '{source}' ({len(result.rejected)} rejected, "
                         f"{result.ignored} non-image files); add JPEG or PNG photos in one sub-folder per label")
     if len(counts) < 2:
+        lost = sorted(result.labels_seen - set(counts))
+        if lost:
+            raise UserError(f"data.source: every image of {', '.join(repr(x) for x in lost)} in '{source}' was "
+                            f"refused ({result.reasons()}), leaving only '{next(iter(counts))}'; the pipeline "
+                            f"compares at least two labels: fix or replace those images")
         raise UserError(f"data.source: only one label ({next(iter(counts))}) in '{source}'; the pipeline "
                         f"compares expressions and needs at least two label sub-folders")
     few = {label: n for label, n in counts.items() if n < min_per_label}

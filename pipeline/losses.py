@@ -45,8 +45,11 @@ def recon_per_image(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(recon, x, reduction="none").flatten(1).sum(dim=1)
 
 
-def recon_term(recon: torch.Tensor, x: torch.Tensor, mode: str = "mse") -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (recon term per image [B], sse per image [B]) for ``mode``."""
+def recon_term(recon: torch.Tensor, x: torch.Tensor, mode: str = "mse", batch_size: int | None = None,
+               all_sum=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (recon term per image [B], sse per image [B]) for ``mode``. For ``gaussian`` on one process's
+    shard of a batch, ``all_sum`` sums a tensor over the processes (differentiably) and ``batch_size`` is the
+    whole batch's size, so that sigma^2 is the whole batch's."""
     sse = recon_per_image(recon, x)
     if mode == "mse":
         return sse, sse
@@ -58,21 +61,23 @@ def recon_term(recon: torch.Tensor, x: torch.Tensor, mode: str = "mse") -> tuple
         return bce.flatten(1).sum(dim=1), sse
     if mode == "gaussian":
         p = x[0].numel()
-        var = (sse.sum() / (sse.numel() * p)).clamp_min(1e-6)  # the optimal sigma^2 for this batch
+        total = all_sum(sse.sum()) if all_sum is not None else sse.sum()
+        var = (total / ((batch_size or sse.numel()) * p)).clamp_min(1e-6)  # the optimal sigma^2 for this batch
         return 0.5 * sse / var + 0.5 * p * (torch.log(var) + LOG_2PI), sse
     raise ValueError(f"unknown reconstruction loss {mode!r}; expected one of {RECON_MODES}")
 
 
 def vae_loss(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
              beta: float = 1.0, kl: str = "elbo", recon_mode: str = "mse",
-             batch_size: int | None = None) -> dict[str, torch.Tensor]:
+             batch_size: int | None = None, all_sum=None) -> dict[str, torch.Tensor]:
     """Return {'loss': the objective to minimise, and per-image means of 'recon', 'kl', 'sse'}.
 
     ``batch_size`` is the size of the whole batch when these images are one process's shard of it
-    (data-parallel training): the shards' losses then add up to the whole batch's loss.
+    (data-parallel training), and ``all_sum`` sums over the processes: the shards' losses then add up to
+    the whole batch's loss.
     """
     recon, x, mu, logvar = recon.float(), x.float(), mu.float(), logvar.float()
-    rec, sse = recon_term(recon, x, recon_mode)
+    rec, sse = recon_term(recon, x, recon_mode, batch_size, all_sum)
     kld = kl_per_image(mu, logvar)
     b = batch_size or x.shape[0]
     if kl == "elbo":

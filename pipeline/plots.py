@@ -69,17 +69,24 @@ def save_tsne_plot(coords: np.ndarray, labels, splits, path, title: str = "") ->
     plt.close(fig)
 
 
-def save_loss_plot(history: list[dict], path) -> None:
+def save_loss_plot(history: list[dict], path, recon_mode: str = "mse") -> None:
+    """Per epoch: the squared error per image (comparable whatever the loss options; log scale), the
+    objective's reconstruction term and -ELBO when they differ from it, and the KL term."""
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
-    ax[0].plot(epochs, [r["recon"] for r in history], label="recon (sum sq. error / image)")
-    ax[0].plot(epochs, [r["neg_elbo"] for r in history], label="-ELBO / image", linestyle="--")
-    ax[0].set_xlabel("epoch")
-    ax[0].legend(fontsize=8)
-    ax[1].plot(epochs, [r["kl"] for r in history], color="tab:red", label="KL / image")
-    ax[1].set_xlabel("epoch")
-    ax[1].legend(fontsize=8)
+    fig, ax = plt.subplots(1, 3 if recon_mode != "mse" else 2, figsize=(12 if recon_mode != "mse" else 9, 3.5),
+                           dpi=110)
+    ax[0].plot(epochs, [r["sse"] for r in history], label="sum of squared errors / image")
+    ax[0].set_yscale("log")
+    if recon_mode != "mse":
+        ax[1].plot(epochs, [r["recon"] for r in history], label=f"recon term ({recon_mode}) / image")
+        ax[1].plot(epochs, [r["neg_elbo"] for r in history], label="-ELBO / image", linestyle="--")
+    else:
+        ax[0].plot(epochs, [r["neg_elbo"] for r in history], label="-ELBO / image", linestyle="--")
+    ax[-1].plot(epochs, [r["kl"] for r in history], color="tab:red", label="KL / image")
+    for a in ax:
+        a.set_xlabel("epoch")
+        a.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png")

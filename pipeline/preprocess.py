@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 from .errors import UserError
 from .faces import CropSpec, NoFace, choose_crop
 from .ingest import read_manifest
+from .parallel import ordered_map
 from .io import save_torch
 
 
@@ -90,9 +91,6 @@ def decode_images(paths: list, size: int, workers: int | None = None,
     processes; below 64 images, or with workers=1, in this process), with where each crop was taken
     (see :func:`decode_one`). A picture refused for having no face gets {'crop': 'rejected', 'reason': ...}
     and an all-zero image."""
-    import os
-
-    workers = workers or os.cpu_count() or 1
     out = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
     crops: list[dict] = []
     jobs = [(p, size, crop) for p in paths]
@@ -105,16 +103,7 @@ def decode_images(paths: list, size: int, workers: int | None = None,
                 out[i] = r[0]
             crops.append(r[1])
 
-    if workers > 1 and len(paths) >= 64:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        # fork: workers start at once and need nothing from torch (only Pillow, numpy and OpenCV run there)
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            collect(pool.map(_decode_one, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
-    else:
-        collect(map(_decode_one, jobs))
+    collect(ordered_map(_decode_one, jobs, workers))
     return out, crops
 
 

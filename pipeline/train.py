@@ -9,6 +9,9 @@
   training at the next epoch boundary with a checkpoint.
 * Speed switches (``precision``, ``compile``; channels_last and the fused Adam) change only the
   arithmetic, not the algorithm: with them off the loop is the plain fp32 one.
+* The recipe (``arch``, ``optimizer``, ``schedule``, ``augment``) is chosen by measurement
+  (bench/quality.py, docs/benchmarks.md); ``arch: seed``, ``optimizer: adam``, ``schedule: constant``,
+  ``augment: false`` is the lecture notebook's.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from .losses import vae_loss
 from .model import ConvVAE
 
 PRECISIONS = ("auto", "fp32", "bf16")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+WARMUP_SHARE = 0.05  # cosine: the learning rate climbs from lr / 25 to lr over this share of the steps
 CODE_FILES = ("model.py", "losses.py", "train.py")
 
 
@@ -48,18 +54,54 @@ class TrainConfig:
     kl_warmup_epochs: int = 0
     precision: str = "auto"
     compile: bool = False
+    arch: str = "seed"
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    augment: bool = False
     image_size: int = 128
 
     @classmethod
-    def from_params(cls, train: dict, image_size: int) -> "TrainConfig":
+    def from_params(cls, train: dict, image_size: int, arch: str = "seed") -> "TrainConfig":
         fields = cls.__dataclass_fields__
-        return cls(image_size=image_size, **{k: v for k, v in train.items() if k in fields})
+        return cls(image_size=image_size, arch=arch, **{k: v for k, v in train.items() if k in fields})
 
     def trajectory(self) -> dict:
-        """Everything that shapes the sequence of weights except how many epochs are run."""
+        """Everything that shapes the sequence of weights except how many epochs are run (which does
+        shape it under a schedule that depends on the total)."""
         d = asdict(self)
-        d.pop("epochs")
+        if self.schedule == "constant":
+            d.pop("epochs")
         return d
+
+
+def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``total_steps``: constant, or a linear
+    warm-up from lr / 25 over WARMUP_SHARE of the steps, then a cosine down to lr / 100."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    warm = max(1, int(WARMUP_SHARE * total_steps))
+    if step < warm:
+        return cfg.lr * (0.04 + 0.96 * step / warm)
+    t = min(1.0, (step - warm) / max(1, total_steps - warm))
+    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random variant of each image of a float batch, on its device: a horizontal flip (half of them),
+    a shift of up to 5 % of the side, a scale of 0.95-1.05 and a brightness of 0.9-1.1."""
+    import torch.nn.functional as F
+
+    b, dev = x.shape[0], x.device
+    r = torch.rand((b, 5), generator=gen, device=dev)
+    flip = torch.where(r[:, 0] < 0.5, -1.0, 1.0)
+    inv_scale = 1.0 / (0.95 + 0.1 * r[:, 1])
+    theta = torch.zeros((b, 2, 3), device=dev)
+    theta[:, 0, 0], theta[:, 1, 1] = inv_scale * flip, inv_scale
+    theta[:, 0, 2], theta[:, 1, 2] = (r[:, 2] - 0.5) * 0.1, (r[:, 3] - 0.5) * 0.1
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return (out * (0.9 + 0.2 * r[:, 4]).view(b, 1, 1, 1)).clamp_(0.0, 1.0)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -215,24 +257,34 @@ class Trainer:
             raise UserError(f"train.batch_size = {cfg.batch_size} must be divisible by the number of processes "
                             f"({self.world}); change train.batch_size or NPROC")
         torch.manual_seed(cfg.seed)
-        self.model = ConvVAE(cfg.latent_dim, cfg.image_size, images.shape[1]).to(self.device)
+        self.model = ConvVAE(cfg.latent_dim, cfg.image_size, images.shape[1], cfg.arch).to(self.device)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=fmt)
         self.net = self.model
         if self.world > 1:  # PyTorch's DistributedDataParallel: gradients averaged across processes
             from torch.nn.parallel import DistributedDataParallel
 
+            if self.device.type == "cuda":  # batch statistics over the whole batch (SyncBatchNorm is GPU-only)
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+
             self.net = DistributedDataParallel(self.model, device_ids=[self.device.index]
                                                if self.device.type == "cuda" else None)
         # fused Adam: one kernel for all parameters (CUDA, and CPU where it halves the optimizer step)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
-                                    fused=self.device.type in ("cuda", "cpu") or None)
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        self.opt = opt_cls(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                           fused=self.device.type in ("cuda", "cpu") or None)
         self.data = images.to(self.device).contiguous(memory_format=fmt)
         self.shuffle_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        self.augment_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
         self.epoch = 0
         self.history: list[dict] = []
         self.meta: dict = {}  # saved with every checkpoint (the stage keeps its MLflow run id there)
+        self._all_sum = None
+        if self.world > 1:  # batch statistics of the loss (gaussian's sigma^2) over the whole batch
+            import torch.distributed.nn.functional as dist_fn
+
+            self._all_sum = dist_fn.all_reduce
         self._step = self._train_step
         if cfg.compile:
             self._step = torch.compile(self._train_step)
@@ -247,6 +299,7 @@ class Trainer:
             "history": json.dumps(self.history),
             "shuffle_rng": self.shuffle_gen.get_state(),
             "noise_rng": self.noise_gen.get_state(),
+            "augment_rng": self.augment_gen.get_state(),
             "config": json.dumps(asdict(self.cfg)),
             "code": code_fingerprint(),
             "meta": json.dumps(self.meta),
@@ -259,6 +312,7 @@ class Trainer:
         self.history = json.loads(state["history"])
         self.shuffle_gen.set_state(state["shuffle_rng"])
         self.noise_gen.set_state(state["noise_rng"])
+        self.augment_gen.set_state(state["augment_rng"])
         self.meta = json.loads(state.get("meta", "{}"))
 
     # -- training ---------------------------------------------------------------------------------------
@@ -272,7 +326,7 @@ class Trainer:
                             enabled=self.amp_dtype is not None):
             recon, mu, logvar = self.net(x, eps=eps)
         out = vae_loss(recon, x, mu, logvar, beta=beta, kl=self.cfg.kl, recon_mode=self.cfg.recon,
-                       batch_size=batch_size)
+                       batch_size=batch_size, all_sum=self._all_sum)
         self.opt.zero_grad(set_to_none=True)
         # DDP averages gradients over processes; each shard's loss is its part of the whole batch's loss
         (out["loss"] * self.world).backward()
@@ -285,6 +339,8 @@ class Trainer:
         epoch = self.epoch + 1
         beta = self.beta_at(epoch)
         n, bs = self.data.shape[0], self.cfg.batch_size
+        steps_per_epoch = -(-n // bs)
+        total_steps = steps_per_epoch * max(self.cfg.epochs, epoch)
         order = torch.randperm(n, generator=self.shuffle_gen, device=self.device)
         sums = torch.zeros(4, device=self.device)  # loss, recon, kl, sse; each summed over images
         for start in range(0, n, bs):
@@ -295,7 +351,12 @@ class Trainer:
             eps = torch.randn((b, self.cfg.latent_dim), generator=self.noise_gen, device=self.device)
             if self.world > 1:
                 idx, eps = idx[self.rank::self.world], eps[self.rank::self.world]
-            x = to_float(self.data[idx])
+            if self.cfg.augment:  # every process makes the whole batch's variants and keeps its rows
+                x = augment(to_float(self.data[order[start:start + bs]]), self.augment_gen)[self.rank::self.world]
+            else:
+                x = to_float(self.data[idx])
+            for group in self.opt.param_groups:
+                group["lr"] = lr_at(self.cfg, (epoch - 1) * steps_per_epoch + start // bs, total_steps)
             out = self._step(x, eps, beta, b)
             k = x.shape[0]
             # sum over images of the per-image objective (elbo: mean over the batch; seed_mean: batch loss / b)
@@ -313,7 +374,7 @@ class Trainer:
                             f"lower train.lr (now {self.cfg.lr}){hint} and rerun")
         self.epoch = epoch
         row = {"epoch": epoch, "loss": loss, "recon": recon, "kl": kl, "neg_elbo": recon + kl, "sse": sse,
-               "beta": beta, "seconds": time.perf_counter() - t0}
+               "beta": beta, "lr": self.opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         self.history.append(row)
         return row
 
@@ -406,6 +467,6 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Con
     if not weights.exists() or not config.exists():
         raise UserError(f"{model_dir}: no trained model (vae.pt + config.json); run the train stage first")
     cfg = json.loads(config.read_text())
-    model = ConvVAE(cfg["latent_dim"], cfg["image_size"])
+    model = ConvVAE(cfg["latent_dim"], cfg["image_size"], arch=cfg.get("arch", "seed"))
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.to(device).eval()

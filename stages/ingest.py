@@ -23,7 +23,8 @@ def pipeline_outputs(dvc_yaml="dvc.yaml") -> list[str]:
 
 def run(params):
     d = section(params, "data")
-    result = ingest(d["source"], "data/raw", per_class=d["per_class"], seed=d["seed"], labels=d["labels"],
+    result = ingest(d["source"], "data/raw", per_class=d["per_class"], seed=d["seed"],
+                    identities=d["identities"], labels=d["labels"],
                     min_size=params["preprocess.min_size"], min_per_label=params["split.test_per_class"] + 1,
                     outputs=pipeline_outputs())
     for w in result.warnings:

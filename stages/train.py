@@ -33,7 +33,7 @@ CHECKPOINT = "models/checkpoint.pt"
 
 
 def run(params):
-    cfg = TrainConfig.from_params(section(params, "train"), params["preprocess.size"])
+    cfg = TrainConfig.from_params(section(params, "train"), params["preprocess.size"], params["model.arch"])
     # under torchrun (make train-ddp) join the process group; a missing GPU is reported before anything else
     device = init_distributed(cfg.device) or resolve_device(cfg.device)
     keep_freed_memory()  # no page faults to refill each step's activations (~15 % of a CPU step)
@@ -56,6 +56,10 @@ def train_stage(params, cfg, device):
     ckpt = load_checkpoint(CHECKPOINT)
     resume = can_continue(ckpt, cfg, params["train.resume"]) and \
         json.loads(ckpt.get("meta", "{}")).get("data_hash") == data_hash
+    if params["train.resume"] and ckpt and not resume and cfg.schedule != "constant":
+        print(f"train: not continuing the saved run: under train.schedule: {cfg.schedule} the learning rate of "
+              f"every epoch depends on train.epochs; training {cfg.epochs} epochs from scratch "
+              f"(train.schedule: constant continues runs)")
     if resume:
         trainer.load_state_dict(ckpt)
     elif trainer.rank == 0:  # what an earlier model's run could not send belongs to that run, not this one
@@ -104,7 +108,7 @@ def train_stage(params, cfg, device):
     mlrun.log_metrics({"train_seconds": seconds, "images_per_second": metrics["images_per_second"]}, len(history))
     for f in ("models/vae.pt", "models/config.json", "metrics/train_history.csv"):
         mlrun.log_artifact(f, "model" if f.startswith("models/") else None)
-    save_loss_plot(history, "models/loss.png")
+    save_loss_plot(history, "models/loss.png", cfg.recon)
     mlrun.log_artifact("models/loss.png")
     mlrun.log_model(trainer.model, ds["images"][:2])  # 2: a batch of 1 would fix the batch size in the export
     mlrun.finish("FINISHED", "models")

@@ -1,12 +1,15 @@
 """DVC stage tsne: data/latents -> reports/tsne.png, reports/tsne_coords.csv and metrics/tsne.json
-(silhouette of the labels in latent space, kNN accuracy of test latents from train latents)."""
+(silhouette of the labels in latent space, kNN accuracy of test latents from train latents, and the
+cross-validated accuracy of a linear probe on the latent means)."""
 
 import _path  # noqa: F401
+
+import math
 
 import pandas as pd
 
 from pipeline.cli import stage_main
-from pipeline.embed import cluster_metrics, mu_matrix, tsne_coords
+from pipeline.embed import PROBE_FOLDS, cluster_metrics, mu_matrix, tsne_coords
 from pipeline.io import write_json, write_text
 from pipeline.params import section
 from pipeline.plots import save_tsne_plot
@@ -23,12 +26,16 @@ def run(params):
     write_json("metrics/tsne.json", metrics)
     dim = sum(c.startswith("mu_") for c in frame.columns)
     save_tsne_plot(coords, out["label"], out["split"], "reports/tsne.png",
-                   title=f"t-SNE of {dim}-d latent means (perplexity {p['perplexity']})")
+                   title=f"t-SNE of {dim}-d latent means (perplexity {p['perplexity']})\n"
+                         f"linear probe {metrics['probe_accuracy']:.2f}, kNN {metrics.get('knn_accuracy', float('nan')):.2f}, "
+                         f"silhouette {metrics['silhouette']:.2f}")
     log_stage("models", "tsne", {f"tsne.{k}": v for k, v in p.items()},
-              {k: metrics[k] for k in ("silhouette", "knn_accuracy") if k in metrics},
+              {k: metrics[k] for k in ("silhouette", "knn_accuracy", "probe_accuracy", "probe_std")
+               if k in metrics and math.isfinite(metrics[k])},
               ["reports/tsne.png", "reports/tsne_coords.csv", "metrics/tsne.json"])
-    print(f"tsne: silhouette {metrics['silhouette']:.3f}, kNN accuracy {metrics.get('knn_accuracy', float('nan')):.3f} "
-          f"({metrics['n_test']} test images)")
+    print(f"tsne: linear probe accuracy {metrics['probe_accuracy']:.3f} +- {metrics['probe_std']:.3f} "
+          f"({PROBE_FOLDS}-fold, all images), kNN accuracy {metrics.get('knn_accuracy', float('nan')):.3f} "
+          f"({metrics['n_test']} test images), silhouette {metrics['silhouette']:.3f}")
 
 
 if __name__ == "__main__":

@@ -88,3 +88,22 @@ def test_atomic_write_leaves_nothing_on_failure_and_normal_permissions(tmp_path)
             tmp.write_text("half")
             raise RuntimeError("interrupted")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_linear_probe_on_separable_and_inseparable_latents():
+    from pipeline.embed import probe_accuracy
+
+    rng = np.random.default_rng(0)
+    labels = np.array(["happy"] * 30 + ["angry"] * 30)
+    noise = rng.normal(size=(60, 8))
+    separable = noise.copy()
+    separable[:30, 3] += 6.0  # one direction tells the labels apart, buried among 7 noise dimensions
+    acc, std = probe_accuracy(separable, labels)
+    assert acc == 1.0 and std == 0.0
+    acc, std = probe_accuracy(noise, labels)  # labels unrelated to the latents: chance, give or take
+    assert 0.2 <= acc <= 0.75 and std > 0
+    xor = rng.normal(size=(60, 2))
+    xor_labels = np.where((xor[:, 0] > 0) ^ (xor[:, 1] > 0), "happy", "angry")
+    assert probe_accuracy(xor, xor_labels)[0] < 0.8  # linear: a probe cannot read a XOR
+    assert np.isnan(probe_accuracy(noise, np.array(["a"] * 60))[0])  # one label: no probe
+    assert probe_accuracy(separable[:33], labels[:33])[0] >= 0.9  # 3 angry: 3 folds, not 5 (no error)

@@ -159,3 +159,19 @@ def test_a_label_left_too_small_by_rejections_stops_ingest(tmp_path):
                                         r"1 not an image.*needs at least 3 per label"):
         ingest(str(src), tmp_path / "raw", min_per_label=3)
     assert not (tmp_path / "raw").exists()
+
+
+def test_a_label_in_data_labels_that_the_source_lacks_is_named(source, tmp_path):
+    with pytest.raises(UserError, match=r"data.labels: 'angyr' \(did you mean 'angry'\?\) not in .* which has "
+                                        r"labels angry, happy; fix data.labels"):
+        ingest(str(source), tmp_path / "raw", labels=["happy", "angyr"])
+    assert not (tmp_path / "raw").exists()
+    assert ingest(str(source), tmp_path / "raw", labels=["happy", "angry"]).counts() == {"angry": 3, "happy": 3}
+
+
+def test_every_image_of_a_label_refused_says_which_and_why(source, tmp_path):
+    for p in (source / "angry").iterdir():
+        p.write_bytes(_png(_noise(int(p.stem[-1]) + 60, (20, 20))))  # every angry photo below min_size
+    with pytest.raises(UserError, match=r"every image of 'angry' in .* was refused \(3 too small\), leaving only "
+                                        r"'happy'; the pipeline compares at least two labels"):
+        ingest(str(source), tmp_path / "raw", min_size=32)

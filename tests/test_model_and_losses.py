@@ -108,3 +108,33 @@ def test_gaussian_decoder_uses_the_optimal_variance():
     # the variance is the argmin: any other sigma^2 gives a larger NLL
     nll = lambda v: sum(0.5 * s / v + 6 * (math.log(v) + math.log(2 * math.pi)) for s in (3.0, 0.12))  # noqa: E731
     assert nll(var) < nll(var * 1.1) and nll(var) < nll(var * 0.9)
+
+
+def test_bn_arch_keeps_the_seed_interface_and_normalises_between_layers():
+    seed, bn = ConvVAE(32, arch="seed"), ConvVAE(32, arch="bn")
+    x = torch.rand(4, 3, 128, 128)
+    for m in (seed, bn):
+        recon, mu, logvar = m(x)
+        assert recon.shape == x.shape and mu.shape == logvar.shape == (4, 32)
+        assert m.fc1.in_features == m.fc2.in_features == m.fc3.out_features == 1024
+        assert isinstance(m.decoder[-1], torch.nn.Sigmoid)
+    kinds = lambda m: [type(l).__name__ for l in m.encoder]  # noqa: E731,E741
+    assert kinds(seed)[:2] == ["Conv2d", "ReLU"] and "BatchNorm2d" not in kinds(seed)
+    assert kinds(bn)[:3] == ["Conv2d", "BatchNorm2d", "LeakyReLU"] and kinds(bn).count("BatchNorm2d") == 6
+    assert sum(isinstance(l, torch.nn.BatchNorm2d) for l in bn.decoder) == 5  # all but the output layer
+    with pytest.raises(ValueError, match="unknown architecture"):
+        ConvVAE(32, arch="resnet")
+
+
+def test_gaussian_shards_of_a_batch_add_up_to_the_whole_batch():
+    """Data-parallel: each process holds one image; summing sse over the processes gives every shard the
+    whole batch's sigma^2 = 3.12 / 24, so the shards' losses add up to the one-process loss (they did not
+    when each shard used its own sigma^2)."""
+    whole = vae_loss(R, X, MU, LOGVAR, recon_mode="gaussian")["loss"]
+    total = torch.tensor(3.12)  # what an all-reduce of the two shards' sse sums returns
+    shards = [vae_loss(R[i:i + 1], X[i:i + 1], MU[i:i + 1], LOGVAR[i:i + 1], recon_mode="gaussian", batch_size=2,
+                       all_sum=lambda t: total)["loss"] for i in (0, 1)]
+    assert sum(shards).item() == pytest.approx(whole.item(), rel=1e-6)
+    own = [vae_loss(R[i:i + 1], X[i:i + 1], MU[i:i + 1], LOGVAR[i:i + 1], recon_mode="gaussian", batch_size=2)["loss"]
+           for i in (0, 1)]
+    assert sum(own).item() != pytest.approx(whole.item(), rel=1e-3)

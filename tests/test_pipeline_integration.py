@@ -46,7 +46,7 @@ def test_ingest_and_preprocess_outputs(project):
     manifest = pd.read_csv(proj / "data/raw/manifest.csv")
     assert list(manifest.columns) == ["relpath", "label", "sha256", "width", "height", "source"]
     assert manifest["label"].value_counts().to_dict() == {"happy": 6, "angry": 6}
-    assert (proj / "data/raw/happy/happy_0000.png").exists()
+    assert (proj / "data/raw/happy/happy_p0_0000.png").exists()
     assert pd.read_csv(proj / "data/raw/rejected.csv").empty
     ds = torch.load(proj / "data/processed/dataset.pt", weights_only=True)
     assert ds["images"].shape == (12, 3, 128, 128) and ds["images"].dtype == torch.uint8
@@ -103,6 +103,10 @@ def test_latents_and_tsne_outputs(project):
     assert Image.open(proj / "reports/tsne.png").size[0] > 300
     m = _json(proj / "metrics/tsne.json")
     assert -1 <= m["silhouette"] <= 1 and 0 <= m["knn_accuracy"] <= 1 and m["perplexity"] == 3
+    # the linear probe, recomputed from the exported latents (6 images a label: 5 folds)
+    from pipeline.embed import mu_matrix, probe_accuracy
+
+    assert (m["probe_accuracy"], m["probe_std"]) == pytest.approx(probe_accuracy(mu_matrix(lat), lat["label"].to_numpy()))
 
 
 def test_mlflow_run_holds_params_history_and_artifacts(project, mlflow_client):

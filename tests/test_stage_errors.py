@@ -94,3 +94,28 @@ def test_labels_filter_keeps_a_subset(tmp_path):
         _photo(tmp_path / "photos" / lab / "a.jpg", (50, 50), grey=60 * i)
     result = ingest(str(tmp_path / "photos"), tmp_path / "raw", labels=["happy", "sad"])
     assert result.counts() == {"happy": 1, "sad": 1}
+
+
+@pytest.mark.parametrize("updates, fragment", [
+    ({"train": {"latnet_dim": 20}}, "unknown key 'train.latnet_dim'; did you mean 'train.latent_dim'?"),
+    ({"mystery": {"knob": 1}}, "unknown key 'mystery.knob'"),
+    ({"split": {"seed": -1}}, "split.seed = -1 is not valid; expected an integer from 0 to 4294967295"),
+    ({"tsne": {"seed": -1}}, "tsne.seed = -1 is not valid"),
+    ({"train": {"seed": 2 ** 70}}, f"train.seed = {2 ** 70} is not valid"),
+    ({"preprocess": {"size": 100}}, "preprocess.size = 100 is not valid; expected a power of two >= 16"),
+    ({"train": {"lr": "fast"}}, "train.lr = 'fast' is not valid; expected a positive number"),
+])
+def test_bad_params_are_one_line_naming_the_key(project, updates, fragment):
+    set_params(project, updates)
+    with pytest.raises(UserError) as e:
+        load(project / "params.yaml")
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+    _one_line_error(_stage(project, "preprocess"), fragment)  # before any work, in any stage
+
+
+def test_numbers_typed_the_way_dvc_reads_them_are_numbers(project):
+    """PyYAML reads `lr: 1e-3` as a string (YAML 1.1 wants a dot); DVC and YAML 1.2 read a number."""
+    text = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(text.replace("lr: 0.001", "lr: 1e-3").replace("beta: 1.0", "beta: 1E+0"))
+    params = load(project / "params.yaml")
+    assert params["train.lr"] == 0.001 and params["train.beta"] == 1.0

@@ -38,7 +38,7 @@ def test_images_are_128_rgb_and_labelled_happy_and_angry():
 
 
 def test_faces_vary_beyond_expression():
-    """Background, skin and position vary: images of one label differ a lot, not only in the mouth."""
+    """identities 0: every photo a new person: backgrounds, skin and position differ a lot, not only the mouth."""
     imgs = [_decode(d).astype(float) for label, _, d in synthetic.generate(6, seed=0) if label == "happy"]
     corner_means = {tuple(np.round(im[:8, :8].mean(axis=(0, 1)))) for im in imgs}
     assert len(corner_means) == len(imgs)  # every background differs
@@ -46,15 +46,40 @@ def test_faces_vary_beyond_expression():
     assert min(diffs) > 10
 
 
-def test_expression_lives_in_the_mouth_region():
-    """One identity (same generator state) drawn with either expression differs only in brows and mouth."""
-    rng_a = synthetic._rng(0, "x", 0)
-    rng_b = synthetic._rng(0, "x", 0)
-    happy = np.asarray(synthetic.render_face("happy", rng_a)).astype(float)
-    angry = np.asarray(synthetic.render_face("angry", rng_b)).astype(float)
+def test_identities_take_turns_and_wear_both_expressions():
+    items = list(synthetic.generate(8, seed=0, identities=3))
+    names = [n for _, n, _ in items]
+    assert names[:4] == ["happy_p0_0000.png", "happy_p1_0001.png", "happy_p2_0002.png", "happy_p0_0003.png"]
+    assert names[8:10] == ["angry_p0_0000.png", "angry_p1_0001.png"]
+    imgs = {n: _decode(d).astype(float) for _, n, d in items}
+    # two photos of one person are alike (small changes of pose, light, noise) but never identical...
+    same = np.abs(imgs["happy_p0_0000.png"] - imgs["happy_p0_0003.png"]).mean()
+    # ...and two people differ much more than two photos of one person
+    other = np.abs(imgs["happy_p0_0000.png"] - imgs["happy_p1_0001.png"]).mean()
+    assert 0 < same and other > 2 * same
+    # the background is the person's own, up to a small change
+    corner = lambda im: im[:6, :6].mean(axis=(0, 1))  # noqa: E731
+    assert np.abs(corner(imgs["happy_p0_0000.png"]) - corner(imgs["angry_p0_0000.png"])).max() < 45
+
+
+def test_expression_lives_in_the_face_not_around_it():
+    """One person in one pose (the same photo generator state) with either expression: the images differ
+    inside the face (brows, eyes, cheeks, mouth), clearly, and nowhere else."""
+    person = synthetic.draw_person(synthetic._rng(0, "person", 0))
+    happy = np.asarray(synthetic.render(person, "happy", synthetic._rng(0, "x", 0))).astype(float)
+    angry = np.asarray(synthetic.render(person, "angry", synthetic._rng(0, "x", 0))).astype(float)
     diff = np.abs(happy - angry).mean(axis=2)
-    changed = diff > 20
-    assert changed.sum() > 100  # the expression is visible
-    rows = np.nonzero(changed.any(axis=1))[0]
-    assert rows.min() > 20 and rows.max() < 120  # inside the face, not background or hair
-    assert diff[:10].max() == 0 and diff[:, :10].max() == 0
+    changed = diff > 40
+    assert changed.sum() > 600  # salient: hundreds of pixels change strongly, not a 2-pixel line
+    rows, cols = np.nonzero(changed)
+    assert rows.min() > 25 and rows.max() < 124 and cols.min() > 20 and cols.max() < 108
+    upper, lower = changed[:64].sum(), changed[64:].sum()
+    assert upper > 100 and lower > 100  # brows and eyes above, cheeks and mouth below
+    assert diff[:12].max() == 0 and diff[:, :12].max() == 0  # the background is untouched
+
+
+def test_smiles_differ_from_photo_to_photo():
+    person = synthetic.draw_person(synthetic._rng(0, "person", 0))
+    a = np.asarray(synthetic.render(person, "happy", synthetic._rng(0, "happy", 0))).astype(float)
+    b = np.asarray(synthetic.render(person, "happy", synthetic._rng(0, "happy", 1))).astype(float)
+    assert np.abs(a - b).mean() > 3

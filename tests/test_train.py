@@ -293,3 +293,66 @@ def test_keeping_freed_memory_ends_the_page_faults_of_every_step(root):
     assert kept < 50, f"median {kept} minor page faults per step with freed memory kept: {kept_steps}"
     assert default > 10 * kept + 500, \
         f"glibc's defaults fault a median {default} pages per step: {default_steps} (kept: {kept_steps})"
+
+
+def test_cosine_schedule_warms_up_then_decays_and_constant_stays():
+    from pipeline.train import lr_at
+
+    cfg = _cfg(lr=1e-3, schedule="cosine")
+    total = 1000  # warm-up: 5 % = 50 steps
+    assert lr_at(cfg, 0, total) == pytest.approx(4e-5)
+    assert lr_at(cfg, 25, total) == pytest.approx(1e-3 * (0.04 + 0.96 * 0.5))
+    assert lr_at(cfg, 50, total) == pytest.approx(1e-3)
+    assert lr_at(cfg, 50 + 475, total) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))  # half-way down the cosine
+    assert lr_at(cfg, total, total) == pytest.approx(1e-5)
+    lrs = [lr_at(cfg, s, total) for s in range(50, total)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert all(lr_at(_cfg(lr=2e-3, schedule="constant"), s, total) == 2e-3 for s in (0, 500, 999))
+
+
+def test_the_trainer_follows_the_schedule_and_logs_the_lr():
+    trainer = Trainer(_images(n=12), _cfg(epochs=4, schedule="cosine", optimizer="adamw", weight_decay=0.01))
+    assert isinstance(trainer.opt, torch.optim.AdamW) and trainer.opt.defaults["weight_decay"] == 0.01
+    history = trainer.fit(progress=False)
+    from pipeline.train import lr_at
+
+    # 3 steps an epoch, 12 in all: each epoch's row holds the lr of its last step
+    assert [r["lr"] for r in history] == pytest.approx([lr_at(trainer.cfg, 3 * e + 2, 12) for e in range(4)])
+    assert history[0]["lr"] > history[-1]["lr"]
+
+
+def test_augment_is_seeded_keeps_shape_and_range_and_changes_images():
+    from pipeline.train import augment
+
+    x = _images(n=8).float() / 255
+    a = augment(x, torch.Generator().manual_seed(0))
+    b = augment(x, torch.Generator().manual_seed(0))
+    c = augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1
+    assert (a - x).abs().mean() > 0.01  # the images really change...
+    assert (a.mean(dim=(1, 2, 3)) - x.mean(dim=(1, 2, 3))).abs().max() < 0.15  # ...but stay the same pictures
+
+
+def test_augmented_training_is_deterministic_and_resumes_exactly(tmp_path):
+    cfg = _cfg(epochs=4, augment=True, schedule="cosine", arch="bn")
+    straight = Trainer(_images(), cfg).fit(progress=False)
+    first = Trainer(_images(), cfg)
+    first.fit(epochs=2, progress=False)
+    first.save_checkpoint(tmp_path / "c.pt")
+    second = Trainer(_images(), cfg)
+    second.load_state_dict(load_checkpoint(tmp_path / "c.pt"))
+    resumed = second.fit(progress=False)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(resumed) == strip(straight)
+
+
+def test_a_cosine_run_is_not_extended_to_more_epochs():
+    """Under a schedule that depends on the total, 100 + 50 epochs is not 150 epochs: train afresh."""
+    done = {"config": json.dumps(_cfg(epochs=2, schedule="cosine").__dict__), "epoch": 2, "finished": True}
+    from pipeline.train import code_fingerprint
+
+    done["code"] = code_fingerprint()
+    assert not can_continue(done, _cfg(epochs=4, schedule="cosine"), resume=True)
+    done_const = {**done, "config": json.dumps(_cfg(epochs=2).__dict__)}
+    assert can_continue(done_const, _cfg(epochs=4), resume=True)

@@ -16,10 +16,10 @@ from pipeline.preprocess import build_dataset, save_dataset
 SMALL = {**TINY, "preprocess": {"size": 32}}
 
 
-def _project(path, **train):
+def _project(path, model=None, **train):
     path.mkdir(parents=True)
     (path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    set_params(path, {**SMALL, "train": {**SMALL["train"], **train}})
+    set_params(path, {**SMALL, "train": {**SMALL["train"], **train}, **({"model": model} if model else {})})
     ingest("synthetic", path / "data/raw", per_class=6)
     save_dataset(build_dataset(path / "data/raw", 32, 2, 0)[0], path / "data/processed/dataset.pt")
     return path
@@ -54,14 +54,14 @@ def _wait_for_checkpoint(proc, path, min_epoch=1, timeout=120):
 
 
 def test_raising_epochs_with_resume_continues_the_run(tmp_path, device):
-    a = _project(tmp_path / "a", epochs=2, resume=True, device=device)
+    a = _project(tmp_path / "a", epochs=2, resume=True, device=device, schedule="constant")
     _train(a)
     run_id = _json(a / "models/mlflow_run.json")["run_id"]
     set_params(a, {"train": {"epochs": 4}})
     out = _train(a)
     assert "resuming at epoch 2" in out.stdout and "(continued)" in out.stdout and f"on {device}" in out.stdout
     assert _json(a / "models/mlflow_run.json")["run_id"] == run_id
-    b = _project(tmp_path / "b", epochs=4, resume=True, device=device)
+    b = _project(tmp_path / "b", epochs=4, resume=True, device=device, schedule="constant")
     _train(b)
     ma, mb = _json(a / "metrics/train.json"), _json(b / "metrics/train.json")
     assert ma["epochs"] == mb["epochs"] == 4 and ma["resumed_from_epoch"] == 2
@@ -87,7 +87,7 @@ def test_without_resume_raising_epochs_retrains(tmp_path):
 
 
 def test_a_diverging_run_stops_with_one_line_and_a_failed_mlflow_run(tmp_path):
-    p = _project(tmp_path / "p", epochs=3, lr=1.0, checkpoint_every=1)
+    p = _project(tmp_path / "p", epochs=3, lr=1.0, checkpoint_every=1, schedule="constant")
     out = _train(p, check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     last = out.stderr.strip().splitlines()[-1]
@@ -148,9 +148,11 @@ def test_after_sigkill_dvc_repro_resumes_from_the_last_checkpoint(tmp_path):
 
 
 def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path):
-    """torchrun --nproc_per_node=2 (gloo) with the same global batch gives the losses of one process."""
-    ddp = _project(tmp_path / "ddp", epochs=3)
-    one = _project(tmp_path / "one", epochs=3)
+    """torchrun --nproc_per_node=2 (gloo) with the same global batch gives the losses of one process, with
+    the default calibrated Gaussian decoder (sigma^2 of the whole batch). With the seed's layers: BatchNorm's
+    statistics are per process on CPU (SyncBatchNorm is GPU-only)."""
+    ddp = _project(tmp_path / "ddp", model={"arch": "seed"}, epochs=3, device="cpu")
+    one = _project(tmp_path / "one", model={"arch": "seed"}, epochs=3, device="cpu")
     out = run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(ROOT / "stages/train.py")], ddp)
     assert "x 2 processes (DDP)" in out.stdout
     _train(one)

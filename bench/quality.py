@@ -1,0 +1,100 @@
+"""Model quality: train, reconstruct and probe the latents of the pipeline's settings, in one process.
+
+Settings (each from params.yaml, then its own changes, then --set):
+
+* ``default``: params.yaml as it is (the built-in set of a few people photographed many times).
+* ``crowd``: ``data.identities: 0``, every face a new person (the hard setting).
+* ``lecture``: the homework's 16 + 16 training photos (plus split.test_per_class held out per label),
+  latent 32, 400 epochs.
+
+    python bench/quality.py [--settings default,crowd,lecture] [--set train.epochs=50 ...]
+                            [--device cpu|cuda] [--pictures DIR]
+
+Each setting goes through the pipeline's own code: ingest of the synthetic source, preprocess, the Trainer,
+reconstruction metrics, latent means, kNN / linear probe / silhouette. Prints one JSON line per setting:
+{"setting", "images_train", "images_test", "epochs", "train_psnr", "train_ssim", "test_psnr", "test_ssim",
+"probe_accuracy", "probe_std", "knn_accuracy", "silhouette", "seconds", "device"}. With --pictures, writes
+each setting's test reconstruction grid and t-SNE map there, to look at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.embed import cluster_metrics, latents_frame, mu_matrix, tsne_coords  # noqa: E402
+from pipeline.evaluate import image_metrics, reconstruct  # noqa: E402
+from pipeline.ingest import ingest  # noqa: E402
+from pipeline.params import load, section  # noqa: E402
+from pipeline.plots import save_recon_grid, save_tsne_plot  # noqa: E402
+from pipeline.preprocess import build_dataset, subset  # noqa: E402
+from pipeline.train import TrainConfig, Trainer, keep_freed_memory, resolve_device  # noqa: E402
+
+SETTINGS = {
+    "default": {},
+    "crowd": {"data.identities": 0},
+    "lecture": {"data.per_class": 26, "split.test_per_class": 10, "train.latent_dim": 32, "train.epochs": 400},
+}
+
+
+def run_setting(name: str, params: dict, device: str, pictures: Path | None) -> dict:
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        ingest("synthetic", Path(tmp) / "raw", per_class=params["data.per_class"], seed=params["data.seed"],
+               identities=params["data.identities"])
+        ds, _ = build_dataset(Path(tmp) / "raw", params["preprocess.size"], params["split.test_per_class"],
+                              params["split.seed"])
+    train, test = subset(ds, "train"), subset(ds, "test")
+    cfg = TrainConfig.from_params({**section(params, "train"), "device": device}, params["preprocess.size"],
+                                  params["model.arch"])
+    trainer = Trainer(train["images"], cfg)
+    t_train = time.perf_counter()
+    trainer.fit(progress=False)
+    train_seconds = time.perf_counter() - t_train
+    model = trainer.model.eval()
+    out = {"setting": name, "images_train": len(train["ids"]), "images_test": len(test["ids"]),
+           "epochs": cfg.epochs, "arch": cfg.arch, "recon": cfg.recon}
+    for split, part in (("train", train), ("test", test)):
+        m = image_metrics(part["images"].float() / 255, reconstruct(model, part["images"]))
+        out[f"{split}_psnr"], out[f"{split}_ssim"] = round(m["psnr"], 2), round(m["ssim"], 4)
+    frame = latents_frame(model, ds)
+    c = cluster_metrics(frame, params["tsne.knn_k"])
+    out.update({k: round(c[k], 3) for k in ("probe_accuracy", "probe_std", "knn_accuracy", "silhouette")})
+    out.update({"train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - t0, 1),
+                "device": str(trainer.device)})
+    if pictures is not None:
+        pictures.mkdir(parents=True, exist_ok=True)
+        save_recon_grid(test["images"][:20], reconstruct(model, test["images"][:20]), pictures / f"{name}_recon_test.png")
+        coords = tsne_coords(mu_matrix(frame), min(30, len(frame) - 1), 0)
+        save_tsne_plot(coords, frame["label"], frame["split"], pictures / f"{name}_tsne.png", title=name)
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--settings", default="default,crowd,lecture")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a params.yaml key for every setting, e.g. train.epochs=50")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--pictures", type=Path, default=None)
+    args = ap.parse_args(argv)
+    base = load(ROOT / "params.yaml")
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    keep_freed_memory()
+    resolve_device(args.device)  # a missing GPU is one line before any work
+    for name in args.settings.split(","):
+        params = {**base, **SETTINGS[name], **overrides}
+        print(json.dumps(run_setting(name, params, args.device, args.pictures)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
