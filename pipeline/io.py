@@ -31,6 +31,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def remove_stale_temps(*folders: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` leaves when a process is killed mid-write
+    ('.<name>.<random>.tmp') in ``folders`` and below, so that no output (and no DVC cache) holds them.
+    Run before a stage writes: DVC runs one stage of a project at a time."""
+    removed = []
+    for folder in folders:
+        for p in Path(folder).rglob(".*.tmp") if Path(folder).is_dir() else ():
+            if p.is_file():
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -13,7 +13,8 @@ Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<project>/mlflow.
 
 A tracking server must answer before training starts (:func:`check_reachable`, a few seconds, instead of
 MLflow's minutes of retries). If it stops answering during training, training goes on: what could not be
-sent is kept in ``models/mlflow_unsent.json`` and ``python -m pipeline.tracking resend`` sends it later.
+sent is kept in ``.mlflow-outbox/<run id>.json`` (outside every DVC output, so that sending it later never
+changes the model's output) and ``python -m pipeline.tracking resend`` sends it later.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .errors import UserError  # noqa: E402
 from .io import read_json, write_json  # noqa: E402
 
 RUN_FILE = "mlflow_run.json"
-UNSENT_FILE = "mlflow_unsent.json"
+OUTBOX = ".mlflow-outbox"  # in the project root: one file per run whose items could not be sent
 EPOCH_METRICS = ("loss", "recon", "kl", "neg_elbo", "sse", "beta")
 
 
@@ -139,6 +140,9 @@ class TrainingRun:
         if self.resumed:
             self.run_id = run.info.run_id
             self.experiment_id = run.info.experiment_id
+            # epochs after the checkpoint were logged before the stop: they are not logged twice
+            self.logged_through = max((m.step for m in self.client.get_metric_history(self.run_id, "loss")),
+                                      default=0)
             self.client.update_run(self.run_id, status="RUNNING", name=run_name)
             old = run.data.params
             new = {k: _param_str(v) for k, v in params.items()}
@@ -156,7 +160,7 @@ class TrainingRun:
 
     # -- logging that survives a server that goes away -----------------------------------------------
     # Once a call fails, nothing more is sent during this training: metrics, artifacts and the final
-    # status are queued, tried once more at the end, and what still fails is kept in mlflow_unsent.json.
+    # status are queued, tried once more at the end, and what still fails is kept in the outbox.
     unsent: list | None = None  # None while the server answers
     lost_at: str = ""
 
@@ -170,7 +174,11 @@ class TrainingRun:
                 self.lost_at = f"{kind} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
         self.unsent.append({"kind": kind, **payload})
 
+    logged_through: int = 0  # the last epoch this run already holds
+
     def log_epoch(self, epoch: int, row: dict) -> None:
+        if epoch <= self.logged_through:
+            return
         metrics = {k: float(row[k]) for k in EPOCH_METRICS if k in row}
         self.log_metrics(metrics, epoch)
 
@@ -196,7 +204,7 @@ class TrainingRun:
             print(f"warning: could not log the model to MLflow ({type(e).__name__}: {e}); "
                   f"models/vae.pt is logged as an artifact", file=sys.stderr)
 
-    def finish(self, status: str = "FINISHED", model_dir: str | Path | None = None) -> None:
+    def finish(self, status: str = "FINISHED") -> None:
         self._send("status", {"status": status}, lambda: self.client.set_terminated(self.run_id, status=status))
         if self.unsent:
             try:  # one more try: the server may be back
@@ -204,17 +212,31 @@ class TrainingRun:
                 self.unsent = []
             except Exception:
                 pass
-        if self.unsent and model_dir is not None:
-            path = Path(model_dir) / UNSENT_FILE
+        if self.unsent:
+            path = self.root / OUTBOX / f"{self.run_id}.json"
             write_json(path, {"tracking_uri": self.uri, "run_id": self.run_id, "items": self.unsent})
             epochs = sum(1 for i in self.unsent if i["kind"] == "metrics")
             print(f"warning: MLflow server {self.uri} stopped answering at {self.lost_at}; {epochs} metric "
                   f"steps and {len(self.unsent) - epochs} other items are kept in {path}: send them with "
-                  f"`python -m pipeline.tracking resend {path}`", file=sys.stderr)
+                  f"`python -m pipeline.tracking resend`", file=sys.stderr)
 
     def save(self, model_dir: str | Path) -> None:
         write_json(Path(model_dir) / RUN_FILE, {"run_id": self.run_id, "experiment_id": self.experiment_id,
                                                 "run_name": self.run_name, "tracking_uri": self.uri})
+
+
+def close_abandoned_run(run_id: str, root: Path | None = None) -> bool:
+    """Mark a model run that was stopped and will not be continued (its checkpoint is discarded) KILLED,
+    if it is still RUNNING; True if it was. A store without it, or a server that does not answer, is left
+    as it is."""
+    try:
+        client = _client(tracking_uri(root or project_root()))
+        if client.get_run(run_id).info.status != "RUNNING":
+            return False
+        client.set_terminated(run_id, status="KILLED")
+        return True
+    except Exception:
+        return False
 
 
 def _param_str(v) -> str:
@@ -256,15 +278,25 @@ def resend_items(client, run_id: str, items: list) -> None:
             client.set_terminated(run_id, status=item["status"])
 
 
-def resend(path: str | Path) -> int:
-    """Send what a training kept in mlflow_unsent.json; delete the file when all went through."""
-    path = Path(path)
-    data = read_json(path)
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or data["tracking_uri"]
-    check_reachable(uri)
-    resend_items(_client(uri), data["run_id"], data["items"])
-    path.unlink()
-    return len(data["items"])
+def resend(outbox: str | Path) -> tuple[int, int]:
+    """Send what trainings kept in the outbox folder, run by run, deleting each run's file once all of it
+    went through; return (runs, items) sent. An empty outbox is one line, not an error."""
+    files = sorted(Path(outbox).glob("*.json"))
+    if not files:
+        raise UserError(f"nothing to resend: {outbox}/ holds no unsent MLflow items")
+    runs = items = 0
+    for path in files:
+        try:
+            data = read_json(path)
+            run_id, entries = data["run_id"], data["items"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{path} is not an outbox file ({type(e).__name__}: {e}); move it away and rerun") from None
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or data.get("tracking_uri") or tracking_uri()
+        check_reachable(uri)
+        resend_items(_client(uri), run_id, entries)
+        path.unlink()
+        runs, items = runs + 1, items + len(entries)
+    return runs, items
 
 
 def _log_params(client, run_id: str, params: dict) -> None:
@@ -349,9 +381,14 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m pipeline.tracking")
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("resend", help="send the metrics and artifacts a training kept while MLflow was away")
-    r.add_argument("path", nargs="?", default=f"models/{UNSENT_FILE}")
+    r.add_argument("outbox", nargs="?", default=None, help=f"default: {OUTBOX}/ in the project root")
     args = ap.parse_args(argv)
-    run_cli(lambda: print(f"sent {resend(args.path)} items to MLflow"))
+
+    def send():
+        runs, items = resend(args.outbox or project_root() / OUTBOX)
+        print(f"sent {items} items of {runs} runs to MLflow")
+
+    run_cli(send)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import pandas as pd
 
@@ -22,8 +21,8 @@ from pipeline.io import write_json, write_text
 from pipeline.params import section
 from pipeline.plots import save_loss_plot
 from pipeline.preprocess import load_dataset, subset
-from pipeline.tracking import (UNSENT_FILE, TrainingRun, check_reachable, file_sha256, git_info, project_root,
-                               tracking_uri)
+from pipeline.tracking import (TrainingRun, check_reachable, close_abandoned_run, file_sha256, git_info,
+                               project_root, tracking_uri)
 from pipeline.train import (GracefulStop, TrainConfig, Trainer, can_continue, init_distributed,
                             keep_freed_memory, load_checkpoint, out_of_memory_as_user_error, resolve_device,
                             save_model)
@@ -60,10 +59,11 @@ def train_stage(params, cfg, device):
         print(f"train: not continuing the saved run: under train.schedule: {cfg.schedule} the learning rate of "
               f"every epoch depends on train.epochs; training {cfg.epochs} epochs from scratch "
               f"(train.schedule: constant continues runs)")
+    abandoned = json.loads(ckpt.get("meta", "{}")).get("mlflow_run_id") if ckpt and not resume else None
+    if abandoned and trainer.rank == 0 and close_abandoned_run(abandoned, root):
+        print(f"train: MLflow run {abandoned} of the stopped training that is not continued is marked KILLED")
     if resume:
         trainer.load_state_dict(ckpt)
-    elif trainer.rank == 0:  # what an earlier model's run could not send belongs to that run, not this one
-        Path("models", UNSENT_FILE).unlink(missing_ok=True)
     if trainer.rank != 0:  # only rank 0 writes outputs and talks to MLflow
         with GracefulStop() as stop:
             trainer.fit(progress=False, stop=stop)
@@ -86,10 +86,10 @@ def train_stage(params, cfg, device):
             trainer.fit(on_epoch=mlrun.log_epoch, checkpoint=CHECKPOINT,
                         checkpoint_every=params["train.checkpoint_every"], stop=stop)
     except BaseException:
-        mlrun.finish("FAILED", "models")
+        mlrun.finish("FAILED")
         raise
     if stop.requested:
-        mlrun.finish("KILLED", "models")
+        mlrun.finish("KILLED")
         name = signal.Signals(stop.signum).name
         raise Stopped(f"{name} received: stopped after epoch {trainer.epoch}/{cfg.epochs}, checkpoint saved to "
                       f"{CHECKPOINT}; run `dvc repro` to resume", code=128 + stop.signum)
@@ -111,7 +111,7 @@ def train_stage(params, cfg, device):
     save_loss_plot(history, "models/loss.png", cfg.recon)
     mlrun.log_artifact("models/loss.png")
     mlrun.log_model(trainer.model, ds["images"][:2])  # 2: a batch of 1 would fix the batch size in the export
-    mlrun.finish("FINISHED", "models")
+    mlrun.finish("FINISHED")
     print(f"train: done in {seconds:.1f}s; final loss {last['loss']:.1f} (recon {last['recon']:.1f}, "
           f"kl {last['kl']:.1f}) per image")
 

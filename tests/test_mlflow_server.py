@@ -78,7 +78,9 @@ def test_server_gone_mid_training_keeps_the_metrics_and_resends_them(tmp_path):
     assert proc.returncode == 0, err
     assert "stopped answering" in err and "Traceback" not in err
     assert _json(p / "metrics/train.json")["epochs"] == 40  # training completed, outputs written
-    unsent = _json(p / "models/mlflow_unsent.json")
+    outbox = list((p / ".mlflow-outbox").glob("*.json"))
+    assert len(outbox) == 1 and not list((p / "models").glob("*unsent*"))  # outside the DVC output
+    unsent = _json(outbox[0])
     assert any(i["kind"] == "metrics" and i["step"] == 40 for i in unsent["items"])
     assert any(i["kind"] == "artifact" for i in unsent["items"])
     # the server comes back (same store, same port): nothing was lost
@@ -86,8 +88,12 @@ def test_server_gone_mid_training_keeps_the_metrics_and_resends_them(tmp_path):
     try:
         res = run([str(BIN / "python"), "-m", "pipeline.tracking", "resend"], p, MLFLOW_TRACKING_URI=server.uri,
                   PYTHONPATH=str(ROOT))
-        assert "sent " in res.stdout and " items to MLflow" in res.stdout
-        assert not (p / "models/mlflow_unsent.json").exists()
+        assert "sent " in res.stdout and " items of 1 runs to MLflow" in res.stdout
+        assert not outbox[0].exists()
+        again = run([str(BIN / "python"), "-m", "pipeline.tracking", "resend"], p, check=False,
+                    MLFLOW_TRACKING_URI=server.uri, PYTHONPATH=str(ROOT))
+        assert again.returncode == 2 and again.stderr.strip() == \
+            "error: nothing to resend: " f"{p / '.mlflow-outbox'}/ holds no unsent MLflow items"
         client = MlflowClient(tracking_uri=server.uri)
         run_id = unsent["run_id"]
         assert sorted({m.step for m in client.get_metric_history(run_id, "loss")}) == list(range(1, 41))

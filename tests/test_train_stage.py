@@ -164,3 +164,49 @@ def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("facevae").experiment_id])
     assert len(runs) == 1
     assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")) == [1, 2, 3]
+
+
+def test_a_killed_run_that_is_not_continued_is_closed_and_its_leftovers_removed(tmp_path):
+    """SIGKILL mid-training leaves a RUNNING MLflow run and maybe a half-written '.checkpoint.pt.*.tmp'; when
+    the next training starts afresh (params changed), the old run is marked KILLED and no .tmp is left in
+    models/ for DVC to cache."""
+    p = _project(tmp_path / "p", epochs=80, checkpoint_every=1)
+    proc = subprocess.Popen([str(BIN / "python"), str(ROOT / "stages/train.py")], cwd=p, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_checkpoint(proc, p / "models/checkpoint.pt", min_epoch=2)
+    proc.kill()
+    proc.wait(timeout=60)
+    import torch
+
+    run_id = json.loads(torch.load(p / "models/checkpoint.pt", weights_only=True)["meta"])["mlflow_run_id"]
+    assert _client(p).get_run(run_id).info.status == "RUNNING"
+    (p / "models/.checkpoint.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-write leaves it
+    set_params(p, {"train": {"epochs": 3}})  # another trajectory: the checkpoint is not continued
+    out = _train(p)
+    assert "from scratch" in out.stdout and f"MLflow run {run_id} of the stopped training" in out.stdout
+    assert _client(p).get_run(run_id).info.status == "KILLED"
+    assert not list((p / "models").glob(".*.tmp"))
+
+
+def test_after_a_kill_the_resumed_run_logs_each_epoch_once(tmp_path):
+    p = _project(tmp_path / "p", epochs=60, checkpoint_every=5)
+    proc = subprocess.Popen([str(BIN / "python"), str(ROOT / "stages/train.py")], cwd=p, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_checkpoint(proc, p / "models/checkpoint.pt", min_epoch=5)
+    import torch
+
+    while True:  # kill between checkpoints, after some epochs past the last one were logged
+        run_id = json.loads(torch.load(p / "models/checkpoint.pt", weights_only=True)["meta"])["mlflow_run_id"]
+        steps = [m.step for m in _client(p).get_metric_history(run_id, "loss")]
+        if max(steps) % 5 >= 2:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=60)
+    saved = torch.load(p / "models/checkpoint.pt", weights_only=True)["epoch"]
+    logged = max(m.step for m in _client(p).get_metric_history(run_id, "loss"))
+    assert logged > saved  # epochs past the checkpoint were logged before the kill
+    out = _train(p)
+    assert f"resuming at epoch {saved}" in out.stdout
+    steps = sorted(m.step for m in _client(p).get_metric_history(run_id, "loss"))
+    assert steps == list(range(1, 61))  # every epoch once
