@@ -53,11 +53,29 @@ def project_root(start: str | Path | None = None) -> Path:
     return here
 
 
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
 def tracking_uri(root: Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI if set (and of a kind MLflow stores runs in), else the project's mlflow.db. A
+    project path with '%', '?' or '#' cannot be written into a sqlite URI that both MLflow and SQLAlchemy
+    read alike (the store would land beside the project): that is one line asking for another path."""
+    import urllib.parse
+
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if uri:
+        scheme = urllib.parse.urlsplit(uri).scheme.split("+")[0]
+        if scheme not in TRACKING_SCHEMES or "://" not in uri:
+            raise UserError(f"MLFLOW_TRACKING_URI={uri!r} is not a tracking URI MLflow can use; set it to "
+                            f"http://host:port (a tracking server) or sqlite:////path/to/mlflow.db, or unset it "
+                            f"to log to this project's mlflow.db")
         return uri
-    return f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
+    db = (root or project_root()) / "mlflow.db"
+    odd = sorted(set("%?#") & set(str(db)))
+    if odd:
+        raise UserError(f"the project path {str(db.parent)!r} contains {' '.join(odd)}, which a sqlite tracking URI "
+                        f"cannot hold; move the project to a path without them, or set MLFLOW_TRACKING_URI")
+    return f"sqlite:///{db}"
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:

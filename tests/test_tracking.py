@@ -1,0 +1,43 @@
+"""The tracking layer's own rules: which URIs it accepts, where the local store lives."""
+
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.tracking import TrainingRun, tracking_uri
+
+
+@pytest.mark.parametrize("uri", ["http//x", "ftp://x", "localhost:5000", "mlruns"])
+def test_a_tracking_uri_mlflow_cannot_use_is_one_line(monkeypatch, uri):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(UserError, match=rf"MLFLOW_TRACKING_URI='{uri}' is not a tracking URI MLflow can use"):
+        tracking_uri()
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "https://mlflow.example.org", "sqlite:////tmp/m.db",
+                                 "postgresql+psycopg2://u@h/db"])
+def test_tracking_uris_mlflow_stores_runs_in_are_kept(monkeypatch, uri):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert tracking_uri() == uri
+
+
+@pytest.mark.parametrize("name", ["a%20b", "what?", "hash#tag"])
+def test_a_project_path_no_sqlite_uri_can_hold_is_one_line(monkeypatch, tmp_path, name):
+    """'%20' was decoded and '?' cut the path: mlflow.db landed beside the project, or a traceback."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(UserError, match=r"the project path .* contains .*; move the project"):
+        tracking_uri(tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_local_store_stays_inside_a_project_with_spaces_and_unicode(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    project = tmp_path / "my faces é"
+    project.mkdir()
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    run = TrainingRun("facevae", "z2-e1", {"train.epochs": 1}, {}, root=project)
+    run.log_metrics({"loss": 1.0}, 1)
+    (project / "f.txt").write_text("x")
+    run.log_artifact(project / "f.txt")
+    run.finish()
+    assert [p.name for p in tmp_path.iterdir()] == [project.name]  # nothing beside the project
+    assert (project / "mlflow.db").is_file() and list((project / "mlartifacts").rglob("f.txt"))
