@@ -35,6 +35,28 @@ def latents_frame(model, ds: dict, batch_size: int = 64) -> pd.DataFrame:
     return pd.concat([frame, values], axis=1)
 
 
+def read_latents(path) -> pd.DataFrame:
+    """The latents table written by :func:`latents_frame`, checked whole: a missing, empty or cut file is one
+    line naming the fix, never a traceback or a misleading complaint further on."""
+    from pathlib import Path
+
+    fix = "rebuild it with `dvc repro -f latents`"
+    if not Path(path).exists():
+        raise UserError(f"{path} not found; run the latents stage first (dvc repro latents)")
+    try:
+        frame = pd.read_csv(path)
+    except (ValueError, OSError, pd.errors.ParserError) as e:
+        raise UserError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}); {fix}") from None
+    mu = [c for c in frame.columns if c.startswith("mu_")]
+    missing = [c for c in ("id", "label", "split") if c not in frame.columns]
+    if missing or not mu or len(frame) < 2:
+        what = f"no column {missing[0]!r}" if missing else "no mu_ columns" if not mu else f"{len(frame)} rows"
+        raise UserError(f"{path} is incomplete ({what}); {fix}")
+    if frame[mu].isna().any().any() or frame[["id", "label", "split"]].isna().any().any():
+        raise UserError(f"{path} has empty cells (a cut file?); {fix}")
+    return frame
+
+
 def mu_matrix(frame: pd.DataFrame) -> np.ndarray:
     cols = [c for c in frame.columns if c.startswith("mu_")]
     return frame[cols].to_numpy(dtype=np.float64)

@@ -169,7 +169,10 @@ def load_dataset(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} not found; run the preprocess stage first (dvc repro preprocess)")
-    return torch.load(path, weights_only=True)
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # truncated, overwritten, not a torch file
+        raise UserError(f"{path} is damaged ({type(e).__name__}); rebuild it with `dvc repro -f preprocess`") from None
 
 
 def subset(ds: dict, split: str) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from .tracking import RUN_FILE, tracking_uri
@@ -21,8 +20,10 @@ def summary(root: Path = Path(".")) -> str:
     recon = _load(root / "metrics/recon.json")
     tsne = _load(root / "metrics/tsne.json")
     run = _load(root / "models" / RUN_FILE)
-    if not train:
-        return "facevae: no results yet; run `make run` (or `dvc repro`)"
+    if not train or not (root / "models/vae.pt").exists():
+        # metrics/*.json are committed: without the model, they are the last committer's, not this clone's
+        return ("facevae: no results in this folder yet (metrics/ holds the figures of the committed run); "
+                "run `make run` (or `dvc pull` to fetch a teammate's)")
     lines = ["", "facevae: pipeline finished."]
     lines.append(f"  trained    {train.get('epochs')} epochs, loss {train.get('loss', float('nan')):.1f} per image "
                  f"(recon {train.get('recon', float('nan')):.1f}, KL {train.get('kl', float('nan')):.1f})   "
@@ -32,8 +33,10 @@ def summary(root: Path = Path(".")) -> str:
         if m:
             lines.append(f"  {split:<10} PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}   reports/recon_{split}.png")
     if tsne:
-        lines.append(f"  latents    silhouette {tsne.get('silhouette', float('nan')):.3f}, kNN accuracy "
-                     f"{tsne.get('knn_accuracy', float('nan')):.2f}   reports/tsne.png, data/latents/latents.csv")
+        nan = float("nan")
+        lines.append(f"  latents    linear probe {tsne.get('probe_accuracy') or nan:.3f}, kNN accuracy "
+                     f"{tsne.get('knn_accuracy') or nan:.2f}, silhouette {tsne.get('silhouette') or nan:.3f}   "
+                     f"reports/tsne.png, data/latents/latents.csv")
     if run:
         lines.append(f"  MLflow     run '{run.get('run_name')}' ({run.get('run_id')}) in {tracking_uri()}")
     lines.append("  next       `make ui` then open http://127.0.0.1:5000 to compare runs; `dvc metrics show`, "
@@ -43,4 +46,3 @@ def summary(root: Path = Path(".")) -> str:
 
 if __name__ == "__main__":
     print(summary())
-    sys.exit(0)

@@ -104,6 +104,22 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def open_store(uri: str):
+    """A client of the store at ``uri``, tried once: a local database that is not an MLflow store (damaged,
+    or another program's file) is one line naming it and the fix."""
+    try:
+        client = _client(uri)
+        client.search_experiments(max_results=1)
+    except Exception as e:
+        if not uri.startswith("sqlite:"):
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        db = uri[len("sqlite:///"):]
+        raise UserError(f"{db} is not a readable MLflow store ({first}); move it away (e.g. `mv {db} {db}.broken`) "
+                        f"and rerun: a new store is created") from None
+    return client
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -122,7 +138,8 @@ def git_info(root: Path) -> dict[str, str]:
 
     commit = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": commit or "unknown", "git_dirty": str(bool(dirty)).lower()}
+    # without git (or outside a repository) nothing is known, not "clean"
+    return {"git_commit": commit or "unknown", "git_dirty": str(bool(dirty)).lower() if commit else "unknown"}
 
 
 def _experiment_id(client, name: str, uri: str, root: Path) -> str:
@@ -146,7 +163,7 @@ class TrainingRun:
         (train.epochs when training is extended) are recorded as tags ``resumed.<key>``."""
         self.root = root or project_root()
         self.uri = tracking_uri(self.root)
-        self.client = _client(self.uri)
+        self.client = open_store(self.uri)
         self.run_name = run_name
         self.resumed = False
         if continue_run_id:

@@ -466,7 +466,11 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Con
     weights, config = model_dir / "vae.pt", model_dir / "config.json"
     if not weights.exists() or not config.exists():
         raise UserError(f"{model_dir}: no trained model (vae.pt + config.json); run the train stage first")
-    cfg = json.loads(config.read_text())
-    model = ConvVAE(cfg["latent_dim"], cfg["image_size"], arch=cfg.get("arch", "seed"))
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    try:
+        cfg = json.loads(config.read_text())
+        model = ConvVAE(cfg["latent_dim"], cfg["image_size"], arch=cfg.get("arch", "seed"))
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except Exception as e:  # truncated or overwritten files, a config of other code
+        raise UserError(f"{model_dir}: the trained model is damaged ({type(e).__name__}); retrain it with "
+                        f"`dvc repro -f train`") from None
     return model.to(device).eval()

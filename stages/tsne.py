@@ -6,10 +6,8 @@ import _path  # noqa: F401
 
 import math
 
-import pandas as pd
-
 from pipeline.cli import stage_main
-from pipeline.embed import PROBE_FOLDS, cluster_metrics, mu_matrix, tsne_coords
+from pipeline.embed import PROBE_FOLDS, cluster_metrics, mu_matrix, read_latents, tsne_coords
 from pipeline.io import write_json, write_text
 from pipeline.params import section
 from pipeline.plots import save_tsne_plot
@@ -18,7 +16,7 @@ from pipeline.tracking import log_stage
 
 def run(params):
     p = section(params, "tsne")
-    frame = pd.read_csv("data/latents/latents.csv")
+    frame = read_latents("data/latents/latents.csv")
     coords = tsne_coords(mu_matrix(frame), p["perplexity"], p["seed"])
     out = frame[["id", "label", "split"]].assign(x=coords[:, 0], y=coords[:, 1])
     write_text("reports/tsne_coords.csv", out.to_csv(index=False, float_format="%.6g"))

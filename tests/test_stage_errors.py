@@ -119,3 +119,30 @@ def test_numbers_typed_the_way_dvc_reads_them_are_numbers(project):
     (project / "params.yaml").write_text(text.replace("lr: 0.001", "lr: 1e-3").replace("beta: 1.0", "beta: 1E+0"))
     params = load(project / "params.yaml")
     assert params["train.lr"] == 0.001 and params["train.beta"] == 1.0
+
+
+def test_damaged_intermediate_files_are_one_line_naming_the_rebuild(project):
+    """A truncated dataset.pt or vae.pt (`dvc repro -f -s train` over a cut file) or an empty or cut
+    latents.csv: one line naming the file and the command that rebuilds it."""
+    (project / "data/processed").mkdir(parents=True)
+    (project / "data/processed/dataset.pt").write_bytes(b"PK\x03\x04 cut short")
+    _one_line_error(_stage(project, "train"), "data/processed/dataset.pt is damaged", "dvc repro -f preprocess")
+    (project / "models").mkdir()
+    (project / "models/vae.pt").write_bytes(b"\x80\x02 cut")
+    (project / "models/config.json").write_text('{"latent_dim": 8, "image_size": 32}')
+    _one_line_error(_stage(project, "reconstruct"), "models: the trained model is damaged", "dvc repro -f train")
+    (project / "data/latents").mkdir(parents=True)
+    latents = project / "data/latents/latents.csv"
+    latents.write_text("")
+    _one_line_error(_stage(project, "tsne"), "data/latents/latents.csv cannot be read", "dvc repro -f latents")
+    latents.write_text("id,label,split,mu_0,mu_1\na.png,happy,train,0.1,0.2\nb.png,angry,train,0.3,0.4\nc.png,ha")
+    _one_line_error(_stage(project, "tsne"), "data/latents/latents.csv has empty cells (a cut file?)")
+    latents.write_text("id,label,split\na.png,happy,train\n")
+    _one_line_error(_stage(project, "tsne"), "data/latents/latents.csv is incomplete (no mu_ columns)")
+
+
+def test_summary_in_a_fresh_clone_does_not_claim_a_finished_run(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/train.json").write_text('{"epochs": 80, "loss": 1.0}')  # committed with the repo
+    out = run(["python", "-m", "pipeline.summary"], tmp_path, PYTHONPATH=str(ROOT))
+    assert "no results in this folder yet" in out.stdout and "finished" not in out.stdout

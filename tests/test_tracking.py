@@ -41,3 +41,12 @@ def test_the_local_store_stays_inside_a_project_with_spaces_and_unicode(monkeypa
     run.finish()
     assert [p.name for p in tmp_path.iterdir()] == [project.name]  # nothing beside the project
     assert (project / "mlflow.db").is_file() and list((project / "mlartifacts").rglob("f.txt"))
+
+
+def test_a_damaged_local_store_is_one_line_naming_the_fix(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "mlflow.db").write_bytes(bytes(range(256)) * 20)  # not a database
+    with pytest.raises(UserError, match=r"mlflow.db is not a readable MLflow store \(.*file is not a database\); "
+                                        r"move it away .* and rerun"):
+        TrainingRun("facevae", "z2-e1", {}, {}, root=tmp_path)
