@@ -37,13 +37,19 @@ clean-venv:
 
 # --- team workflow -----------------------------------------------------------------------------------
 # A shared MLflow server: SQL backend store + artifact store under MLFLOW_STORE, on HOST:PORT
-# (127.0.0.1 by default; HOST=0.0.0.0 to let teammates in). Point the pipeline at it with
-#   export MLFLOW_TRACKING_URI=http://<server>:5000
+# (127.0.0.1 by default). For teammates: HOST=0.0.0.0 ALLOWED_HOSTS=<the name or IP:port they use>
+# (MLflow 3 refuses other Host headers) and AUTH=basic-auth (MLflow's login app, `pip install 'mlflow[auth]'`).
+# Point the pipeline at it with  export MLFLOW_TRACKING_URI=http://<server>:5000
 MLFLOW_STORE ?= $(CURDIR)/mlflow-server
+ALLOWED_HOSTS ?=
+AUTH ?=
 mlflow-server: $(VENV)/.installed  ## serve a shared MLflow tracking server
 	@mkdir -p $(MLFLOW_STORE)
+	@if [ "$(HOST)" != "127.0.0.1" ] && [ "$(HOST)" != "localhost" ] && [ -z "$(AUTH)" ]; then \
+		echo "warning: serving on $(HOST) without authentication: anyone who reaches port $(PORT) can read and delete runs; add AUTH=basic-auth (README: A shared MLflow server)" >&2; fi
 	mlflow server --backend-store-uri sqlite:///$(MLFLOW_STORE)/mlflow.db \
-		--artifacts-destination $(MLFLOW_STORE)/artifacts --host $(HOST) --port $(PORT)
+		--artifacts-destination $(MLFLOW_STORE)/artifacts --host $(HOST) --port $(PORT) \
+		$(if $(ALLOWED_HOSTS),--allowed-hosts $(ALLOWED_HOSTS)) $(if $(AUTH),--app-name $(AUTH))
 
 # A default DVC remote: make remote URL=/mnt/shared/facevae-dvc (or s3://bucket/path, ssh://host/path ...)
 remote: $(VENV)/.installed

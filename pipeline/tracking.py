@@ -79,23 +79,36 @@ def tracking_uri(root: Path | None = None) -> str:
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Refuse at once, with one line naming the URI, when an HTTP tracking server does not answer."""
+    """Refuse at once, with one line naming the URI and the fix, when an HTTP tracking server does not answer
+    a real API call: down, refusing this host (MLflow 3's Host-header check answers /health but 403 to the
+    API), or asking for credentials."""
     if not uri.startswith(("http://", "https://")):
         return
+    import base64
     import urllib.error
     import urllib.request
 
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    fix = "start it (make mlflow-server) or fix MLFLOW_TRACKING_URI (unset it to log to the local mlflow.db)"
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
             if r.status == 200:
                 return
             problem = f"HTTP {r.status}"
     except urllib.error.HTTPError as e:
-        problem = f"HTTP {e.code}"
+        body = e.read(300).decode("utf-8", "replace").strip().splitlines()
+        problem = f"HTTP {e.code}{': ' + body[0][:120] if body else ''}"
+        if e.code == 403:
+            fix = ("the server refuses this host: start it with --allowed-hosts naming the address teammates use "
+                   "(make mlflow-server HOST=0.0.0.0 ALLOWED_HOSTS=<name or ip>:<port>)")
+        elif e.code == 401:
+            fix = "the server asks for a login: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
     except (urllib.error.URLError, OSError) as e:
         problem = str(getattr(e, "reason", e))
-    raise UserError(f"MLflow server {uri} is not reachable ({problem}); start it (make mlflow-server) or fix "
-                    f"MLFLOW_TRACKING_URI (unset it to log to the local mlflow.db)")
+    raise UserError(f"MLflow server {uri} is not usable ({problem}); {fix}")
 
 
 def _client(uri: str):

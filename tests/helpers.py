@@ -90,8 +90,9 @@ def free_port() -> int:
 class MlflowServer:
     """A real `mlflow server` on a loopback port, with a SQL backend store and an artifact store in ``store``."""
 
-    def __init__(self, store: Path, port: int | None = None):
+    def __init__(self, store: Path, port: int | None = None, extra: tuple = ()):
         self.store = store
+        self.extra = tuple(extra)
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc = None
@@ -104,7 +105,7 @@ class MlflowServer:
         self.proc = subprocess.Popen(
             [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}",
              "--artifacts-destination", str(self.store / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
+             "--port", str(self.port), "--workers", "1", *self.extra],
             env=env(), stdout=subprocess.DEVNULL, stderr=open(self.store / "server.log", "ab"),
             start_new_session=True)
         deadline = time.time() + timeout

@@ -58,7 +58,7 @@ def test_unreachable_server_refuses_within_seconds_before_training(tmp_path):
     assert time.time() - t0 < 30
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
-        f"error: MLflow server {uri} is not reachable ([Errno 111] Connection refused); start it "
+        f"error: MLflow server {uri} is not usable ([Errno 111] Connection refused); start it "
         f"(make mlflow-server) or fix MLFLOW_TRACKING_URI (unset it to log to the local mlflow.db)"]
     assert not (p / "models").exists()
 
@@ -101,3 +101,23 @@ def test_server_gone_mid_training_keeps_the_metrics_and_resends_them(tmp_path):
         assert "model/vae.pt" in {a.path for a in client.list_artifacts(run_id, "model")}
     finally:
         server.stop()
+
+
+def test_a_server_that_refuses_this_host_is_caught_before_training(tmp_path):
+    """MLflow 3 answers /health to any host but 403 to the API from hosts outside --allowed-hosts: the check
+    makes a real API call and names the fix."""
+    from pipeline.errors import UserError
+    from pipeline.tracking import check_reachable
+
+    server = MlflowServer(tmp_path / "server", extra=("--allowed-hosts", "mlflow.example.invalid")).start()
+    try:
+        with pytest.raises(UserError, match=r"not usable \(HTTP 403.*\); the server refuses this host: start it "
+                                            r"with --allowed-hosts"):
+            check_reachable(server.uri)
+    finally:
+        server.stop()
+    ok = MlflowServer(tmp_path / "ok").start()
+    try:
+        check_reachable(ok.uri)  # the default (localhost) is let in
+    finally:
+        ok.stop()
