@@ -13,7 +13,7 @@ from .errors import UserError
 from .faces import CROP_MODES, NO_FACE_MODES
 from .losses import KL_MODES, RECON_MODES
 from .model import ARCHS
-from .train import OPTIMIZERS, PRECISIONS, SCHEDULES
+from .train import AUGMENTS, AUTO_AUGMENT_BELOW, OPTIMIZERS, PRECISIONS, SCHEDULES
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 _YAML12_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
@@ -74,7 +74,8 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
                                "a number from 0 to 2 (share of the face's width added on every side)"),
     "preprocess.no_face": (lambda v: v in NO_FACE_MODES, " | ".join(NO_FACE_MODES)),
     "model.arch": (lambda v: v in ARCHS, " | ".join(ARCHS)),
-    "train.latent_dim": (_positive_int, "a positive integer, e.g. 20, 30 or 50"),
+    "train.latent_dim": (lambda v: _positive_int(v) and v <= 1024,
+                         "a positive integer up to 1024 (the size of h it compresses), e.g. 20, 30 or 50"),
     "train.epochs": (_positive_int, "a positive integer"),
     "train.batch_size": (_positive_int, "a positive integer"),
     "train.lr": (_positive_number, "a positive number, e.g. 0.001"),
@@ -89,7 +90,8 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.optimizer": (lambda v: v in OPTIMIZERS, " | ".join(OPTIMIZERS)),
     "train.weight_decay": (_non_negative_number, "a number >= 0, e.g. 0.0001"),
     "train.schedule": (lambda v: v in SCHEDULES, " | ".join(SCHEDULES)),
-    "train.augment": (lambda v: isinstance(v, bool), "true or false"),
+    "train.augment": (lambda v: v in AUGMENTS and (isinstance(v, bool) or v == "auto"),
+                      f"auto (on below {AUTO_AUGMENT_BELOW} training images), true or false"),
     "train.resume": (lambda v: isinstance(v, bool), "true or false"),
     "train.checkpoint_every": (_non_negative_int, "an integer >= 0 (0: only at the end)"),
     "reconstruct.per_class": (_positive_int, "a positive integer"),

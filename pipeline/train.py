@@ -37,6 +37,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 WARMUP_SHARE = 0.05  # cosine: the learning rate climbs from lr / 25 to lr over this share of the steps
+AUGMENTS = (True, False, "auto")
+AUTO_AUGMENT_BELOW = 100  # augment "auto": the homework's 16 + 16 photos are augmented, the built-in 380 not
 CODE_FILES = ("model.py", "losses.py", "train.py")
 
 
@@ -58,7 +60,7 @@ class TrainConfig:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     schedule: str = "constant"
-    augment: bool = False
+    augment: bool | str = False  # True | False | "auto": on below AUTO_AUGMENT_BELOW training images
     image_size: int = 128
 
     @classmethod
@@ -277,6 +279,7 @@ class Trainer:
         self.shuffle_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.augment_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
+        self.augment = cfg.augment is True or (cfg.augment == "auto" and images.shape[0] < AUTO_AUGMENT_BELOW)
         self.epoch = 0
         self.history: list[dict] = []
         self.meta: dict = {}  # saved with every checkpoint (the stage keeps its MLflow run id there)
@@ -351,7 +354,7 @@ class Trainer:
             eps = torch.randn((b, self.cfg.latent_dim), generator=self.noise_gen, device=self.device)
             if self.world > 1:
                 idx, eps = idx[self.rank::self.world], eps[self.rank::self.world]
-            if self.cfg.augment:  # every process makes the whole batch's variants and keeps its rows
+            if self.augment:  # every process makes the whole batch's variants and keeps its rows
                 x = augment(to_float(self.data[order[start:start + bs]]), self.augment_gen)[self.rank::self.world]
             else:
                 x = to_float(self.data[idx])

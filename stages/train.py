@@ -76,7 +76,8 @@ def train_stage(params, cfg, device):
     trainer.meta = {"mlflow_run_id": mlrun.run_id, "data_hash": data_hash}
     where = f"resuming at epoch {trainer.epoch}" if resume else "from scratch"
     procs = f" x {trainer.world} processes (DDP)" if trainer.world > 1 else ""
-    print(f"train: {len(ds['ids'])} images on {device}{procs}, latent_dim {cfg.latent_dim}, {cfg.epochs} epochs "
+    aug = " augmented" if trainer.augment else ""
+    print(f"train: {len(ds['ids'])}{aug} images on {device}{procs}, latent_dim {cfg.latent_dim}, {cfg.epochs} epochs "
           f"({where}); MLflow run {mlrun.run_id}{' (continued)' if mlrun.resumed else ''} in {mlrun.uri}")
 
     t0 = time.perf_counter()

@@ -103,6 +103,8 @@ def test_labels_filter_keeps_a_subset(tmp_path):
     ({"tsne": {"seed": -1}}, "tsne.seed = -1 is not valid"),
     ({"train": {"seed": 2 ** 70}}, f"train.seed = {2 ** 70} is not valid"),
     ({"preprocess": {"size": 100}}, "preprocess.size = 100 is not valid; expected a power of two >= 16"),
+    ({"train": {"latent_dim": 10 ** 7}}, "train.latent_dim = 10000000 is not valid; expected a positive integer up "
+                                        "to 1024"),
     ({"train": {"lr": "fast"}}, "train.lr = 'fast' is not valid; expected a positive number"),
 ])
 def test_bad_params_are_one_line_naming_the_key(project, updates, fragment):

@@ -356,3 +356,12 @@ def test_a_cosine_run_is_not_extended_to_more_epochs():
     assert not can_continue(done, _cfg(epochs=4, schedule="cosine"), resume=True)
     done_const = {**done, "config": json.dumps(_cfg(epochs=2).__dict__)}
     assert can_continue(done_const, _cfg(epochs=4), resume=True)
+
+
+def test_augment_auto_is_on_for_a_homework_sized_set_only():
+    from pipeline.train import AUTO_AUGMENT_BELOW
+
+    assert Trainer(_images(n=12), _cfg(augment="auto")).augment
+    assert not Trainer(_images(n=AUTO_AUGMENT_BELOW), _cfg(augment="auto")).augment
+    assert Trainer(_images(n=AUTO_AUGMENT_BELOW), _cfg(augment=True)).augment
+    assert not Trainer(_images(n=12), _cfg(augment=False)).augment
