@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageOps  # noqa: E402
 
-from pipeline.faces import CropSpec, detect_faces, within  # noqa: E402
+from pipeline.faces import CropSpec, detect_faces, on_face  # noqa: E402
 from pipeline.preprocess import decode_one  # noqa: E402
 from pipeline.synthetic import SCENE, face_scenes, in_scene  # noqa: E402
 
@@ -44,7 +44,7 @@ def rendered(per_class: int) -> dict:
         boxes = detect_faces(scene)
         tried += 1
         found += bool(boxes)
-        misplaced += sum(not within(b, box, slack=6) for b in boxes)
+        misplaced += sum(not on_face(b, box) for b in boxes)
     for i in range(per_class):
         empty_hits += bool(detect_faces(in_scene(Image.new("RGB", (1, 1)), SCENE, (0, 0, 1, 1), seed=i)))
     return {"rendered_found": round(found / tried, 3), "rendered_tried": tried, "rendered_misplaced": misplaced,

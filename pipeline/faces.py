@@ -97,10 +97,11 @@ def square_around(box: Box, margin: float, size: tuple[int, int]) -> Box:
     return left, top, left + side, top + side
 
 
-def within(box: Box, outer: Box, slack: int = 0) -> bool:
-    """Whether ``box`` lies inside ``outer`` (give or take ``slack`` pixels)."""
-    return (box[0] >= outer[0] - slack and box[1] >= outer[1] - slack
-            and box[2] <= outer[2] + slack and box[3] <= outer[3] + slack)
+def on_face(box: Box, face: Box) -> bool:
+    """Whether a detection ``box`` is on the face that fills ``face``: its centre inside, its side 0.4-1.4
+    times the face's (a face filling its box edge to edge is detected with a box reaching past it)."""
+    cx, cy, side = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0]
+    return face[0] < cx < face[2] and face[1] < cy < face[3] and 0.4 < side / (face[2] - face[0]) < 1.4
 
 
 def center_box(size: tuple[int, int]) -> Box:

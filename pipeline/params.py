@@ -98,6 +98,13 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tsne.perplexity": (_positive_number, "a positive number smaller than the number of images"),
     "tsne.seed": (_seed, SEED_HINT),
     "tsne.knn_k": (_positive_int, "a positive integer"),
+    "explore.samples": (lambda v: _positive_int(v) and v <= 64, "a positive integer up to 64"),
+    "explore.temperature": (lambda v: _positive_number(v) and v <= 1, "a number in (0, 1], e.g. 0.7"),
+    "explore.steps": (lambda v: _positive_int(v) and 2 <= v <= 32, "an integer from 2 to 32"),
+    "explore.faces": (lambda v: _positive_int(v) and v <= 40, "a positive integer up to 40"),
+    "explore.seed": (_seed, SEED_HINT),
+    "explore.pair": (lambda v: _str_list(v) and len(v) in (0, 2), "two labels, e.g. [happy, angry], or [] "
+                                                                   "for the first two"),
     "mlflow.experiment": (_str, "an experiment name"),
 }
 

@@ -91,3 +91,48 @@ def save_loss_plot(history: list[dict], path, recon_mode: str = "mse") -> None:
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def image_rows(rows: list, pad: int = 2, label_width: int = 0, labels: list[str] | None = None,
+               columns: list[str] | None = None) -> np.ndarray:
+    """An H x W x 3 uint8 picture of rows of images (each row a K x 3 x S x S float tensor in [0, 1] or
+    uint8), at their native size, with optional text left of each row and above each column."""
+    from PIL import Image, ImageDraw
+
+    rows = [r.float() / 255.0 if r.dtype == torch.uint8 else r for r in rows]
+    s = rows[0].shape[-1]
+    cols = max(r.shape[0] for r in rows)
+    cell, top = s + pad, 16 if columns else 0
+    canvas = np.full((top + len(rows) * cell + pad, label_width + cols * cell + pad, 3), 255, dtype=np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            y, x = top + pad + i * cell, label_width + pad + j * cell
+            canvas[y:y + s, x:x + s] = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    if (labels and label_width) or columns:
+        picture = Image.fromarray(canvas)
+        draw = ImageDraw.Draw(picture)
+        for i, text in enumerate(labels or [] if label_width else []):
+            for k, line in enumerate(text.split("\n")):
+                draw.text((4, top + pad + i * cell + s // 2 - 12 + 12 * k), line, fill=(0, 0, 0))
+        for j, text in enumerate(columns or []):
+            draw.text((label_width + pad + j * cell + 4, 2), text, fill=(0, 0, 0))
+        canvas = np.asarray(picture)
+    return canvas
+
+
+def save_rows(rows: list, path, labels: list[str] | None = None, label_width: int = 0,
+              columns: list[str] | None = None) -> None:
+    from PIL import Image
+
+    picture = image_rows(rows, label_width=label_width, labels=labels, columns=columns)
+    with atomic_path(Path(path)) as tmp:
+        Image.fromarray(picture).save(tmp, format="PNG")
+
+
+def save_gif(frames: list[np.ndarray], path, ms_per_frame: int = 120) -> None:
+    """An endlessly looping animated GIF of H x W x 3 uint8 frames, there and back again."""
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames + frames[-2:0:-1]]
+    with atomic_path(Path(path)) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)

@@ -386,6 +386,24 @@ def log_stage(model_dir: str | Path, stage: str, params: dict, metrics: dict, ar
         return None
 
 
+def log_images(model_dir: str | Path, images: dict[str, str | Path]) -> None:
+    """PNG files logged to the model's run with ``mlflow.log_image``'s keys at step = epochs trained, so the
+    experiment's Chart view shows each model's pictures side by side. A store that does not answer (or
+    lacks the run) is a warning: the stage's outputs are written."""
+    from PIL import Image
+
+    try:
+        uri = tracking_uri(project_root())
+        info, cfg = read_json(Path(model_dir) / RUN_FILE), read_json(Path(model_dir) / "config.json")
+        client = _client(uri)
+        for key, path in images.items():
+            with Image.open(path) as im:
+                client.log_image(info["run_id"], im.convert("RGB"), key=key, step=int(cfg.get("epochs", 0)))
+    except Exception as e:
+        print(f"warning: pictures not logged to the model's MLflow run "
+              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})", file=sys.stderr)
+
+
 def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, parent_metrics):
     client = _client(uri)
     info = read_json(Path(model_dir) / RUN_FILE)

@@ -17,7 +17,7 @@ import sklearn
 from PIL import Image, ImageOps
 
 from helpers import copy_repo, dvc, git_init, ran_stages, set_params
-from pipeline.faces import CropSpec, NoFace, choose_crop, detect_faces, square_around
+from pipeline.faces import CropSpec, NoFace, choose_crop, detect_faces, on_face, square_around
 from pipeline.preprocess import decode_one, load_image
 from pipeline.synthetic import SCENE, face_scenes, in_scene
 
@@ -46,11 +46,7 @@ def test_detect_finds_rendered_faces_in_scenes_and_nothing_else():
         tried += 1
         found += bool(boxes)
         for b in boxes:
-            # the face fills its tile edge to edge, so the detector's box may reach past the tile; it is
-            # centred on the face and about its size, never somewhere on the background
-            cx, cy, side = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2, b[2] - b[0]
-            assert box[0] < cx < box[2] and box[1] < cy < box[3], (label, i, b, box)
-            assert 0.4 * (box[2] - box[0]) < side < 1.4 * (box[2] - box[0]), (label, i, b, box)
+            assert on_face(b, box), (label, i, b, box)  # centred on the face, about its size
     assert found >= tried * 0.4, f"found {found} of {tried} rendered faces"
     # the bare scenes hold no face
     for i in range(8):
@@ -164,3 +160,11 @@ def test_dvc_repro_with_face_detection(tmp_path):
     assert failed.returncode != 0 and "Traceback" not in failed.stderr + failed.stdout
     assert ("preprocess: label 'angry' keeps 3 images after 1 with no face were refused, but "
             "split.test_per_class 3 needs 4") in failed.stderr
+
+
+def test_on_face_accepts_a_box_around_the_face_and_nothing_beside_it():
+    face = (100, 100, 300, 300)
+    assert on_face((90, 90, 310, 310), face) and on_face((150, 150, 250, 250), face)
+    assert not on_face((310, 100, 510, 300), face)  # beside it
+    assert not on_face((190, 190, 210, 210), face)  # a tiny box on one eye
+    assert not on_face((0, 0, 400, 400), face)  # twice its size

@@ -11,7 +11,7 @@ from PIL import Image
 
 from helpers import TINY, copy_repo, dvc, git_init, ran_stages, run, set_params
 
-STAGES = ["ingest", "preprocess", "train", "reconstruct", "latents", "tsne"]
+STAGES = ["ingest", "preprocess", "train", "reconstruct", "latents", "tsne", "explore"]
 pytestmark = pytest.mark.integration
 
 
@@ -38,7 +38,8 @@ def _json(path):
 
 def test_every_stage_ran(project):
     _, result = project
-    assert ran_stages(result.stdout) == STAGES
+    ran = ran_stages(result.stdout)
+    assert ran[:4] == STAGES[:4] and sorted(ran) == sorted(STAGES)  # tsne and explore both follow latents
 
 
 def test_ingest_and_preprocess_outputs(project):
@@ -203,3 +204,31 @@ def test_exp_run_with_new_perplexity_reruns_only_tsne_and_keeps_history(project,
     # exactly one model run: rerunning tsne trained nothing
     models = mlflow_client.search_runs([exp.experiment_id], "tags.`facevae.kind` = 'model'")
     assert len(models) == 1
+
+
+def test_explore_outputs_and_the_expression_vector(project, mlflow_client):
+    """The expression vector is the difference of the training latents' means; the pictures have the
+    documented layout; the metrics and pictures reach the model's MLflow run."""
+    import numpy as np
+
+    from pipeline.explore import ALPHAS
+
+    proj, _ = project
+    m = _json(proj / "metrics/explore.json")
+    assert m["pair"] == ["angry", "happy"] and m["n_faces"] == 4 and 0 <= m["expression_flip_rate"] <= 1
+    lat = pd.read_csv(proj / "data/latents/latents.csv")
+    train = lat[lat["split"] == "train"]
+    mu = train[[c for c in lat.columns if c.startswith("mu_")]].to_numpy()
+    v = mu[train["label"].to_numpy() == "angry"].mean(axis=0) - mu[train["label"].to_numpy() == "happy"].mean(axis=0)
+    assert m["expression_vector_norm"] == pytest.approx(float(np.linalg.norm(v)), rel=1e-5)
+    s, pad, top = 128, 2, 16
+    samples = Image.open(proj / "reports/samples.png")
+    assert samples.size[1] == 2 * (s + pad) + pad  # two rows: z and temperature * z
+    vec = Image.open(proj / "reports/expression_vector.png")
+    assert vec.size == (70 + (1 + len(ALPHAS)) * (s + pad) + pad, top + 4 * (s + pad) + pad)  # 4 held-out faces
+    gif = Image.open(proj / "reports/interpolation.gif")
+    assert gif.is_animated and gif.n_frames == 2 * 8 - 2  # 8 steps there and back
+    run_id = _json(proj / "models/mlflow_run.json")["run_id"]
+    assert mlflow_client.get_metric_history(run_id, "expression_flip_rate")
+    images = {a.path for a in mlflow_client.list_artifacts(run_id, "images")}
+    assert any("explore#expression_vector" in p or "explore" in p for p in images), images

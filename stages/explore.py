@@ -1,0 +1,79 @@
+"""DVC stage explore: models/ + data/processed + data/latents -> reports/samples.png,
+reports/interpolation.png (+ .gif), reports/expression_vector.png and metrics/explore.json
+(the expression vector's norm, the share of held-out faces whose expression it flips)."""
+
+import _path  # noqa: F401
+
+import numpy as np
+import torch
+
+from pipeline.cli import stage_main
+from pipeline.embed import mu_matrix, read_latents
+from pipeline.explore import (ALPHAS, along_vector, choose_pair, encode_mu, expression_flips, expression_vector,
+                              fit_probe, interpolate, prior_samples)
+from pipeline.io import write_json
+from pipeline.params import section
+from pipeline.plots import image_rows, save_gif, save_rows
+from pipeline.preprocess import load_dataset, subset
+from pipeline.tracking import log_images, log_stage
+from pipeline.train import load_model, resolve_device
+
+PICTURES = {"samples": "reports/samples.png", "interpolation": "reports/interpolation.png",
+            "expression_vector": "reports/expression_vector.png"}
+GIF, METRICS = "reports/interpolation.gif", "metrics/explore.json"
+
+
+def run(params):
+    p = section(params, "explore")
+    model = load_model("models", resolve_device("auto"))
+    ds = load_dataset("data/processed/dataset.pt")
+    frame = read_latents("data/latents/latents.csv")
+    pair = choose_pair(ds["classes"], p["pair"])
+    labels, is_train = frame["label"].to_numpy(), (frame["split"] == "train").to_numpy()
+    mu = mu_matrix(frame)
+
+    # samples from the prior, at temperature 1 and lower
+    full, cooled = prior_samples(model, p["samples"], p["seed"], p["temperature"])
+    save_rows([full, cooled], PICTURES["samples"], label_width=90,
+              labels=["z ~ N(0, I)", f"{p['temperature']} z"])
+
+    # straight lines between held-out faces: one of each label of the pair, then two of the first label
+    test = subset(ds, "test")
+    test_mu = encode_mu(model, test["images"])
+    test_labels = np.array([ds["classes"][i] for i in test["labels"].tolist()])
+    a, b = np.flatnonzero(test_labels == pair[0]), np.flatnonzero(test_labels == pair[1])
+    far = a[int(torch.cdist(test_mu[a[:1].tolist()], test_mu[a.tolist()]).argmax())] if len(a) > 1 else a[0]
+    lines = [(a[0], b[0], f"{pair[0]} to\n{pair[1]}"), (a[0], far, f"{pair[0]} to\n{pair[0]}")]
+    rows = [torch.cat([test["images"][i:i + 1].float() / 255, interpolate(model, test_mu[i], test_mu[j], p["steps"]),
+                       test["images"][j:j + 1].float() / 255]) for i, j, _ in lines]
+    save_rows(rows, PICTURES["interpolation"], labels=[t for _, _, t in lines], label_width=70,
+              columns=["original"] + [f"t={t:.2f}" for t in np.linspace(0, 1, p["steps"])] + ["original"])
+    frames = [image_rows([r[[0, k, -1]] for r in rows]) for k in range(1, p["steps"] + 1)]
+    save_gif(frames, GIF)
+
+    # the expression vector, added to the held-out faces of the pair
+    v = expression_vector(mu[is_train], labels[is_train], pair)
+    probe = fit_probe(mu[is_train], labels[is_train])
+    shown = np.concatenate([a[:p["faces"] // 2], b[:p["faces"] - p["faces"] // 2]])
+    steps = along_vector(model, test_mu[shown.tolist()], v)
+    save_rows([torch.cat([test["images"][i:i + 1].float() / 255, s]) for i, s in zip(shown, steps)],
+              PICTURES["expression_vector"], label_width=70, labels=[str(test_labels[i]) for i in shown],
+              columns=["original"] + [f"{a:+.1f} v" if a else "mu" for a in ALPHAS])
+    flips = expression_flips(model, probe, test_mu, test_labels, v, pair)
+    test_probe = float((probe.predict(test_mu.numpy()) == test_labels).mean())
+    metrics = {**flips, "expression_vector_norm": float(np.linalg.norm(v)), "probe_test_accuracy": test_probe,
+               "pair": list(pair), "alphas": list(ALPHAS)}
+    write_json(METRICS, metrics)
+
+    logged = {k: metrics[k] for k in ("expression_flip_rate", "unshifted_keep_rate", "expression_vector_norm",
+                                      "probe_test_accuracy") if np.isfinite(metrics[k])}
+    log_stage("models", "explore", {f"explore.{k}": v for k, v in p.items()}, logged,
+              [*PICTURES.values(), GIF, METRICS])
+    log_images("models", {f"explore/{k}": path for k, path in PICTURES.items()})
+    print(f"explore: '{pair[0]}' - '{pair[1]}' vector of norm {metrics['expression_vector_norm']:.2f} flips "
+          f"{flips['expression_flip_rate']:.0%} of {flips['n_faces']} held-out faces (re-encoded, judged by a "
+          f"linear probe with test accuracy {test_probe:.2f}); {', '.join(PICTURES.values())}, {GIF}")
+
+
+if __name__ == "__main__":
+    stage_main(run)
