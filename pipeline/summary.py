@@ -37,6 +37,11 @@ def summary(root: Path = Path(".")) -> str:
         lines.append(f"  latents    linear probe {tsne.get('probe_accuracy') or nan:.3f}, kNN accuracy "
                      f"{tsne.get('knn_accuracy') or nan:.2f}, silhouette {tsne.get('silhouette') or nan:.3f}   "
                      f"reports/tsne.png, data/latents/latents.csv")
+    explore = _load(root / "metrics/explore.json")
+    if explore.get("expression_flip_rate") is not None:
+        pair = " - ".join(explore.get("pair", []))
+        lines.append(f"  explore    the {pair} vector flips {explore['expression_flip_rate']:.0%} of held-out faces   "
+                     f"reports/expression_vector.png, reports/interpolation.png, reports/samples.png")
     if run:
         lines.append(f"  MLflow     run '{run.get('run_name')}' ({run.get('run_id')}) in {tracking_uri()}")
     lines.append("  next       `make ui` then open http://127.0.0.1:5000 to compare runs; `dvc metrics show`, "
