@@ -19,6 +19,7 @@ changes the model's output) and ``python -m pipeline.tracking resend`` sends it 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -117,12 +118,35 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+@contextlib.contextmanager
+def _creating(uri: str):
+    """While a local sqlite store is opened, hold an exclusive lock on '<db>.lock' beside it: two projects
+    sharing one new store both ran MLflow's table creation at once, and one of them failed."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def open_store(uri: str):
     """A client of the store at ``uri``, tried once: a local database that is not an MLflow store (damaged,
     or another program's file) is one line naming it and the fix."""
     try:
-        client = _client(uri)
-        client.search_experiments(max_results=1)
+        with _creating(uri):
+            client = _client(uri)
+            client.search_experiments(max_results=1)
     except Exception as e:
         if not uri.startswith("sqlite:"):
             raise
@@ -162,7 +186,13 @@ def _experiment_id(client, name: str, uri: str, root: Path) -> str:
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     artifact_location = (root / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-    return client.create_experiment(name, artifact_location=artifact_location)
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # created by another project sharing the store at the same moment
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 class TrainingRun:

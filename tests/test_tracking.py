@@ -50,3 +50,31 @@ def test_a_damaged_local_store_is_one_line_naming_the_fix(monkeypatch, tmp_path)
     with pytest.raises(UserError, match=r"mlflow.db is not a readable MLflow store \(.*file is not a database\); "
                                         r"move it away .* and rerun"):
         TrainingRun("facevae", "z2-e1", {}, {}, root=tmp_path)
+
+
+def test_two_projects_creating_one_shared_store_at_once_both_succeed(tmp_path):
+    """Two processes open the same new sqlite store at the same moment (two clones, one shared store):
+    MLflow's table creation ran twice at once and one failed; the lock beside the store serialises it."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT, env
+
+    store = tmp_path / "shared" / "mlflow.db"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pipeline.tracking import TrainingRun; "
+            "r = TrainingRun('facevae', 'z2-e1', {'train.epochs': 1}, {}); r.finish(); print(r.run_id)")
+    procs = []
+    for i in range(3):
+        project = tmp_path / f"clone{i}"
+        project.mkdir()
+        (project / "dvc.yaml").write_text("stages: {}\n")
+        procs.append(subprocess.Popen([sys.executable, "-c", code, str(ROOT)], cwd=project, text=True,
+                                      env=env(MLFLOW_TRACKING_URI=f"sqlite:///{store}"),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e[-2000:] for _, e in outs]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    runs = client.search_runs([client.get_experiment_by_name("facevae").experiment_id])
+    assert len(runs) == 3
