@@ -23,3 +23,12 @@ def device(request):
     if request.param == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
     return request.param
+
+
+# Hypothesis explores new examples on every local run; CI runs the same fixed set, so that a failure
+# there is reproducible (`CI=true make test`) rather than a one-off draw.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    _hypothesis_settings.load_profile("ci")
