@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .train import to_float
 
 ALPHAS = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)  # steps along the expression vector
 
@@ -26,12 +25,6 @@ def prior_samples(model, n: int, seed: int, temperature: float) -> tuple[torch.T
     z = torch.randn((n, model.latent_dim), generator=g)
     device = next(model.parameters()).device
     return model.decode(z.to(device)).cpu(), model.decode((temperature * z).to(device)).cpu()
-
-
-@torch.no_grad()
-def encode_mu(model, images_uint8: torch.Tensor) -> torch.Tensor:
-    device = next(model.parameters()).device
-    return model.encode(to_float(images_uint8.to(device)))[0].cpu()
 
 
 @torch.no_grad()

@@ -399,42 +399,28 @@ def _log_metrics(client, run_id: str, metrics: dict, step: int, timestamp: int |
 
 
 def log_stage(model_dir: str | Path, stage: str, params: dict, metrics: dict, artifacts: list,
-              parent_metrics: dict | None = None) -> str:
+              parent_metrics: dict | None = None, images: dict | None = None) -> str:
     """Record one downstream stage execution as a child run of the model's run; return its run id.
 
     ``artifacts`` is a list of paths (files) logged to the child run under ``<stage>/``.
-    ``parent_metrics`` (default: ``metrics``) are appended to the parent run at step = epochs trained.
+    ``parent_metrics`` (default: ``metrics``) are appended to the parent run at step = epochs trained, and
+    ``images`` ({key: PNG path}) are logged to it with ``mlflow.log_image`` at that step, so the
+    experiment's Chart view shows each model's pictures side by side.
     """
     root = project_root()
     uri = tracking_uri(root)
     try:
         check_reachable(uri)
-        return _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, parent_metrics)
+        return _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, parent_metrics, images or {})
     except Exception as e:  # the stage's outputs are written: MLflow being away must not undo them
         print(f"warning: '{stage}' not logged to MLflow ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
               file=sys.stderr)
         return None
 
 
-def log_images(model_dir: str | Path, images: dict[str, str | Path]) -> None:
-    """PNG files logged to the model's run with ``mlflow.log_image``'s keys at step = epochs trained, so the
-    experiment's Chart view shows each model's pictures side by side. A store that does not answer (or
-    lacks the run) is a warning: the stage's outputs are written."""
+def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, parent_metrics, images):
     from PIL import Image
 
-    try:
-        uri = tracking_uri(project_root())
-        info, cfg = read_json(Path(model_dir) / RUN_FILE), read_json(Path(model_dir) / "config.json")
-        client = _client(uri)
-        for key, path in images.items():
-            with Image.open(path) as im:
-                client.log_image(info["run_id"], im.convert("RGB"), key=key, step=int(cfg.get("epochs", 0)))
-    except Exception as e:
-        print(f"warning: pictures not logged to the model's MLflow run "
-              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})", file=sys.stderr)
-
-
-def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, parent_metrics):
     client = _client(uri)
     info = read_json(Path(model_dir) / RUN_FILE)
     cfg = read_json(Path(model_dir) / "config.json")
@@ -461,6 +447,9 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, parent_m
             client.log_artifact(cid, str(path), stage)
         if parent is not None:
             _log_metrics(client, parent_id, metrics if parent_metrics is None else parent_metrics, step)
+            for key, path in images.items():
+                with Image.open(path) as im:
+                    client.log_image(parent_id, im.convert("RGB"), key=key, step=step)
             client.set_tag(parent_id, f"facevae.latest_{stage}_run", cid)
     except BaseException:
         client.set_terminated(cid, status="FAILED")

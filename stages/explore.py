@@ -9,13 +9,14 @@ import torch
 
 from pipeline.cli import stage_main
 from pipeline.embed import mu_matrix, read_latents
-from pipeline.explore import (ALPHAS, along_vector, choose_pair, encode_mu, expression_flips, expression_vector,
-                              fit_probe, interpolate, prior_samples)
+from pipeline.errors import UserError
+from pipeline.explore import (ALPHAS, along_vector, choose_pair, expression_flips, expression_vector, fit_probe,
+                              interpolate, prior_samples)
 from pipeline.io import write_json
 from pipeline.params import section
 from pipeline.plots import image_rows, save_gif, save_rows
 from pipeline.preprocess import load_dataset, subset
-from pipeline.tracking import log_images, log_stage
+from pipeline.tracking import log_stage
 from pipeline.train import load_model, resolve_device
 
 PICTURES = {"samples": "reports/samples.png", "interpolation": "reports/interpolation.png",
@@ -38,9 +39,10 @@ def run(params):
               labels=["z ~ N(0, I)", f"{p['temperature']} z"])
 
     # straight lines between held-out faces: one of each label of the pair, then two of the first label
-    test = subset(ds, "test")
-    test_mu = encode_mu(model, test["images"])
-    test_labels = np.array([ds["classes"][i] for i in test["labels"].tolist()])
+    test = subset(ds, "test")  # the held-out faces, in the latents table's order
+    if frame["id"][~is_train].tolist() != test["ids"]:
+        raise UserError("data/latents/latents.csv is not of data/processed/dataset.pt; rerun `dvc repro`")
+    test_mu, test_labels = torch.from_numpy(mu[~is_train]).float(), labels[~is_train]
     a, b = np.flatnonzero(test_labels == pair[0]), np.flatnonzero(test_labels == pair[1])
     far = a[int(torch.cdist(test_mu[a[:1].tolist()], test_mu[a.tolist()]).argmax())] if len(a) > 1 else a[0]
     lines = [(a[0], b[0], f"{pair[0]} to\n{pair[1]}"), (a[0], far, f"{pair[0]} to\n{pair[0]}")]
@@ -58,7 +60,7 @@ def run(params):
     steps = along_vector(model, test_mu[shown.tolist()], v)
     save_rows([torch.cat([test["images"][i:i + 1].float() / 255, s]) for i, s in zip(shown, steps)],
               PICTURES["expression_vector"], label_width=70, labels=[str(test_labels[i]) for i in shown],
-              columns=["original"] + [f"{a:+.1f} v" if a else "mu" for a in ALPHAS])
+              columns=["original"] + [f"{alpha:+.1f} v" if alpha else "mu" for alpha in ALPHAS])
     flips = expression_flips(model, probe, test_mu, test_labels, v, pair)
     test_probe = float((probe.predict(test_mu.numpy()) == test_labels).mean())
     metrics = {**flips, "expression_vector_norm": float(np.linalg.norm(v)), "probe_test_accuracy": test_probe,
@@ -68,8 +70,7 @@ def run(params):
     logged = {k: metrics[k] for k in ("expression_flip_rate", "unshifted_keep_rate", "expression_vector_norm",
                                       "probe_test_accuracy") if np.isfinite(metrics[k])}
     log_stage("models", "explore", {f"explore.{k}": v for k, v in p.items()}, logged,
-              [*PICTURES.values(), GIF, METRICS])
-    log_images("models", {f"explore/{k}": path for k, path in PICTURES.items()})
+              [*PICTURES.values(), GIF, METRICS], images={f"explore/{k}": path for k, path in PICTURES.items()})
     print(f"explore: '{pair[0]}' - '{pair[1]}' vector of norm {metrics['expression_vector_norm']:.2f} flips "
           f"{flips['expression_flip_rate']:.0%} of {flips['n_faces']} held-out faces (re-encoded, judged by a "
           f"linear probe with test accuracy {test_probe:.2f}); {', '.join(PICTURES.values())}, {GIF}")
