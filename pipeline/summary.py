@@ -33,10 +33,11 @@ def summary(root: Path = Path(".")) -> str:
         if m:
             lines.append(f"  {split:<10} PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}   reports/recon_{split}.png")
     if tsne:
-        nan = float("nan")
-        lines.append(f"  latents    linear probe {tsne.get('probe_accuracy') or nan:.3f}, kNN accuracy "
-                     f"{tsne.get('knn_accuracy') or nan:.2f}, silhouette {tsne.get('silhouette') or nan:.3f}   "
-                     f"reports/tsne.png, data/latents/latents.csv")
+        def num(key):  # metrics JSON writes a figure that could not be computed as null
+            return float("nan") if tsne.get(key) is None else tsne[key]
+
+        lines.append(f"  latents    linear probe {num('probe_accuracy'):.3f}, kNN accuracy {num('knn_accuracy'):.2f}, "
+                     f"silhouette {num('silhouette'):.3f}   reports/tsne.png, data/latents/latents.csv")
     explore = _load(root / "metrics/explore.json")
     if explore.get("expression_flip_rate") is not None:
         pair = " - ".join(explore.get("pair", []))

@@ -148,3 +148,15 @@ def test_summary_in_a_fresh_clone_does_not_claim_a_finished_run(tmp_path):
     (tmp_path / "metrics/train.json").write_text('{"epochs": 80, "loss": 1.0}')  # committed with the repo
     out = run(["python", "-m", "pipeline.summary"], tmp_path, PYTHONPATH=str(ROOT))
     assert "no results in this folder yet" in out.stdout and "finished" not in out.stdout
+
+
+def test_summary_prints_a_zero_figure_as_zero_and_a_missing_one_as_nan(tmp_path):
+    from pipeline.summary import summary
+
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/vae.pt").write_bytes(b"weights")
+    (tmp_path / "metrics/train.json").write_text('{"epochs": 2, "loss": 1.0, "recon": 1.0, "kl": 0.0}')
+    (tmp_path / "metrics/tsne.json").write_text('{"probe_accuracy": 0.5, "knn_accuracy": null, "silhouette": 0.0}')
+    line = next(x for x in summary(tmp_path).splitlines() if x.strip().startswith("latents"))
+    assert "linear probe 0.500, kNN accuracy nan, silhouette 0.000" in line
