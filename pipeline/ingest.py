@@ -124,7 +124,7 @@ class _Item:
 
 def _flat_name(parts: tuple[str, ...], ext: str) -> str:
     """A file at ``parts`` below its label folder as one name: 'x/y0.JPG' -> 'x__y0.jpg'. Only a readable
-    name: :func:`_store` makes the stored file name safe and unique."""
+    name: :func:`_store_paths` makes the stored file name safe and unique."""
     return "__".join(tuple(parts[:-1]) + (Path(parts[-1]).stem + ext,))
 
 

@@ -20,8 +20,8 @@ from PIL import Image, ImageOps
 from .errors import UserError
 from .faces import CropSpec, NoFace, choose_crop
 from .ingest import read_manifest
-from .parallel import ordered_map
 from .io import save_torch
+from .parallel import ordered_map
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -118,6 +118,10 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def _sqlite_path(uri: str) -> str:
+    return uri[len("sqlite:///"):]
+
+
 @contextlib.contextmanager
 def _creating(uri: str):
     """While a local sqlite store is opened, hold an exclusive lock on '<db>.lock' beside it: two projects
@@ -130,7 +134,7 @@ def _creating(uri: str):
     except ImportError:  # not POSIX
         yield
         return
-    db = Path(uri[len("sqlite:///"):])
+    db = Path(_sqlite_path(uri))
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{db}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -151,7 +155,7 @@ def open_store(uri: str):
         if not uri.startswith("sqlite:"):
             raise
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        db = uri[len("sqlite:///"):]
+        db = _sqlite_path(uri)
         raise UserError(f"{db} is not a readable MLflow store ({first}); move it away (e.g. `mv {db} {db}.broken`) "
                         f"and rerun: a new store is created") from None
     return client
@@ -358,7 +362,7 @@ def resend_items(client, run_id: str, items: list) -> None:
 
 def resend(outbox: str | Path) -> tuple[int, int]:
     """Send what trainings kept in the outbox folder, run by run, deleting each run's file once all of it
-    went through; return (runs, items) sent. An empty outbox is one line, not an error."""
+    went through; return (runs, items) sent. An empty outbox is a UserError (one line, exit 2)."""
     files = sorted(Path(outbox).glob("*.json"))
     if not files:
         raise UserError(f"nothing to resend: {outbox}/ holds no unsent MLflow items")

@@ -53,13 +53,13 @@ def train_stage(params, cfg, device):
     data_hash = file_sha256(DATASET)
     trainer = Trainer(ds["images"], cfg, device)
     ckpt = load_checkpoint(CHECKPOINT)
-    resume = can_continue(ckpt, cfg, params["train.resume"]) and \
-        json.loads(ckpt.get("meta", "{}")).get("data_hash") == data_hash
+    saved_meta = json.loads(ckpt.get("meta", "{}")) if ckpt else {}
+    resume = can_continue(ckpt, cfg, params["train.resume"]) and saved_meta.get("data_hash") == data_hash
     if params["train.resume"] and ckpt and not resume and cfg.schedule != "constant":
         print(f"train: not continuing the saved run: under train.schedule: {cfg.schedule} the learning rate of "
               f"every epoch depends on train.epochs; training {cfg.epochs} epochs from scratch "
               f"(train.schedule: constant continues runs)")
-    abandoned = json.loads(ckpt.get("meta", "{}")).get("mlflow_run_id") if ckpt and not resume else None
+    abandoned = saved_meta.get("mlflow_run_id") if not resume else None
     if abandoned and trainer.rank == 0 and close_abandoned_run(abandoned, root):
         print(f"train: MLflow run {abandoned} of the stopped training that is not continued is marked KILLED")
     if resume:
