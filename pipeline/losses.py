@@ -60,7 +60,7 @@ def recon_term(recon: torch.Tensor, x: torch.Tensor, mode: str = "mse", batch_si
         bce = F.binary_cross_entropy(torch.nan_to_num(recon, nan=0.5), x, reduction="none")
         return bce.flatten(1).sum(dim=1), sse
     if mode == "gaussian":
-        p = x[0].numel()
+        p = x.shape[1:].numel()
         total = all_sum(sse.sum()) if all_sum is not None else sse.sum()
         var = (total / ((batch_size or sse.numel()) * p)).clamp_min(1e-6)  # the optimal sigma^2 for this batch
         return 0.5 * sse / var + 0.5 * p * (torch.log(var) + LOG_2PI), sse
@@ -70,11 +70,14 @@ def recon_term(recon: torch.Tensor, x: torch.Tensor, mode: str = "mse", batch_si
 def vae_loss(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
              beta: float = 1.0, kl: str = "elbo", recon_mode: str = "mse",
              batch_size: int | None = None, all_sum=None) -> dict[str, torch.Tensor]:
-    """Return {'loss': the objective to minimise, and per-image means of 'recon', 'kl', 'sse'}.
+    """Return {'loss': the objective to minimise; per-image means of 'recon', 'kl', 'sse'; and 'sums': the
+    sums over these images of the per-image objective, recon, kl and sse, what a trainer adds up over an
+    epoch}.
 
     ``batch_size`` is the size of the whole batch when these images are one process's shard of it
     (data-parallel training), and ``all_sum`` sums over the processes: the shards' losses then add up to
-    the whole batch's loss.
+    the whole batch's loss. A shard may be empty (a last batch smaller than the number of processes): its
+    loss and sums are 0, its means NaN.
     """
     recon, x, mu, logvar = recon.float(), x.float(), mu.float(), logvar.float()
     rec, sse = recon_term(recon, x, recon_mode, batch_size, all_sum)
@@ -86,4 +89,7 @@ def vae_loss(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: tor
         loss = rec.sum() + beta * (-0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / (b * mu.shape[1]))
     else:
         raise ValueError(f"unknown KL variant {kl!r}; expected one of {KL_MODES}")
-    return {"loss": loss, "recon": rec.mean(), "kl": kld.mean(), "sse": sse.mean()}
+    # the per-image objective summed over these images (seed_mean's loss is already a sum over the batch)
+    loss_sum = loss * b if kl == "elbo" else loss
+    sums = torch.stack([loss_sum, rec.sum(), kld.sum(), sse.sum()]).detach()
+    return {"loss": loss, "recon": rec.mean(), "kl": kld.mean(), "sse": sse.mean(), "sums": sums}

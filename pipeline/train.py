@@ -360,12 +360,7 @@ class Trainer:
                 x = to_float(self.data[idx])
             for group in self.opt.param_groups:
                 group["lr"] = lr_at(self.cfg, (epoch - 1) * steps_per_epoch + start // bs, total_steps)
-            out = self._step(x, eps, beta, b)
-            k = x.shape[0]
-            # sum over images of the per-image objective (elbo: mean over the batch; seed_mean: batch loss / b)
-            loss_sum = out["loss"] * (b if self.cfg.kl == "elbo" else 1)
-            sums += torch.stack([loss_sum.detach(), out["recon"].detach() * k, out["kl"].detach() * k,
-                                 out["sse"].detach() * k])
+            sums += self._step(x, eps, beta, b)["sums"]
         if self.world > 1:
             import torch.distributed as dist
 

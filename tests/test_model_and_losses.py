@@ -138,3 +138,20 @@ def test_gaussian_shards_of_a_batch_add_up_to_the_whole_batch():
     own = [vae_loss(R[i:i + 1], X[i:i + 1], MU[i:i + 1], LOGVAR[i:i + 1], recon_mode="gaussian", batch_size=2)["loss"]
            for i in (0, 1)]
     assert sum(own).item() != pytest.approx(whole.item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("kl", ["elbo", "seed_mean"])
+@pytest.mark.parametrize("recon_mode", ["mse", "gaussian"])
+def test_an_empty_shard_adds_nothing_and_the_shards_sums_are_the_whole_batchs(recon_mode, kl):
+    """A last batch of 2 images on 3 processes: one process holds none. Its loss and sums are 0, not NaN,
+    and the shards' sums (objective, recon, kl, sse over images) add up to the one-process batch's."""
+    whole = vae_loss(R, X, MU, LOGVAR, recon_mode=recon_mode, kl=kl)
+    total = torch.tensor(3.12)  # the whole batch's sse, as the all-reduce returns it on every process
+    shards = [vae_loss(R[s], X[s], MU[s], LOGVAR[s], recon_mode=recon_mode, kl=kl, batch_size=2,
+                       all_sum=lambda t: total) for s in (slice(0, 1), slice(1, 2), slice(2, 2))]
+    assert shards[2]["loss"].item() == 0.0 and shards[2]["sums"].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert sum(s["loss"] for s in shards).item() == pytest.approx(whole["loss"].item(), rel=1e-6)
+    assert sum(s["sums"] for s in shards).tolist() == pytest.approx(whole["sums"].tolist(), rel=1e-6)
+    # the sums are the per-image means times the batch (seed_mean's objective is a sum over the batch)
+    assert whole["sums"][1:].tolist() == pytest.approx([2 * whole[k].item() for k in ("recon", "kl", "sse")])
+    assert whole["sums"][0].item() == pytest.approx(whole["loss"].item() * (2 if kl == "elbo" else 1))

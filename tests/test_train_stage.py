@@ -7,6 +7,7 @@ import subprocess
 import time
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from helpers import BIN, ROOT, TINY, copy_repo, dvc, env, git_init, run, set_params
@@ -16,12 +17,18 @@ from pipeline.preprocess import build_dataset, save_dataset
 SMALL = {**TINY, "preprocess": {"size": 32}}
 
 
-def _project(path, model=None, **train):
+def _project(path, model=None, per_class=6, drop=0, **train):
+    """A project with a 32 x 32 dataset of per_class images a label (2 of each held out), less the first
+    ``drop`` training images."""
     path.mkdir(parents=True)
     (path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     set_params(path, {**SMALL, "train": {**SMALL["train"], **train}, **({"model": model} if model else {})})
-    ingest("synthetic", path / "data/raw", per_class=6)
-    save_dataset(build_dataset(path / "data/raw", 32, 2, 0)[0], path / "data/processed/dataset.pt")
+    ingest("synthetic", path / "data/raw", per_class=per_class)
+    ds = build_dataset(path / "data/raw", 32, 2, 0)[0]
+    keep = [i for i in range(len(ds["ids"])) if ds["is_test"][i] or i >= drop]
+    ds = {**{k: v[keep] for k, v in ds.items() if torch.is_tensor(v)}, "ids": [ds["ids"][i] for i in keep],
+          "classes": ds["classes"]}
+    save_dataset(ds, path / "data/processed/dataset.pt")
     return path
 
 
@@ -149,10 +156,12 @@ def test_after_sigkill_dvc_repro_resumes_from_the_last_checkpoint(tmp_path):
 
 def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path):
     """torchrun --nproc_per_node=2 (gloo) with the same global batch gives the losses of one process, with
-    the default calibrated Gaussian decoder (sigma^2 of the whole batch). With the seed's layers: BatchNorm's
-    statistics are per process on CPU (SyncBatchNorm is GPU-only)."""
-    ddp = _project(tmp_path / "ddp", model={"arch": "seed"}, epochs=3, device="cpu")
-    one = _project(tmp_path / "one", model={"arch": "seed"}, epochs=3, device="cpu")
+    the default calibrated Gaussian decoder (sigma^2 of the whole batch), and a last batch of one image (one
+    process gets none). With the seed's layers: BatchNorm's statistics are per process on CPU
+    (SyncBatchNorm is GPU-only)."""
+    ddp = _project(tmp_path / "ddp", model={"arch": "seed"}, per_class=7, drop=1, epochs=3, device="cpu")
+    one = _project(tmp_path / "one", model={"arch": "seed"}, per_class=7, drop=1, epochs=3, device="cpu")
+    assert len(torch.load(one / "data/processed/dataset.pt")["ids"]) - 4 == 9  # batches of 4, 4 and 1
     out = run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(ROOT / "stages/train.py")], ddp)
     assert "x 2 processes (DDP)" in out.stdout
     _train(one)
