@@ -144,13 +144,15 @@ def _creating(uri: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def open_store(uri: str):
+def open_store(uri: str, root: Path | None = None):
     """A client of the store at ``uri``, tried once: a local database that is not an MLflow store (damaged,
-    or another program's file) is one line naming it and the fix."""
+    or another program's file) is one line naming it and the fix. The store of project ``root`` that
+    moved with it is pointed at its new artifact folder first (:func:`relocate_moved_store`)."""
     try:
         with _creating(uri):
             client = _client(uri)
             client.search_experiments(max_results=1)
+            moved_from = relocate_moved_store(uri, root) if root is not None else None
     except Exception as e:
         if not uri.startswith("sqlite:"):
             raise
@@ -158,6 +160,9 @@ def open_store(uri: str):
         db = _sqlite_path(uri)
         raise UserError(f"{db} is not a readable MLflow store ({first}); move it away (e.g. `mv {db} {db}.broken`) "
                         f"and rerun: a new store is created") from None
+    if moved_from:
+        print(f"MLflow: the project moved from {moved_from}; the artifact locations in {_sqlite_path(uri)} now "
+              f"point to {_artifact_root(uri)}", file=sys.stderr)
     return client
 
 
@@ -183,13 +188,62 @@ def git_info(root: Path) -> dict[str, str]:
     return {"git_commit": commit or "unknown", "git_dirty": str(bool(dirty)).lower() if commit else "unknown"}
 
 
+# where the artifacts of a sqlite store live: the 'mlartifacts' folder beside the store
+ARTIFACT_FOLDER = "mlartifacts"
+# the store's columns that hold artifact locations (MLflow 3's schema); a table or column missing is skipped
+ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                    ("logged_models", "artifact_location"), ("model_versions", "source"),
+                    ("model_versions", "storage_location"))
+
+
+def _artifact_root(uri: str) -> Path:
+    return Path(_sqlite_path(uri)).parent / ARTIFACT_FOLDER
+
+
+def relocate_moved_store(uri: str, root: Path) -> str | None:
+    """A project's own store (``<root>/mlflow.db``) keeps, for each experiment, the artifact folder it was
+    created with: after the project is moved or copied, MLflow would go on writing (and creating folders)
+    under the old path. Rewrite every artifact location under ``<old project>/mlartifacts`` to
+    ``<root>/mlartifacts``, where the moved folder is, in one transaction. Returns the old project path
+    when something was rewritten. Stores elsewhere (shared, a server) are left as they are."""
+    import sqlite3
+
+    if not uri.startswith("sqlite:///") or Path(_sqlite_path(uri)).parent != root:
+        return None
+    db = _sqlite_path(uri)
+    if not Path(db).exists():
+        return None
+    new = _artifact_root(uri).as_uri()
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con, con:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "experiments" not in tables:
+            return None
+        olds = {loc for (loc,) in con.execute("SELECT artifact_location FROM experiments")
+                if loc and loc.startswith("file://") and loc.rstrip("/").endswith("/" + ARTIFACT_FOLDER)
+                and loc.rstrip("/") != new}
+        for old in sorted(olds):
+            old = old.rstrip("/")
+            for table, column in ARTIFACT_COLUMNS:
+                if table not in tables or column not in {r[1] for r in con.execute(f"PRAGMA table_info({table})")}:
+                    continue
+                con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                            f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                            (new, len(old) + 1, old, len(old) + 1, old + "/"))
+    if not olds:
+        return None
+    from urllib.parse import unquote, urlsplit
+
+    return str(Path(unquote(urlsplit(sorted(olds)[0]).path)).parent)
+
+
 def _experiment_id(client, name: str, uri: str, root: Path) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
-    artifact_location = (root / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+    # a sqlite store's artifacts beside it: in the project for its own store, beside a shared one
+    artifact_location = _artifact_root(uri).as_uri() if uri.startswith("sqlite:") else None
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
     except Exception:  # created by another project sharing the store at the same moment
@@ -210,7 +264,7 @@ class TrainingRun:
         (train.epochs when training is extended) are recorded as tags ``resumed.<key>``."""
         self.root = root or project_root()
         self.uri = tracking_uri(self.root)
-        self.client = open_store(self.uri)
+        self.client = open_store(self.uri, self.root)
         self.run_name = run_name
         self.resumed = False
         if continue_run_id:
@@ -375,7 +429,7 @@ def resend(outbox: str | Path) -> tuple[int, int]:
             raise UserError(f"{path} is not an outbox file ({type(e).__name__}: {e}); move it away and rerun") from None
         uri = os.environ.get("MLFLOW_TRACKING_URI") or data.get("tracking_uri") or tracking_uri()
         check_reachable(uri)
-        resend_items(_client(uri), run_id, entries)
+        resend_items(open_store(uri, project_root()), run_id, entries)
         path.unlink()
         runs, items = runs + 1, items + len(entries)
     return runs, items
@@ -425,7 +479,7 @@ def log_stage(model_dir: str | Path, stage: str, params: dict, metrics: dict, ar
 def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, parent_metrics, images):
     from PIL import Image
 
-    client = _client(uri)
+    client = open_store(uri, root)
     info = read_json(Path(model_dir) / RUN_FILE)
     cfg = read_json(Path(model_dir) / "config.json")
     step = int(cfg.get("epochs", 0))

@@ -78,3 +78,55 @@ def test_two_projects_creating_one_shared_store_at_once_both_succeed(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{store}")
     runs = client.search_runs([client.get_experiment_by_name("facevae").experiment_id])
     assert len(runs) == 3
+
+
+@pytest.mark.parametrize("how", ["move", "copy"])
+def test_a_moved_or_copied_project_writes_its_artifacts_under_itself(monkeypatch, tmp_path, how, capsys):
+    """MLflow fixes an experiment's artifact folder when it is created: after `mv` (or `cp -r`) of the project
+    the next run wrote under the old path, recreating it. The store is pointed at the new folder; the first
+    run's artifacts, moved along, stay readable."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "dvc.yaml").write_text("stages: {}\n")
+    (old / "f.txt").write_text("first")
+    first = TrainingRun("facevae", "z2-e1", {}, {}, root=old)
+    first.log_artifact(old / "f.txt")
+    first.finish()
+    new = tmp_path / "new"
+    (shutil.move if how == "move" else shutil.copytree)(old, new)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "new" not in p.parts)
+    (new / "g.txt").write_text("second")
+    second = TrainingRun("facevae", "z2-e2", {}, {}, root=new)
+    second.log_artifact(new / "g.txt")
+    second.finish()
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "new" not in p.parts) == before
+    assert [p.read_text() for p in (new / "mlartifacts").rglob("g.txt")] == ["second"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{new / 'mlflow.db'}")
+    for run, name in ((first, "f.txt"), (second, "g.txt")):
+        info = client.get_run(run.run_id).info
+        assert info.artifact_uri.startswith((new / "mlartifacts").as_uri() + "/")
+        assert [a.path for a in client.list_artifacts(run.run_id)] == [name]
+    assert client.get_experiment_by_name("facevae").artifact_location == (new / "mlartifacts").as_uri()
+    assert f"the project moved from {old}" in capsys.readouterr().err
+
+
+def test_a_shared_sqlite_store_keeps_its_artifacts_beside_it_not_in_the_first_project(monkeypatch, tmp_path):
+    """Two clones logging to one sqlite store: the experiment's artifact folder used to be the first clone's
+    mlartifacts/, so the second clone wrote into the first one's folder."""
+    store = tmp_path / "shared" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    for name in ("clone1", "clone2"):
+        project = tmp_path / name
+        project.mkdir()
+        (project / "dvc.yaml").write_text("stages: {}\n")
+        (project / f"{name}.txt").write_text(name)
+        run = TrainingRun("facevae", "z2-e1", {}, {}, root=project)
+        run.log_artifact(project / f"{name}.txt")
+        run.finish()
+        assert not (project / "mlartifacts").exists()
+    assert sorted(p.name for p in (store.parent / "mlartifacts").rglob("*.txt")) == ["clone1.txt", "clone2.txt"]
