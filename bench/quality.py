@@ -6,14 +6,16 @@ Settings (each from params.yaml, then its own changes, then --set):
 * ``crowd``: ``data.identities: 0``, every face a new person (the hard setting).
 * ``lecture``: the homework's 16 + 16 training photos (plus split.test_per_class held out per label),
   latent 32, 400 epochs.
+* ``photos`` (only with ``--photos DIR``): a folder of real photos, one sub-folder per label, through the
+  same ingest and preprocess as ``data.source: DIR`` (params.yaml's face_crop), the default recipe.
 
-    python bench/quality.py [--settings default,crowd,lecture] [--set train.epochs=50 ...]
+    python bench/quality.py [--settings default,crowd,lecture] [--photos DIR] [--set train.epochs=50 ...]
                             [--device cpu|cuda] [--pictures DIR]
 
 Each setting goes through the pipeline's own code: ingest of the synthetic source, preprocess, the Trainer,
 reconstruction metrics, latent means, kNN / linear probe / silhouette. Prints one JSON line per setting:
 {"setting", "images_train", "images_test", "epochs", "train_psnr", "train_ssim", "test_psnr", "test_ssim",
-"probe_accuracy", "probe_std", "knn_accuracy", "silhouette", "seconds", "device"}. With --pictures, writes
+"probe_accuracy", "probe_std", "knn_accuracy", "axes_test_accuracy", "silhouette", "seconds", "device"}. With --pictures, writes
 each setting's test reconstruction grid and t-SNE map there, to look at.
 """
 
@@ -31,11 +33,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.embed import cluster_metrics, latents_frame, mu_matrix, tsne_coords  # noqa: E402
+from pipeline.embed import cluster_metrics, label_axes, latents_frame, mu_matrix, tsne_coords  # noqa: E402
 from pipeline.evaluate import image_metrics, reconstruct  # noqa: E402
 from pipeline.ingest import ingest  # noqa: E402
 from pipeline.params import load, section  # noqa: E402
 from pipeline.plots import save_recon_grid, save_tsne_plot  # noqa: E402
+from pipeline.faces import CropSpec  # noqa: E402
 from pipeline.preprocess import build_dataset, subset  # noqa: E402
 from pipeline.train import TrainConfig, Trainer, keep_freed_memory, resolve_device  # noqa: E402
 
@@ -49,10 +52,11 @@ SETTINGS = {
 def run_setting(name: str, params: dict, device: str, pictures: Path | None) -> dict:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        ingest("synthetic", Path(tmp) / "raw", per_class=params["data.per_class"], seed=params["data.seed"],
-               identities=params["data.identities"])
+        ingest(params["data.source"], Path(tmp) / "raw", per_class=params["data.per_class"],
+               seed=params["data.seed"], identities=params["data.identities"], labels=params["data.labels"],
+               min_size=params["preprocess.min_size"], min_per_label=params["split.test_per_class"] + 1)
         ds, _ = build_dataset(Path(tmp) / "raw", params["preprocess.size"], params["split.test_per_class"],
-                              params["split.seed"])
+                              params["split.seed"], CropSpec.from_params(params))
     train, test = subset(ds, "train"), subset(ds, "test")
     cfg = TrainConfig.from_params({**section(params, "train"), "device": device}, params["preprocess.size"],
                                   params["model.arch"])
@@ -68,14 +72,18 @@ def run_setting(name: str, params: dict, device: str, pictures: Path | None) -> 
         out[f"{split}_psnr"], out[f"{split}_ssim"] = round(m["psnr"], 2), round(m["ssim"], 4)
     frame = latents_frame(model, ds)
     c = cluster_metrics(frame, params["tsne.knn_k"])
-    out.update({k: round(c[k], 3) for k in ("probe_accuracy", "probe_std", "knn_accuracy", "silhouette")})
+    x, is_test = mu_matrix(frame), (frame["split"] == "test").to_numpy()
+    axes, c["axes_test_accuracy"] = label_axes(x, frame["label"].to_numpy(), is_test)
+    out.update({k: round(c[k], 3) for k in ("probe_accuracy", "probe_std", "knn_accuracy", "axes_test_accuracy",
+                                            "silhouette")})
     out.update({"train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - t0, 1),
                 "device": str(trainer.device)})
     if pictures is not None:
         pictures.mkdir(parents=True, exist_ok=True)
         save_recon_grid(test["images"][:20], reconstruct(model, test["images"][:20]), pictures / f"{name}_recon_test.png")
-        coords = tsne_coords(mu_matrix(frame), min(30, len(frame) - 1), 0)
-        save_tsne_plot(coords, frame["label"], frame["split"], pictures / f"{name}_tsne.png", title=name)
+        coords = tsne_coords(x, min(30, len(frame) - 1), 0)
+        save_tsne_plot(coords, frame["label"], frame["split"], pictures / f"{name}_tsne.png", title=name,
+                       axes=axes, axes_title=f"{name}: label axes, held-out accuracy {c['axes_test_accuracy']:.2f}")
     return out
 
 
@@ -86,13 +94,17 @@ def main(argv=None) -> None:
                     help="override a params.yaml key for every setting, e.g. train.epochs=50")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--pictures", type=Path, default=None)
+    ap.add_argument("--photos", default=None, metavar="DIR",
+                    help="also run the 'photos' setting on this folder of real photos (one sub-folder per label)")
     args = ap.parse_args(argv)
     base = load(ROOT / "params.yaml")
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     keep_freed_memory()
     resolve_device(args.device)  # a missing GPU is one line before any work
-    for name in args.settings.split(","):
-        params = {**base, **SETTINGS[name], **overrides}
+    settings = {**SETTINGS, "photos": {"data.source": args.photos}} if args.photos else SETTINGS
+    names = args.settings.split(",") + (["photos"] if args.photos and "photos" not in args.settings else [])
+    for name in names:
+        params = {**base, **settings[name], **overrides}
         print(json.dumps(run_setting(name, params, args.device, args.pictures)), flush=True)
 
 

@@ -71,6 +71,35 @@ def tsne_coords(x: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
                 learning_rate="auto").fit_transform(x)
 
 
+def label_axes(x: np.ndarray, labels: np.ndarray, is_test: np.ndarray) -> tuple[np.ndarray, float]:
+    """A supervised companion to the t-SNE map: the latent means projected on the directions that best
+    separate the labels, fitted on the training images only (shrinkage LDA), so where the held-out images
+    land is a test. With two labels the second axis is the largest remaining direction of variation (the
+    first principal component of the means with the label direction removed), e.g. who is in the picture.
+    Returns the N x 2 coordinates and the share of held-out images the fitted axes classify correctly (nan
+    without held-out images or with one label)."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    classes = np.unique(labels[~is_test]) if (~is_test).any() else np.unique(labels)
+    if len(classes) < 2 or (~is_test).sum() < 3:
+        raise UserError(f"the latents hold {len(classes)} label(s) in their training images; "
+                        f"comparing labels needs two (check data.labels in params.yaml)")
+    center = x[~is_test].mean(axis=0)
+    lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto",
+                                     n_components=min(2, len(classes) - 1)).fit(x[~is_test], labels[~is_test])
+    w = lda.scalings_[:, :lda.n_components]
+    w = w / np.linalg.norm(w, axis=0)
+    first = labels[~is_test] == classes[0]
+    w = w * np.where((x[~is_test][first] - center).mean(axis=0) @ w > 0, -1.0, 1.0)  # first label on the left
+    proj = (x - center) @ w
+    if w.shape[1] == 1:
+        rest = (x - center) - proj @ w.T
+        _, _, vt = np.linalg.svd(rest[~is_test], full_matrices=False)
+        proj = np.concatenate([proj, rest @ vt[:1].T], axis=1)
+    accuracy = float((lda.predict(x[is_test]) == labels[is_test]).mean()) if is_test.any() else float("nan")
+    return proj, accuracy
+
+
 PROBE_FOLDS = 5
 
 

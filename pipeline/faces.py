@@ -35,6 +35,11 @@ class CropSpec:
     margin: float = 0.25
     no_face: str = "reject"
 
+    @classmethod
+    def from_params(cls, params: dict) -> "CropSpec":
+        """From params.yaml's flat ``preprocess.*`` keys."""
+        return cls(params["preprocess.face_crop"], float(params["preprocess.face_margin"]), params["preprocess.no_face"])
+
 
 class NoFace(Exception):
     """``detect`` found no face and ``no_face`` is ``reject``."""

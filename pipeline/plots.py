@@ -47,22 +47,34 @@ def save_recon_grid(original, recon, path, per_row: int = 10) -> None:
         Image.fromarray(recon_grid(original, recon, per_row)).save(tmp, format="PNG")
 
 
-def save_tsne_plot(coords: np.ndarray, labels, splits, path, title: str = "") -> None:
-    plt = _pyplot()
-    labels = np.asarray(labels)
-    splits = np.asarray(splits)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5), dpi=120)
-    colours = plt.get_cmap("tab10")
+def _scatter_labels(ax, coords: np.ndarray, labels: np.ndarray, splits: np.ndarray, colours) -> None:
     for i, label in enumerate(sorted(set(labels))):
         for split, marker, size, edge in (("train", "o", 22, "none"), ("test", "*", 140, "black")):
             m = (labels == label) & (splits == split)
             if m.any():
                 ax.scatter(coords[m, 0], coords[m, 1], s=size, marker=marker, color=colours(i % 10),
                            edgecolors=edge, linewidths=0.6, alpha=0.85, label=f"{label} ({split})")
-    ax.set_xlabel("t-SNE 1")
-    ax.set_ylabel("t-SNE 2")
-    ax.set_title(title or "t-SNE of the latent means")
-    ax.legend(loc="best", fontsize=8, frameon=True)
+
+
+def save_tsne_plot(coords: np.ndarray, labels, splits, path, title: str = "", axes: np.ndarray | None = None,
+                   axes_title: str = "") -> None:
+    """The t-SNE map of the latent means (train dots, held-out stars, one colour per label); with ``axes``
+    (:func:`pipeline.embed.label_axes`), a second panel beside it: the same images on the label axes."""
+    plt = _pyplot()
+    labels = np.asarray(labels)
+    splits = np.asarray(splits)
+    panels = [(coords, title or "t-SNE of the latent means", "t-SNE 1", "t-SNE 2")]
+    if axes is not None:
+        second = "largest other direction" if axes.shape[1] == 2 and len(set(labels)) == 2 else "label axis 2"
+        panels.append((axes, axes_title or "label axes", "label axis (fitted on training images)", second))
+    fig, axs = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.5), dpi=120, squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, (xy, text, xlabel, ylabel) in zip(axs[0], panels):
+        _scatter_labels(ax, xy, labels, splits, colours)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(text, fontsize=10)
+        ax.legend(loc="best", fontsize=8, frameon=True)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

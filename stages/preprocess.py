@@ -17,8 +17,8 @@ CROP_COLUMNS = ["id", "label", "source", "crop", "left", "top", "right", "bottom
 
 def run(params):
     p = section(params, "preprocess")
-    crop = CropSpec(mode=p["face_crop"], margin=float(p["face_margin"]), no_face=p["no_face"])
-    ds, report = build_dataset("data/raw", p["size"], params["split.test_per_class"], params["split.seed"], crop)
+    ds, report = build_dataset("data/raw", p["size"], params["split.test_per_class"], params["split.seed"],
+                               CropSpec.from_params(params))
     save_dataset(ds, "data/processed/dataset.pt")
     split = pd.DataFrame({"id": ds["ids"], "label": [ds["classes"][y] for y in ds["labels"].tolist()],
                           "split": ["test" if t else "train" for t in ds["is_test"].tolist()]})

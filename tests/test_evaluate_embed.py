@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.embed import cluster_metrics, mu_matrix, tsne_coords
+from pipeline.embed import cluster_metrics, label_axes, mu_matrix, tsne_coords
 from pipeline.errors import UserError
 from pipeline.evaluate import image_metrics, ssim_per_image
 from pipeline.plots import recon_grid
@@ -107,3 +107,30 @@ def test_linear_probe_on_separable_and_inseparable_latents():
     assert probe_accuracy(xor, xor_labels)[0] < 0.8  # linear: a probe cannot read a XOR
     assert np.isnan(probe_accuracy(noise, np.array(["a"] * 60))[0])  # one label: no probe
     assert probe_accuracy(separable[:33], labels[:33])[0] >= 0.9  # 3 angry: 3 folds, not 5 (no error)
+
+
+def test_label_axes_are_fitted_on_training_images_and_tested_on_held_out_ones():
+    # labels carried by one direction among larger nuisance variation (like expression within four people)
+    rng = np.random.default_rng(0)
+    n, d = 400, 16
+    labels = np.array(["angry", "happy"] * (n // 2))
+    x = rng.normal(size=(n, d))
+    x[:, 1:4] += 6 * rng.integers(0, 4, size=(n, 1))  # "who": four far-apart groups
+    x[:, 0] += np.where(labels == "happy", 2.5, -2.5)
+    is_test = np.arange(n) >= n - 100
+    axes, acc = label_axes(x, labels, is_test)
+    assert axes.shape == (n, 2) and acc >= 0.97
+    # the first axis separates the labels, first label on the left; the second is the largest other direction
+    assert axes[labels == "angry", 0].mean() < 0 < axes[labels == "happy", 0].mean()
+    assert abs(np.corrcoef(axes[:, 1], x[:, 1:4].sum(axis=1))[0, 1]) > 0.95
+    assert abs(np.corrcoef(axes[:, 1], axes[:, 0])[0, 1]) < 0.2
+    # labels that the latents do not carry: the training images can always be split, the held-out ones not
+    shuffled = rng.permutation(labels)
+    _, chance = label_axes(x, shuffled, is_test)
+    assert 0.3 < chance < 0.7
+
+
+def test_label_axes_without_two_training_labels_is_one_clear_error():
+    x = np.random.default_rng(0).normal(size=(10, 3))
+    with pytest.raises(UserError, match="two"):
+        label_axes(x, np.array(["a"] * 10), np.zeros(10, dtype=bool))

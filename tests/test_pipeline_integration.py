@@ -108,6 +108,12 @@ def test_latents_and_tsne_outputs(project):
     from pipeline.embed import mu_matrix, probe_accuracy
 
     assert (m["probe_accuracy"], m["probe_std"]) == pytest.approx(probe_accuracy(mu_matrix(lat), lat["label"].to_numpy()))
+    # the label axes beside the map, recomputed from the exported latents
+    from pipeline.embed import label_axes
+
+    axes, acc = label_axes(mu_matrix(lat), lat["label"].to_numpy(), (lat["split"] == "test").to_numpy())
+    assert coords[["axis_1", "axis_2"]].to_numpy() == pytest.approx(axes, abs=1e-4, rel=1e-4)
+    assert m["axes_test_accuracy"] == pytest.approx(acc)
 
 
 def test_mlflow_run_holds_params_history_and_artifacts(project, mlflow_client):
