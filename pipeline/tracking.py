@@ -329,6 +329,11 @@ class TrainingRun:
         self._send("artifact", {"path": str(Path(path).resolve()), "artifact_path": artifact_path},
                    lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
+    def log_image(self, path: str | Path, key: str, step: int) -> None:
+        """A PNG as an MLflow image at ``step``: the experiment's Chart view shows each run's side by side."""
+        self._send("image", {"path": str(Path(path).resolve()), "key": key, "step": step},
+                   lambda: _log_image(self.client, self.run_id, path, key, step))
+
     def log_model(self, model, example) -> None:
         """The model as an MLflow PyTorch model (signature and input example): mlflow.pytorch.load_model
         gives it back. Skipped, with the weights still logged as artifacts, when the server is gone."""
@@ -403,6 +408,13 @@ def _log_pytorch_model(uri: str, run_id: str, model, example) -> None:
     mlflow.tracking.MlflowClient(uri).update_run(run_id, status="RUNNING")
 
 
+def _log_image(client, run_id: str, path: str | Path, key: str, step: int) -> None:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        client.log_image(run_id, im.convert("RGB"), key=key, step=step)
+
+
 def resend_items(client, run_id: str, items: list) -> None:
     """Send queued items in order (see TrainingRun._send)."""
     for item in items:
@@ -410,6 +422,8 @@ def resend_items(client, run_id: str, items: list) -> None:
             _log_metrics(client, run_id, item["metrics"], item["step"], item["timestamp"])
         elif item["kind"] == "artifact":
             client.log_artifact(run_id, item["path"], item["artifact_path"])
+        elif item["kind"] == "image":
+            _log_image(client, run_id, item["path"], item["key"], item["step"])
         elif item["kind"] == "status":
             client.set_terminated(run_id, status=item["status"])
 
@@ -477,8 +491,6 @@ def log_stage(model_dir: str | Path, stage: str, params: dict, metrics: dict, ar
 
 
 def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, parent_metrics, images):
-    from PIL import Image
-
     client = open_store(uri, root)
     info = read_json(Path(model_dir) / RUN_FILE)
     cfg = read_json(Path(model_dir) / "config.json")
@@ -506,8 +518,7 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, parent_m
         if parent is not None:
             _log_metrics(client, parent_id, metrics if parent_metrics is None else parent_metrics, step)
             for key, path in images.items():
-                with Image.open(path) as im:
-                    client.log_image(parent_id, im.convert("RGB"), key=key, step=step)
+                _log_image(client, parent_id, path, key, step)
             client.set_tag(parent_id, f"facevae.latest_{stage}_run", cid)
     except BaseException:
         client.set_terminated(cid, status="FAILED")

@@ -3,6 +3,8 @@
 
 import _path  # noqa: F401
 
+from pathlib import Path
+
 import torch
 
 from pipeline.cli import stage_main
@@ -37,7 +39,7 @@ def run(params):
     write_json("metrics/recon.json", metrics)
     flat = {f"{s}_{k}": v for s, m in metrics.items() for k, v in m.items() if k != "n"}
     log_stage("models", "reconstruct", {"reconstruct.per_class": params["reconstruct.per_class"]}, flat,
-              files + ["metrics/recon.json"])
+              files + ["metrics/recon.json"], images={f"reconstruct/{Path(f).stem}": f for f in files})
     print("reconstruct: " + "; ".join(f"{s} PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}, MSE {m['mse']:.5f} "
                                       f"({m['n']} images)" for s, m in metrics.items()))
 

@@ -111,6 +111,7 @@ def train_stage(params, cfg, device):
         mlrun.log_artifact(f, "model" if f.startswith("models/") else None)
     save_loss_plot(history, "models/loss.png", cfg.recon)
     mlrun.log_artifact("models/loss.png")
+    mlrun.log_image("models/loss.png", "train/loss", step=len(history))
     mlrun.log_model(trainer.model, ds["images"][:2])  # 2: a batch of 1 would fix the batch size in the export
     mlrun.finish("FINISHED")
     print(f"train: done in {seconds:.1f}s; final loss {last['loss']:.1f} (recon {last['recon']:.1f}, "

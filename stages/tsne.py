@@ -35,7 +35,7 @@ def run(params):
     log_stage("models", "tsne", {f"tsne.{k}": v for k, v in p.items()},
               {k: metrics[k] for k in ("silhouette", "knn_accuracy", "probe_accuracy", "probe_std", "axes_test_accuracy")
                if k in metrics and math.isfinite(metrics[k])},
-              ["reports/tsne.png", "reports/tsne_coords.csv", "metrics/tsne.json"])
+              ["reports/tsne.png", "reports/tsne_coords.csv", "metrics/tsne.json"], images={"tsne/tsne": "reports/tsne.png"})
     print(f"tsne: linear probe accuracy {metrics['probe_accuracy']:.3f} +- {metrics['probe_std']:.3f} "
           f"({PROBE_FOLDS}-fold, all images), kNN accuracy {metrics.get('knn_accuracy', float('nan')):.3f} "
           f"({metrics['n_test']} test images), silhouette {metrics['silhouette']:.3f}")

@@ -139,6 +139,11 @@ def test_mlflow_run_holds_params_history_and_artifacts(project, mlflow_client):
     recon = _json(proj / "metrics/recon.json")
     assert run.data.metrics["test_psnr"] == pytest.approx(recon["test"]["psnr"])
     assert "knn_accuracy" in run.data.metrics and "silhouette" in run.data.metrics
+    # the pictures on the model run as MLflow images at step = epochs (the Chart view compares runs by them)
+    images = {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "images")}
+    for key in ("train/loss", "reconstruct/recon_test", "reconstruct/recon_train", "tsne/tsne"):
+        name = key.replace("/", "~")  # MLflow 3's file name for an image: <key>+step+<step>+timestamp+…
+        assert any(p.startswith(f"images/{name}+step+2+") and p.endswith(".png") for p in images), (key, images)
 
 
 def test_downstream_stages_are_child_runs_with_artifacts(project, mlflow_client):
