@@ -9,15 +9,24 @@ export MLFLOW_DISABLE_TELEMETRY := true
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test ui install summary clean-venv mlflow-server remote push pull sweep compare
+.PHONY: run test ui install lock summary clean-venv mlflow-server remote push pull sweep compare
 
-$(VENV)/.installed: pyproject.toml
+# requirements.lock pins the exact version of every package (pip-compile's output); installed as constraints,
+# so a platform that does not need a package (macOS: no nvidia-*) simply skips it.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/python -m pip install --quiet -e '.[dev]' 2>&1 | grep -v "^WARNING: Location"; test $${PIPESTATUS[0]} -eq 0
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]' 2>&1 | grep -v "^WARNING: Location"; test $${PIPESTATUS[0]} -eq 0
 	@touch $@
 
-install: $(VENV)/.installed  ## create .venv and install the package with its dev extras
+install: $(VENV)/.installed  ## create .venv and install the package with its dev extras, at the locked versions
+
+# `make lock` adds what pyproject.toml gained and keeps every other pin; `make lock UPGRADE=1` moves every
+# package to the newest version pyproject.toml allows. Then `make install` (and commit requirements.lock).
+lock: $(VENV)/.installed  ## regenerate requirements.lock from pyproject.toml
+	$(BIN)/python -m pip install --quiet pip-tools 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/pip-compile --quiet --extra dev --strip-extras --no-emit-index-url --no-emit-find-links \
+		$(if $(UPGRADE),--upgrade) --output-file requirements.lock pyproject.toml
 
 run: $(VENV)/.installed  ## run the whole pipeline (dvc repro) and print where the results are
 	dvc repro
