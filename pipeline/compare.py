@@ -1,11 +1,13 @@
 """Compare trained models side by side: latent size against test PSNR, SSIM, kNN accuracy and silhouette,
 plus each run's test reconstructions, from the MLflow store.
 
-    python -m pipeline.compare [--experiment facevae] [--out reports/compare]
+    python -m pipeline.compare [--experiment facevae] [--model-name facevae] [--out reports/compare]
 
 For every latent size it takes the newest finished model run of the experiment (one per latent size) and
 writes ``compare.md`` (a table), ``compare.png`` (the four metrics against latent size) and
-``compare_recon.png`` (the runs' test reconstruction grids, one above the other).
+``compare_recon.png`` (the runs' test reconstruction grids, one above the other). The best of them (the
+highest kNN accuracy, then the highest test PSNR) gets the registered model's ``champion`` alias, so
+``mlflow.pytorch.load_model("models:/facevae@champion")`` loads it.
 """
 
 from __future__ import annotations
@@ -51,6 +53,28 @@ def collect(experiment: str) -> list[dict]:
         raise UserError(f"no finished model run with test metrics in MLflow experiment '{experiment}'; "
                         f"run the pipeline (make run or make sweep) first")
     return [picked[d] for d in sorted(picked)]
+
+
+CHAMPION = "champion"
+
+
+def best(rows: list[dict]) -> dict:
+    """The run that best tells the labels apart from its latents (kNN accuracy, to 2 decimals), then
+    reconstructs the held-out faces best (test PSNR)."""
+    return max(rows, key=lambda r: (round(r["knn_accuracy"], 2), r["test_psnr"]))
+
+
+def promote_champion(rows: list[dict], model_name: str) -> str | None:
+    """Point the registered model's ``champion`` alias at the best row's model version; return the
+    version, or None when that run registered no version (trained before registration, or MLflow away)."""
+    client = _client(tracking_uri())
+    top = best(rows)
+    versions = client.search_model_versions(f"name = '{model_name}' and run_id = '{top['run_id']}'")
+    if not versions:
+        return None
+    version = max(versions, key=lambda v: int(v.version)).version
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    return version
 
 
 def write_report(rows: list[dict], out: Path) -> None:
@@ -113,20 +137,27 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiment", default=None, help="MLflow experiment (default: mlflow.experiment of params.yaml)")
+    ap.add_argument("--model-name", default=None,
+                    help="registered model whose champion alias moves (default: mlflow.model_name of params.yaml)")
     ap.add_argument("--out", default="reports/compare")
     args = ap.parse_args(argv)
 
     def go():
-        experiment = args.experiment
-        if experiment is None:
-            from .params import load
+        from .params import load
 
-            experiment = load()["mlflow.experiment"]
+        params = load() if args.experiment is None or args.model_name is None else {}
+        experiment = args.experiment or params["mlflow.experiment"]
+        model_name = args.model_name or params["mlflow.model_name"]
         rows = collect(experiment)
         write_report(rows, Path(args.out))
         for r in rows:
             print(f"latent {r['latent_dim']:>3}: test PSNR {r['test_psnr']:.2f} dB, SSIM {r['test_ssim']:.3f}, "
                   f"kNN {r['knn_accuracy']:.2f}, silhouette {r['silhouette']:.3f}  ({r['run_name']})")
+        version = promote_champion(rows, model_name)
+        top = best(rows)
+        print(f"champion: latent {top['latent_dim']} ({top['run_name']}): "
+              + (f"models:/{model_name}@{CHAMPION} is version {version}" if version else
+                 f"no registered version of '{model_name}' for this run; alias not moved"))
         print(f"compare: {args.out}/compare.md, compare.png, compare_recon.png")
 
     run_cli(go)

@@ -106,6 +106,7 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "explore.pair": (lambda v: _str_list(v) and len(v) in (0, 2), "two labels, e.g. [happy, angry], or [] "
                                                                    "for the first two"),
     "mlflow.experiment": (_str, "an experiment name"),
+    "mlflow.model_name": (_str, "a registered model name, e.g. facevae"),
 }
 
 

@@ -184,8 +184,38 @@ def git_info(root: Path) -> dict[str, str]:
 
     commit = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--untracked-files=no")
+    branch = git("rev-parse", "--abbrev-ref", "HEAD")
     # without git (or outside a repository) nothing is known, not "clean"
-    return {"git_commit": commit or "unknown", "git_dirty": str(bool(dirty)).lower() if commit else "unknown"}
+    return {"mlflow.source.git.commit": commit or "unknown",
+            **({"mlflow.source.git.branch": branch} if branch and branch != "HEAD" else {}),
+            "git_dirty": str(bool(dirty)).lower() if commit else "unknown"}
+
+
+def source_tags(tags: dict) -> dict:
+    """``tags`` with MLflow's standard source tags filled the way ``mlflow.start_run`` fills them
+    (mlflow.user, mlflow.source.name / type, …): the UI's User and Source columns."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    return resolve_tags(tags)
+
+
+def dataset_inputs(splits: dict, digest: str, source: str | Path) -> list:
+    """MLflow dataset inputs of the processed data: ``splits`` maps a context (training, evaluation) to
+    (name, images, labels); every split has ``digest`` (the processed file's hash) and ``source``."""
+    import warnings
+
+    import mlflow.data
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.entities import DatasetInput, InputTag
+
+    with warnings.catch_warnings():  # a local path: MLflow registers two sources that both take it
+        warnings.simplefilter("ignore", UserWarning)
+        src = resolve_dataset_source(str(source))
+    out = []
+    for context, (name, images, labels) in splits.items():
+        ds = mlflow.data.from_numpy(images, targets=labels, source=src, name=name, digest=digest[:32])
+        out.append(DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", context)]))
+    return out
 
 
 # where the artifacts of a sqlite store live: the 'mlartifacts' folder beside the store
@@ -257,8 +287,9 @@ class TrainingRun:
     """The MLflow run of one trained model, driven by the train stage."""
 
     def __init__(self, experiment: str, run_name: str, params: dict, tags: dict, root: Path | None = None,
-                 continue_run_id: str | None = None):
-        """Open a new run, or reopen ``continue_run_id`` (a resumed training) if this store has it.
+                 continue_run_id: str | None = None, datasets: list | None = None):
+        """Open a new run, or reopen ``continue_run_id`` (a resumed training) if this store has it. A new
+        run gets MLflow's source tags and ``datasets`` (:func:`dataset_inputs`) as its inputs.
 
         A reopened run keeps its params (MLflow params are immutable); params whose value changed
         (train.epochs when training is extended) are recorded as tags ``resumed.<key>``."""
@@ -290,9 +321,11 @@ class TrainingRun:
             return
         self.experiment_id = _experiment_id(self.client, experiment, self.uri, self.root)
         run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                     tags={**tags, "facevae.kind": "model"})
+                                     tags=source_tags({**tags, "facevae.kind": "model"}))
         self.run_id = run.info.run_id
         _log_params(self.client, self.run_id, params)
+        if datasets:
+            self.client.log_inputs(self.run_id, datasets)
 
     # -- logging that survives a server that goes away -----------------------------------------------
     # Once a call fails, nothing more is sent during this training: metrics, artifacts and the final
@@ -334,13 +367,13 @@ class TrainingRun:
         self._send("image", {"path": str(Path(path).resolve()), "key": key, "step": step},
                    lambda: _log_image(self.client, self.run_id, path, key, step))
 
-    def log_model(self, model, example) -> None:
+    def log_model(self, model, example, registered_name: str | None = None) -> None:
         """The model as an MLflow PyTorch model (signature and input example): mlflow.pytorch.load_model
         gives it back. Skipped, with the weights still logged as artifacts, when the server is gone."""
         if self.unsent is not None:
             return
         try:
-            _log_pytorch_model(self.uri, self.run_id, model, example)
+            _log_pytorch_model(self.uri, self.run_id, model, example, registered_name)
         except Exception as e:
             print(f"warning: could not log the model to MLflow ({type(e).__name__}: {e}); "
                   f"models/vae.pt is logged as an artifact", file=sys.stderr)
@@ -385,7 +418,7 @@ def _param_str(v) -> str:
     return s if len(s) <= 6000 else s[:5997] + "..."
 
 
-def _log_pytorch_model(uri: str, run_id: str, model, example) -> None:
+def _log_pytorch_model(uri: str, run_id: str, model, example, registered_name: str | None = None) -> None:
     import mlflow
     import mlflow.pytorch
     import numpy as np
@@ -394,7 +427,10 @@ def _log_pytorch_model(uri: str, run_id: str, model, example) -> None:
 
     from .model import Reconstructor
 
-    model = Reconstructor(model.to("cpu").to(memory_format=torch.contiguous_format)).eval()
+    import copy
+
+    # a copy: the caller's model stays on its device, in its memory format
+    model = Reconstructor(copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format)).eval()
     x = example.float().div(255.0) if example.dtype == torch.uint8 else example.float()
     with torch.no_grad():
         y = model(x)
@@ -403,7 +439,8 @@ def _log_pytorch_model(uri: str, run_id: str, model, example) -> None:
     with mlflow.start_run(run_id=run_id):
         mlflow.pytorch.log_model(model, name="pytorch_model", signature=signature,
                                  input_example=x.numpy().astype(np.float32),
-                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                                 registered_model_name=registered_name)
     # start_run(run_id=...) marks the run FINISHED on exit; training may still be going on
     mlflow.tracking.MlflowClient(uri).update_run(run_id, status="RUNNING")
 

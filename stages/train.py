@@ -21,13 +21,14 @@ from pipeline.io import write_json, write_text
 from pipeline.params import section
 from pipeline.plots import save_loss_plot
 from pipeline.preprocess import load_dataset, subset
-from pipeline.tracking import (TrainingRun, check_reachable, close_abandoned_run, file_sha256, git_info,
-                               project_root, tracking_uri)
+from pipeline.tracking import (TrainingRun, check_reachable, close_abandoned_run, dataset_inputs, file_sha256,
+                               git_info, project_root, tracking_uri)
 from pipeline.train import (GracefulStop, TrainConfig, Trainer, can_continue, init_distributed,
                             keep_freed_memory, load_checkpoint, out_of_memory_as_user_error, resolve_device,
                             save_model)
 
 DATASET = "data/processed/dataset.pt"
+MODEL_SECTIONS = ("data", "split", "preprocess", "model", "train", "mlflow")
 CHECKPOINT = "models/checkpoint.pt"
 
 
@@ -49,7 +50,8 @@ def run(params):
 def train_stage(params, cfg, device):
     root = project_root()
     check_reachable(tracking_uri(root))  # refuse in seconds, before training, if the server is down
-    ds = subset(load_dataset(DATASET), "train")
+    ds_all = load_dataset(DATASET)
+    ds = subset(ds_all, "train")
     data_hash = file_sha256(DATASET)
     trainer = Trainer(ds["images"], cfg, device)
     ckpt = load_checkpoint(CHECKPOINT)
@@ -68,11 +70,17 @@ def train_stage(params, cfg, device):
         with GracefulStop() as stop:
             trainer.fit(progress=False, stop=stop)
         return
-    tags = {**git_info(root), "data_hash": data_hash, "device": str(device),
+    tags = {**git_info(root), "device": str(device),
             "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}  # set by `dvc exp run`
+    test = subset(ds_all, "test")
+    datasets = dataset_inputs({"training": ("facevae-train", ds["images"].numpy(), ds["labels"].numpy()),
+                               "evaluation": ("facevae-test", test["images"].numpy(), test["labels"].numpy())},
+                              data_hash, DATASET)
+    # the model run holds the params that shaped the model; downstream stages' params live on their child runs
+    model_params = {k: v for k, v in params.items() if k.split(".")[0] in MODEL_SECTIONS}
     mlrun = TrainingRun(params["mlflow.experiment"], f"z{cfg.latent_dim}-e{cfg.epochs}",
-                        {**params, "data.n_train": len(ds["ids"])}, tags, root,
-                        continue_run_id=trainer.meta.get("mlflow_run_id") if resume else None)
+                        {**model_params, "data.n_train": len(ds["ids"])}, tags, root,
+                        continue_run_id=trainer.meta.get("mlflow_run_id") if resume else None, datasets=datasets)
     trainer.meta = {"mlflow_run_id": mlrun.run_id, "data_hash": data_hash}
     where = f"resuming at epoch {trainer.epoch}" if resume else "from scratch"
     procs = f" x {trainer.world} processes (DDP)" if trainer.world > 1 else ""
@@ -112,7 +120,8 @@ def train_stage(params, cfg, device):
     save_loss_plot(history, "models/loss.png", cfg.recon)
     mlrun.log_artifact("models/loss.png")
     mlrun.log_image("models/loss.png", "train/loss", step=len(history))
-    mlrun.log_model(trainer.model, ds["images"][:2])  # 2: a batch of 1 would fix the batch size in the export
+    # 2 images: a batch of 1 would fix the batch size in the export; registered as a new model version
+    mlrun.log_model(trainer.model, ds["images"][:2], params["mlflow.model_name"])
     mlrun.finish("FINISHED")
     print(f"train: done in {seconds:.1f}s; final loss {last['loss']:.1f} (recon {last['recon']:.1f}, "
           f"kl {last['kl']:.1f}) per image")

@@ -123,11 +123,25 @@ def test_mlflow_run_holds_params_history_and_artifacts(project, mlflow_client):
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "z8-e2"
     p = run.data.params
-    assert p["train.latent_dim"] == "8" and p["train.epochs"] == "2" and p["tsne.perplexity"] == "3"
+    assert p["train.latent_dim"] == "8" and p["train.epochs"] == "2" and p["preprocess.size"] == "128"
     assert p["data.source"] == "synthetic" and p["mlflow.experiment"] == "facevae"
+    # only what shaped the model: the downstream stages' params are on their child runs
+    from pipeline.params import load
+
+    shaping = {k for k in load(proj / "params.yaml") if k.split(".")[0] in ("data", "split", "preprocess", "model",
+                                                                             "train", "mlflow")}
+    assert set(p) == shaping | {"data.n_train"}
+    # MLflow's own source tags (the UI's Source, Version and User columns)
     head = run_cmd_stdout(["git", "rev-parse", "HEAD"], proj)
-    assert run.data.tags["git_commit"] == head
-    assert run.data.tags["data_hash"] == hashlib.sha256((proj / "data/processed/dataset.pt").read_bytes()).hexdigest()
+    tags = run.data.tags
+    assert tags["mlflow.source.git.commit"] == head and tags["mlflow.source.name"].endswith("stages/train.py")
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.user"]
+    # the processed data as the run's dataset inputs, digest = its hash
+    digest = hashlib.sha256((proj / "data/processed/dataset.pt").read_bytes()).hexdigest()[:32]
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert {n: (d.dataset.digest, {t.key: t.value for t in d.tags}["mlflow.data.context"]) for n, d in inputs.items()} \
+        == {"facevae-train": (digest, "training"), "facevae-test": (digest, "evaluation")}
+    assert json.loads(inputs["facevae-train"].dataset.profile)["features_shape"] == [8, 3, 128, 128]
     for key in ("loss", "recon", "kl", "neg_elbo"):
         hist = mlflow_client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in hist) == [1, 2]
@@ -207,8 +221,8 @@ def test_exp_run_with_new_perplexity_reruns_only_tsne_and_keeps_history(project,
     tsne_runs = mlflow_client.search_runs(
         [exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}' and tags.`facevae.stage` = 'tsne'")
     assert sorted(r.data.params["tsne.perplexity"] for r in tsne_runs) == ["3", "4"]
-    # the model's run keeps its params (immutable) and every downstream value in the metric history
-    assert mlflow_client.get_run(parent).data.params["tsne.perplexity"] == "3"
+    # the model's run holds no tsne param to go stale, and every downstream value in its metric history
+    assert not any(k.startswith("tsne.") for k in mlflow_client.get_run(parent).data.params)
     history = mlflow_client.get_metric_history(parent, "knn_accuracy")
     assert len(history) == 2
     assert history[0].value == pytest.approx(before["knn_accuracy"])

@@ -25,7 +25,8 @@ def test_sweep_then_compare(tmp_path):
     assert set(by_name) == {"z4-e2", "z6-e2"}
     for r in runs:
         assert r.data.tags["dvc_exp_name"]  # the DVC experiment's name
-        assert len(r.data.tags["git_commit"]) == 40 and len(r.data.tags["data_hash"]) == 64
+        assert len(r.data.tags["mlflow.source.git.commit"]) == 40
+        assert [d.dataset.name for d in r.inputs.dataset_inputs] == ["facevae-train", "facevae-test"]
         assert "test_psnr" in r.data.metrics and "knn_accuracy" in r.data.metrics
     shown = dvc(proj, "exp", "show", "--no-pager", "--csv").stdout
     for name in (r.data.tags["dvc_exp_name"] for r in runs):
@@ -35,3 +36,9 @@ def test_sweep_then_compare(tmp_path):
     assert "| 4 | z4-e2 |" in report and "| 6 | z6-e2 |" in report
     assert Image.open(proj / "reports/compare/compare.png").size[0] > 800
     assert Image.open(proj / "reports/compare/compare_recon.png").size[1] > 300
+    # every model a version of the registered model; champion = the best by kNN accuracy, then test PSNR
+    versions = {v.run_id: v.version for v in client.search_model_versions("name = 'facevae'")}
+    assert set(versions) == {r.info.run_id for r in runs}
+    top = max(runs, key=lambda r: (round(r.data.metrics["knn_accuracy"], 2), r.data.metrics["test_psnr"]))
+    assert client.get_model_version_by_alias("facevae", "champion").run_id == top.info.run_id
+    assert f"models:/facevae@champion is version {versions[top.info.run_id]}" in out.stdout
