@@ -188,6 +188,9 @@ def test_dvc_commands_work_and_second_repro_runs_nothing(project):
     assert "knn_accuracy" in flat and "psnr" in flat and "neg_elbo" in flat
     dvc(proj, "plots", "show", "-o", str(proj / "dvc_plots"))
     assert (proj / "dvc_plots/index.html").exists()
+    # one chart per loss figure: the per-epoch table is not drawn a second time as a default stage plot
+    plots = json.loads(dvc(proj, "plots", "show", "--json").stdout)["data"]
+    assert [k for k in plots if not k.endswith(".png")] == ["reconstruction error", "KL"]
     dvc(proj, "exp", "show", "--no-pager")
 
 
