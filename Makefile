@@ -38,7 +38,8 @@ summary: $(VENV)/.installed
 test: $(VENV)/.installed  ## the whole test suite
 	$(BIN)/python -m pytest -n auto --maxprocesses=4  # tests run in parallel processes (pytest-xdist)
 
-ui: $(VENV)/.installed  ## serve the MLflow UI on this project's store
+ui: $(VENV)/.installed  ## serve the MLflow UI on this project's store; prints the experiment's address
+	@echo "MLflow UI: the runs of this project: $$(MLFLOW_TRACKING_URI= $(BIN)/python -m pipeline.tracking url --host $(HOST) --port $(PORT))"
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT)
 
 clean-venv:

@@ -564,6 +564,21 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, parent_m
     return cid
 
 
+def ui_url(host: str = "127.0.0.1", port: str | int = 5000, root: Path | None = None) -> str:
+    """Where the MLflow UI shows this project's experiment (params.yaml's mlflow.experiment) as a table of
+    runs in the model-training view: MLflow 3 opens on its GenAI view otherwise. The UI's home page when
+    the experiment does not exist yet."""
+    from .params import load
+
+    root = root or project_root()
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    uri = tracking_uri(root)
+    if uri.startswith("sqlite:///") and not Path(_sqlite_path(uri)).exists():
+        return base
+    exp = open_store(uri, root).get_experiment_by_name(load(root / "params.yaml")["mlflow.experiment"])
+    return f"{base}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" if exp else base
+
+
 def main(argv=None) -> None:
     import argparse
 
@@ -573,13 +588,19 @@ def main(argv=None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("resend", help="send the metrics and artifacts a training kept while MLflow was away")
     r.add_argument("outbox", nargs="?", default=None, help=f"default: {OUTBOX}/ in the project root")
+    u = sub.add_parser("url", help="the MLflow UI's address of the experiment's runs (model-training view)")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", default="5000")
     args = ap.parse_args(argv)
 
     def send():
         runs, items = resend(args.outbox or project_root() / OUTBOX)
         print(f"sent {items} items of {runs} runs to MLflow")
 
-    run_cli(send)
+    def url():
+        print(ui_url(args.host, args.port))
+
+    run_cli(send if args.cmd == "resend" else url)
 
 
 if __name__ == "__main__":
