@@ -130,3 +130,19 @@ def test_a_shared_sqlite_store_keeps_its_artifacts_beside_it_not_in_the_first_pr
         run.finish()
         assert not (project / "mlartifacts").exists()
     assert sorted(p.name for p in (store.parent / "mlartifacts").rglob("*.txt")) == ["clone1.txt", "clone2.txt"]
+
+
+def test_the_ui_address_opens_the_experiments_runs_in_the_model_training_view(monkeypatch, tmp_path):
+    from helpers import ROOT
+
+    from pipeline.tracking import ui_url
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace("experiment: facevae",
+                                                                                    "experiment: mine"))
+    assert ui_url("0.0.0.0", 5001, tmp_path) == "http://127.0.0.1:5001"  # no store yet: the home page
+    run = TrainingRun("mine", "z2-e1", {}, {}, root=tmp_path)
+    run.finish()
+    assert ui_url("127.0.0.1", 5000, tmp_path) == \
+        f"http://127.0.0.1:5000/#/experiments/{run.experiment_id}/runs?workflowType=machine_learning"
