@@ -255,7 +255,12 @@ def test_explore_outputs_and_the_expression_vector(project, mlflow_client):
     vec = Image.open(proj / "reports/expression_vector.png")
     assert vec.size == (70 + (1 + len(ALPHAS)) * (s + pad) + pad, top + 4 * (s + pad) + pad)  # 4 held-out faces
     gif = Image.open(proj / "reports/interpolation.gif")
-    assert gif.is_animated and gif.n_frames == 2 * 8 - 2  # 8 steps there and back
+    # 8 steps there and back, 120 ms each (Pillow merges identical neighbouring frames, adding their time)
+    durations = []
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        durations.append(gif.info["duration"])
+    assert gif.is_animated and sum(durations) == (2 * 8 - 2) * 120
     run_id = _json(proj / "models/mlflow_run.json")["run_id"]
     assert mlflow_client.get_metric_history(run_id, "expression_flip_rate")
     images = {a.path for a in mlflow_client.list_artifacts(run_id, "images")}
