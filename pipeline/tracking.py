@@ -537,11 +537,17 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, parent_m
         parent = client.get_run(parent_id)
         experiment_id = parent.info.experiment_id
     except Exception:  # the store that holds the model's run is not this one (e.g. data pulled from DVC)
+        from .params import load
+
         parent = None
-        experiment_id = _experiment_id(client, "facevae", uri, root)
+        experiment_id = _experiment_id(client, load(root / "params.yaml")["mlflow.experiment"], uri, root)
         print(f"warning: MLflow run {parent_id} of this model is not in {uri}; logging '{stage}' as a "
               f"standalone run", file=sys.stderr)
-    name = stage + (" " + " ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(params.items())) if params else "")
+    # named after its model ("z32-e80 tsne perplexity=30 ..."), and carrying the model's size and epochs,
+    # so children of different models compare side by side
+    model_name = parent.info.run_name if parent is not None else info.get("run_name", "")
+    name = " ".join(filter(None, [model_name, stage, *(f"{k.split('.')[-1]}={v}" for k, v in sorted(params.items()))]))
+    params = {**params, "train.latent_dim": cfg.get("latent_dim"), "train.epochs": step}
     tags = {"facevae.stage": stage, "facevae.model_run": parent_id}
     if parent is not None:
         tags["mlflow.parentRunId"] = parent_id

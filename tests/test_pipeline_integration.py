@@ -172,6 +172,11 @@ def test_downstream_stages_are_child_runs_with_artifacts(project, mlflow_client)
     assert "latents/latents.csv" in arts(by_stage["latents"], "latents")
     assert "tsne/tsne.png" in arts(by_stage["tsne"], "tsne")
     assert by_stage["tsne"].data.params["tsne.perplexity"] == "3"
+    # each child names its model and carries its size and epochs: children of two models compare side by side
+    assert by_stage["tsne"].info.run_name == "z8-e2 tsne knn_k=3 perplexity=3 seed=0"
+    for r in children:
+        assert r.info.run_name.startswith(f"z8-e2 {r.data.tags['facevae.stage']}")
+        assert (r.data.params["train.latent_dim"], r.data.params["train.epochs"]) == ("8", "2")
 
 
 def run_cmd_stdout(cmd, cwd):
