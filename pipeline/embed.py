@@ -77,7 +77,7 @@ def label_axes(x: np.ndarray, labels: np.ndarray, is_test: np.ndarray) -> tuple[
     land is a test. With two labels the second axis is the largest remaining direction of variation (the
     first principal component of the means with the label direction removed), e.g. who is in the picture.
     Returns the N x 2 coordinates and the share of held-out images the fitted axes classify correctly (nan
-    without held-out images or with one label)."""
+    without held-out images); fewer than two labels among the training images is a UserError."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     classes = np.unique(labels[~is_test]) if (~is_test).any() else np.unique(labels)

@@ -19,6 +19,11 @@ def _pyplot():
     return plt
 
 
+def _to_uint8(img: torch.Tensor) -> np.ndarray:
+    """A 3 x S x S float image in [0, 1] as an S x S x 3 uint8 array (rounded)."""
+    return (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+
+
 def recon_grid(original: torch.Tensor, recon: torch.Tensor, per_row: int = 10, pad: int = 2) -> np.ndarray:
     """An H x W x 3 uint8 picture: each row of originals sits above the row of their reconstructions.
 
@@ -34,9 +39,8 @@ def recon_grid(original: torch.Tensor, recon: torch.Tensor, per_row: int = 10, p
     for i in range(n):
         r, c = divmod(i, cols)
         for k, img in enumerate((original[i], recon[i])):
-            arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
             y, x = pad + (2 * r + k) * cell, pad + c * cell
-            canvas[y:y + s, x:x + s] = arr
+            canvas[y:y + s, x:x + s] = _to_uint8(img)
     return canvas
 
 
@@ -119,7 +123,7 @@ def image_rows(rows: list, pad: int = 2, label_width: int = 0, labels: list[str]
     for i, row in enumerate(rows):
         for j, img in enumerate(row):
             y, x = top + pad + i * cell, label_width + pad + j * cell
-            canvas[y:y + s, x:x + s] = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+            canvas[y:y + s, x:x + s] = _to_uint8(img)
     if (labels and label_width) or columns:
         picture = Image.fromarray(canvas)
         draw = ImageDraw.Draw(picture)
