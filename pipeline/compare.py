@@ -64,11 +64,10 @@ def best(rows: list[dict]) -> dict:
     return max(rows, key=lambda r: (round(r["knn_accuracy"], 2), r["test_psnr"]))
 
 
-def promote_champion(rows: list[dict], model_name: str) -> str | None:
-    """Point the registered model's ``champion`` alias at the best row's model version; return the
-    version, or None when that run registered no version (trained before registration, or MLflow away)."""
+def promote_champion(top: dict, model_name: str) -> str | None:
+    """Point the registered model's ``champion`` alias at the model version of ``top`` (:func:`best`); return
+    the version, or None when that run registered no version (trained before registration, or MLflow away)."""
     client = _client(tracking_uri())
-    top = best(rows)
     versions = client.search_model_versions(f"name = '{model_name}' and run_id = '{top['run_id']}'")
     if not versions:
         return None
@@ -153,8 +152,8 @@ def main(argv=None) -> None:
         for r in rows:
             print(f"latent {r['latent_dim']:>3}: test PSNR {r['test_psnr']:.2f} dB, SSIM {r['test_ssim']:.3f}, "
                   f"kNN {r['knn_accuracy']:.2f}, silhouette {r['silhouette']:.3f}  ({r['run_name']})")
-        version = promote_champion(rows, model_name)
         top = best(rows)
+        version = promote_champion(top, model_name)
         print(f"champion: latent {top['latent_dim']} ({top['run_name']}): "
               + (f"models:/{model_name}@{CHAMPION} is version {version}" if version else
                  f"no registered version of '{model_name}' for this run; alias not moved"))

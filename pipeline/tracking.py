@@ -248,14 +248,14 @@ def relocate_moved_store(uri: str, root: Path) -> str | None:
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "experiments" not in tables:
             return None
+        columns = [(table, column) for table, column in ARTIFACT_COLUMNS if table in tables
+                   and column in {r[1] for r in con.execute(f"PRAGMA table_info({table})")}]
         olds = {loc for (loc,) in con.execute("SELECT artifact_location FROM experiments")
                 if loc and loc.startswith("file://") and loc.rstrip("/").endswith("/" + ARTIFACT_FOLDER)
                 and loc.rstrip("/") != new}
         for old in sorted(olds):
             old = old.rstrip("/")
-            for table, column in ARTIFACT_COLUMNS:
-                if table not in tables or column not in {r[1] for r in con.execute(f"PRAGMA table_info({table})")}:
-                    continue
+            for table, column in columns:
                 con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
                             f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
                             (new, len(old) + 1, old, len(old) + 1, old + "/"))
