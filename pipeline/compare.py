@@ -1,35 +1,57 @@
-"""Compare trained models side by side: latent size against test PSNR, SSIM, kNN accuracy and silhouette,
-plus each run's test reconstructions, from the MLflow store.
+"""Compare trained models side by side: latent size against test PSNR, SSIM, linear-probe and kNN accuracy
+and silhouette, with each run's test reconstructions and t-SNE map, from the MLflow store.
 
     python -m pipeline.compare [--experiment facevae] [--model-name facevae] [--out reports/compare]
 
 For every latent size it takes the newest finished model run of the experiment (one per latent size) and
-writes ``compare.md`` (a table), ``compare.png`` (the four metrics against latent size) and
-``compare_recon.png`` (the runs' test reconstruction grids, one above the other). The best of them (the
-highest kNN accuracy, then the highest test PSNR) gets the registered model's ``champion`` alias, so
-``mlflow.pytorch.load_model("models:/facevae@champion")`` loads it.
+writes into ``--out``:
+
+* ``compare.md``: the table, and the pictures below;
+* ``compare.png``: one bar chart per metric on the metric's full range, values printed;
+* ``compare_recon.png`` / ``compare_tsne.png``: the runs' test reconstruction grids / t-SNE maps at their
+  native size, one under the other, each titled with its run;
+* ``dvc_plots/index.html``: ``dvc plots diff`` of the runs' DVC experiments (loss curves overlaid, every
+  picture of each experiment side by side), drawn to static SVG so it opens offline.
+
+The best run (the highest kNN accuracy, then the highest test PSNR) gets the registered model's
+``champion`` alias, so ``mlflow.pytorch.load_model("models:/facevae@champion")`` loads it.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import html
+import json
+import os
+import subprocess
 import tempfile
 from pathlib import Path
 
 from .errors import UserError
-from .io import atomic_path, write_text
-from .tracking import _client, check_reachable, tracking_uri
+from .io import atomic_dir, atomic_path, write_text
+from .tracking import check_reachable, open_store, tracking_uri
 
-METRICS = [("test_psnr", "test PSNR (dB)"), ("test_ssim", "test SSIM"), ("knn_accuracy", "kNN accuracy"),
-           ("silhouette", "silhouette")]
+# key, title, the range its bars are drawn on
+METRICS = [("test_psnr", "test PSNR (dB)", (0.0, 40.0)), ("test_ssim", "test SSIM", (0.0, 1.0)),
+           ("probe_accuracy", "linear probe accuracy", (0.0, 1.0)), ("knn_accuracy", "kNN accuracy", (0.0, 1.0)),
+           ("silhouette", "silhouette", (-0.25, 1.0))]
+CHAMPION = "champion"
+# a child run's pictures: at its root; under '<stage>/' in runs logged before
+PICTURES = {"reconstruct": "recon_test.png", "tsne": "tsne.png"}
+
+
+def _latest_child(client, experiment_id: str, parent_id: str, stage: str) -> str | None:
+    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and "
+                                               f"tags.`facevae.stage` = '{stage}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def collect(experiment: str) -> list[dict]:
     """The newest finished model run per latent size, sorted by latent size."""
     uri = tracking_uri()
     check_reachable(uri)
-    client = _client(uri)
+    client = open_store(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise UserError(f"MLflow experiment '{experiment}' not found in {uri}; run the pipeline first (make run)")
@@ -39,23 +61,18 @@ def collect(experiment: str) -> list[dict]:
     picked: dict[int, dict] = {}
     for r in runs:
         d = int(r.data.params.get("train.latent_dim", 0))
-        if d in picked or not all(k in r.data.metrics for k, _ in METRICS):
+        if d in picked or not all(k in r.data.metrics for k, _, _ in METRICS):
             continue
-        recon = client.search_runs([exp.experiment_id],
-                                   f"tags.mlflow.parentRunId = '{r.info.run_id}' and tags.`facevae.stage` = 'reconstruct'",
-                                   order_by=["attributes.start_time DESC"], max_results=1)
         picked[d] = {"latent_dim": d, "run_id": r.info.run_id, "run_name": r.info.run_name,
                      "epochs": int(r.data.tags.get("resumed.train.epochs", r.data.params.get("train.epochs", 0))),
                      "dvc_exp": r.data.tags.get("dvc_exp_name", ""),
-                     "recon_run": recon[0].info.run_id if recon else None,
-                     **{k: r.data.metrics[k] for k, _ in METRICS}}
+                     **{f"{stage}_run": _latest_child(client, exp.experiment_id, r.info.run_id, stage)
+                        for stage in PICTURES},
+                     **{k: r.data.metrics[k] for k, _, _ in METRICS}}
     if not picked:
         raise UserError(f"no finished model run with test metrics in MLflow experiment '{experiment}'; "
                         f"run the pipeline (make run or make sweep) first")
     return [picked[d] for d in sorted(picked)]
-
-
-CHAMPION = "champion"
 
 
 def best(rows: list[dict]) -> dict:
@@ -67,7 +84,7 @@ def best(rows: list[dict]) -> dict:
 def promote_champion(top: dict, model_name: str) -> str | None:
     """Point the registered model's ``champion`` alias at the model version of ``top`` (:func:`best`); return
     the version, or None when that run registered no version (trained before registration, or MLflow away)."""
-    client = _client(tracking_uri())
+    client = open_store(tracking_uri())
     versions = client.search_model_versions(f"name = '{model_name}' and run_id = '{top['run_id']}'")
     if not versions:
         return None
@@ -76,59 +93,119 @@ def promote_champion(top: dict, model_name: str) -> str | None:
     return version
 
 
-def write_report(rows: list[dict], out: Path) -> None:
-    import matplotlib
+def _title(r: dict) -> str:
+    return (f"latent {r['latent_dim']} ({r['run_name']}): test PSNR {r['test_psnr']:.2f} dB, SSIM {r['test_ssim']:.3f}, "
+            f"probe {r['probe_accuracy']:.3f}, kNN {r['knn_accuracy']:.2f}, silhouette {r['silhouette']:.3f}")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _pictures(client, rows: list[dict], stage: str, tmp: str) -> list:
     from PIL import Image
 
-    out.mkdir(parents=True, exist_ok=True)
-    dims = [r["latent_dim"] for r in rows]
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.4), dpi=110)
-    for ax, (key, label) in zip(axes, METRICS):
-        ax.plot(dims, [r[key] for r in rows], marker="o")
-        ax.set_xlabel("latent size")
-        ax.set_title(label)
-        ax.set_xticks(dims)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(out / "compare.png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    out = []
+    for r in rows:
+        run_id = r[f"{stage}_run"]
+        for path in (PICTURES[stage], f"{stage}/{PICTURES[stage]}"):
+            try:
+                local = client.download_artifacts(run_id, path, tmp) if run_id else None
+            except Exception:  # not at this path: the older layout
+                continue
+            with Image.open(local) as im:
+                out.append((_title(r), im.convert("RGB")))
+            break
+    return out
 
-    client = _client(tracking_uri())
-    grids = []
+
+def write_report(rows: list[dict], out: Path, top: dict | None = None) -> list[str]:
+    """compare.png, compare_recon.png, compare_tsne.png and compare.md in ``out``; returns the files written."""
+    from .plots import save_metric_bars, stack_titled
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = [f"z{r['latent_dim']}" for r in rows]
+    save_metric_bars(names, {k: [r[k] for r in rows] for k, _, _ in METRICS}, {k: rng for k, _, rng in METRICS},
+                     {k: title for k, title, _ in METRICS}, out / "compare.png",
+                     best=rows.index(top) if top in rows else None)
+    written = ["compare.png"]
+    client = open_store(tracking_uri())
     with tempfile.TemporaryDirectory() as tmp:
-        for r in rows:
-            if r["recon_run"]:
-                path = client.download_artifacts(r["recon_run"], "reconstruct/recon_test.png", tmp)
-                grids.append((r, Image.open(path).convert("RGB").copy()))
-    if grids:
-        fig, axes = plt.subplots(len(grids), 1, figsize=(12, 2.6 * len(grids)), dpi=110, squeeze=False)
-        for ax, (r, img) in zip(axes[:, 0], grids):
-            ax.imshow(img)
-            ax.set_title(f"latent {r['latent_dim']} ({r['run_name']}): test PSNR {r['test_psnr']:.2f} dB",
-                         fontsize=9, loc="left")
-            ax.axis("off")
-        fig.tight_layout()
-        with atomic_path(out / "compare_recon.png") as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
+        for stage, name in (("reconstruct", "compare_recon.png"), ("tsne", "compare_tsne.png")):
+            pictures = _pictures(client, rows, stage, tmp)
+            if pictures:
+                with atomic_path(out / name) as path:
+                    stack_titled(pictures).save(path, format="PNG")
+                written.append(name)
 
     lines = ["# Runs compared by latent size", "",
              "Newest finished MLflow model run per latent size (test set: the held-out faces).", "",
-             "| latent | run | epochs | test PSNR (dB) | test SSIM | kNN accuracy | silhouette | DVC experiment | MLflow run id |",
-             "|---:|---|---:|---:|---:|---:|---:|---|---|"]
+             "| latent | run | epochs | test PSNR (dB) | test SSIM | probe accuracy | kNN accuracy | silhouette | "
+             "DVC experiment | MLflow run id |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
-        lines.append(f"| {r['latent_dim']} | {r['run_name']} | {r['epochs']} | {r['test_psnr']:.2f} | "
-                     f"{r['test_ssim']:.3f} | {r['knn_accuracy']:.2f} | {r['silhouette']:.3f} | {r['dvc_exp']} | "
-                     f"{r['run_id']} |")
-    lines += ["", "![metrics against latent size](compare.png)", ""]
-    if grids:
+        mark = " (champion)" if r is top else ""
+        lines.append(f"| {r['latent_dim']} | {r['run_name']}{mark} | {r['epochs']} | {r['test_psnr']:.2f} | "
+                     f"{r['test_ssim']:.3f} | {r['probe_accuracy']:.3f} | {r['knn_accuracy']:.2f} | "
+                     f"{r['silhouette']:.3f} | {r['dvc_exp']} | {r['run_id']} |")
+    lines += ["", "![metrics by latent size, on their full ranges](compare.png)", ""]
+    if "compare_recon.png" in written:
         lines += ["Test faces (originals above reconstructions), one run per block:", "",
                   "![test reconstructions](compare_recon.png)", ""]
+    if "compare_tsne.png" in written:
+        lines += ["Latent means: t-SNE map and label axes, one run per block:", "", "![t-SNE maps](compare_tsne.png)", ""]
     write_text(out / "compare.md", "\n".join(lines))
+    return written + ["compare.md"]
+
+
+def write_dvc_plots(experiments: list[str], out: Path) -> Path | None:
+    """``dvc plots diff`` of ``experiments`` as ``out/index.html`` that opens offline: every Vega-Lite chart
+    (the loss curves, one line per experiment) drawn to SVG in the page, every picture of each experiment
+    side by side. None when fewer than one experiment is known to DVC here."""
+    import vl_convert
+
+    known = set(subprocess.run(["dvc", "exp", "list", "--all-commits", "--name-only"], capture_output=True,
+                               text=True).stdout.split())
+    experiments = [e for e in experiments if e in known]
+    if not experiments:
+        return None
+    with atomic_dir(out) as tmp:
+        p = subprocess.run(["dvc", "plots", "diff", *experiments, "--json", "-o", str(tmp)],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            raise UserError(f"`dvc plots diff {' '.join(experiments)}` exited {p.returncode}: "
+                            f"{(p.stderr.strip().splitlines() or [''])[-1]}")
+        parts = [f"<h1>dvc plots diff {html.escape(' '.join(experiments))}</h1>"]
+        for title, entries in json.loads(p.stdout)["data"].items():
+            parts.append(f"<h2>{html.escape(title)}</h2>")
+            for e in entries:
+                if e["type"] == "vega":
+                    parts.append(f"<div>{vl_convert.vegalite_to_svg(e['content'])}</div>")
+            cells = [f'<figure><img src="{html.escape(Path(e["url"]).name)}" alt="{html.escape(rev)}">'
+                     f"<figcaption>{html.escape(rev)}</figcaption></figure>"
+                     for e in entries if e["type"] == "image" for rev in [", ".join(e["revisions"])]]
+            if cells:
+                parts.append(f'<div class="row">{"".join(cells)}</div>')
+        style = ("body{font-family:sans-serif;margin:16px} .row{display:flex;flex-wrap:wrap;gap:16px} "
+                 "figure{margin:0} figcaption{text-align:center;font-weight:bold} img{max-width:100%}")
+        (tmp / "index.html").write_text(
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>facevae: dvc plots diff</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>", encoding="utf-8")
+    return out / "index.html"
+
+
+def compare(experiment: str, model_name: str, out: Path) -> None:
+    rows = collect(experiment)
+    top = best(rows)
+    written = write_report(rows, out, top)
+    for r in rows:
+        print(f"latent {r['latent_dim']:>3}: test PSNR {r['test_psnr']:.2f} dB, SSIM {r['test_ssim']:.3f}, "
+              f"probe {r['probe_accuracy']:.3f}, kNN {r['knn_accuracy']:.2f}, silhouette {r['silhouette']:.3f}  "
+              f"({r['run_name']})")
+    version = promote_champion(top, model_name)
+    print(f"champion: latent {top['latent_dim']} ({top['run_name']}): "
+          + (f"models:/{model_name}@{CHAMPION} is version {version}" if version else
+             f"no registered version of '{model_name}' for this run; alias not moved"))
+    print(f"compare: {out}/" + ", ".join(written))
+    page = write_dvc_plots([r["dvc_exp"] for r in rows if r["dvc_exp"]], out / "dvc_plots")
+    if page:
+        print(f"compare: {page} (dvc plots diff of the runs' DVC experiments; opens offline)")
 
 
 def main(argv=None) -> None:
@@ -144,24 +221,13 @@ def main(argv=None) -> None:
     def go():
         from .params import load
 
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in the output
         params = load() if args.experiment is None or args.model_name is None else {}
-        experiment = args.experiment or params["mlflow.experiment"]
-        model_name = args.model_name or params["mlflow.model_name"]
-        rows = collect(experiment)
-        write_report(rows, Path(args.out))
-        for r in rows:
-            print(f"latent {r['latent_dim']:>3}: test PSNR {r['test_psnr']:.2f} dB, SSIM {r['test_ssim']:.3f}, "
-                  f"kNN {r['knn_accuracy']:.2f}, silhouette {r['silhouette']:.3f}  ({r['run_name']})")
-        top = best(rows)
-        version = promote_champion(top, model_name)
-        print(f"champion: latent {top['latent_dim']} ({top['run_name']}): "
-              + (f"models:/{model_name}@{CHAMPION} is version {version}" if version else
-                 f"no registered version of '{model_name}' for this run; alias not moved"))
-        print(f"compare: {args.out}/compare.md, compare.png, compare_recon.png")
+        compare(args.experiment or params["mlflow.experiment"], args.model_name or params["mlflow.model_name"],
+                Path(args.out))
 
     run_cli(go)
 
 
 if __name__ == "__main__":
     main()
-    sys.exit(0)

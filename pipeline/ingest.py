@@ -1,8 +1,15 @@
 """Ingest: turn a source (the built-in synthetic set or a folder of photos) into ``data/raw``.
 
 ``data/raw/<label>/<file>`` holds a byte-for-byte copy of every accepted image,
-``data/raw/manifest.csv`` lists them (relpath, label, sha256, width, height, source) and
-``data/raw/rejected.csv`` lists what was refused and why (path, reason). The source is never modified.
+``data/raw/manifest.csv`` lists them (relpath, label, sha256, width, height, source),
+``data/raw/rejected.csv`` lists what was refused and why (path, reason) and ``data/raw/ingest.json``
+records the settings and code that wrote it. The source is never modified.
+
+Ingest runs on every ``dvc repro`` (``always_changed``), so a photo folder whose content changed is read
+again; when data/raw is what it would write (the same bytes), DVC reruns nothing downstream. Two cases keep
+data/raw without rewriting it, after checking every file in it against the manifest: the synthetic set
+with the recorded settings and code, and a source that is not on this machine (a teammate's photos whose
+data/raw came with ``dvc pull``) with the recorded settings and code, with a warning.
 
 Hostile input is refused item by item, each with one reason, and ingest goes on: empty, truncated or
 corrupt files, non-images named like images, unsupported formats, decompression bombs, images smaller than
@@ -18,10 +25,9 @@ import csv
 import difflib
 import hashlib
 import io
+import json
 import os
-import shutil
 import tarfile
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -31,6 +37,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import synthetic
 from .errors import UserError
+from .io import atomic_dir
 from .names import UniqueNames, label_problem, printable, safe_component
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -38,6 +45,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 UNSUPPORTED_EXTENSIONS = {".heic", ".heif", ".avif", ".svg", ".psd", ".raw", ".cr2", ".nef", ".arw", ".dng"}
 MANIFEST_COLUMNS = ["relpath", "label", "sha256", "width", "height", "source"]
 REJECTED_COLUMNS = ["path", "reason"]
+RECORD = "ingest.json"  # the settings and code that wrote data/raw
 
 
 class Rejected(Exception):
@@ -51,6 +59,7 @@ class IngestResult:
     ignored: int = 0  # stray non-image files
     warnings: list[str] = field(default_factory=list)
     labels_seen: set[str] = field(default_factory=set)  # every label the source has, kept or not
+    kept: bool = False  # data/raw already held what this ingest would write: left as it was
 
     def wanted(self, label: str, labels: list[str] | None) -> bool:
         """Note that the source has ``label``; keep its items if ``labels`` (data.labels) is empty or names it."""
@@ -76,6 +85,8 @@ class IngestResult:
 
     def summary(self) -> str:
         per_label = ", ".join(f"{k} {v}" for k, v in self.counts().items())
+        if self.kept:
+            return f"ingest: data/raw is up to date ({len(self.accepted)} images: {per_label}); kept as it is"
         return (f"ingest: accepted {len(self.accepted)} images ({per_label}); rejected {len(self.rejected)} "
                 f"({self.reasons()}); ignored {self.ignored} non-image files")
 
@@ -341,15 +352,24 @@ def ingest(source: str, out_dir: str | Path, per_class: int = 100, seed: int = 0
     out_dir = Path(out_dir)
     labels = list(labels or [])
     result = IngestResult()
+    record = {"source": source, "per_class": per_class, "seed": seed, "identities": identities, "labels": labels,
+              "min_size": min_size, "min_per_label": min_per_label, "code": _code_digest()}
     if source == "synthetic":
         unknown = [x for x in labels if x not in synthetic.LABELS]
         if unknown:
             raise UserError(f"data.labels: {unknown} are not synthetic labels; use a subset of "
                             f"{list(synthetic.LABELS)} or []")
+        if _keep(out_dir, record, result):  # generating it again would write the same bytes
+            return result
         items = _synthetic_items(per_class, seed, labels or list(synthetic.LABELS), identities)
-        return _ingest_items(items, source, out_dir, result, min_size, min_per_label)
+        return _ingest_items(items, source, out_dir, result, min_size, min_per_label, record)
     root = Path(source).expanduser()
     if not root.exists():
+        if _keep(out_dir, record, result):
+            result.warnings.append(f"data.source '{source}' is not on this machine; {out_dir} is kept as ingested "
+                                   f"with these params (by dvc pull or an earlier run) and read again once "
+                                   f"'{source}' is back")
+            return result
         raise UserError(f"data.source: '{source}' not found; set data.source in params.yaml to 'synthetic', a "
                         f"folder with one sub-folder per label, a .zip/.tar.gz of one, or a CSV")
     check_not_an_output(root, [out_dir, *outputs])
@@ -372,11 +392,39 @@ def ingest(source: str, out_dir: str | Path, per_class: int = 100, seed: int = 0
             hint = "; ".join(f"'{x}' (did you mean '{near[x][0]}'?)" if near[x] else f"'{x}'" for x in missing)
             raise UserError(f"data.labels: {hint} not in '{source}', which has labels "
                             f"{', '.join(sorted(result.labels_seen)) or 'none'}; fix data.labels or use [] for all")
-        return _ingest_items(items, source, out_dir, result, min_size, min_per_label)
+        return _ingest_items(items, source, out_dir, result, min_size, min_per_label, record)
+
+
+def _code_digest() -> str:
+    """A hash of the code that decides what data/raw holds (this module and the synthetic generator)."""
+    h = hashlib.sha256()
+    for module in (__file__, synthetic.__file__):
+        h.update(Path(module).read_bytes())
+    return h.hexdigest()
+
+
+def _keep(out_dir: Path, record: dict, result: IngestResult) -> bool:
+    """True (and ``result`` filled from the manifest) when ``out_dir`` was written with ``record`` and holds
+    exactly the files its manifest lists, each with its recorded sha256: nothing edited, added or lost."""
+    try:
+        if json.loads((out_dir / RECORD).read_text(encoding="utf-8")) != record:
+            return False
+        rows = read_manifest(out_dir)
+        with open(out_dir / "rejected.csv", newline="", encoding="utf-8") as f:
+            rejected = list(csv.DictReader(f))
+        files = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if not p.is_dir()}
+        if files != {r["relpath"] for r in rows} | {"manifest.csv", "rejected.csv", RECORD}:
+            return False
+        if any(_sha256((out_dir / r["relpath"]).read_bytes()) != r["sha256"] for r in rows):
+            return False
+    except (OSError, ValueError, KeyError, UserError):
+        return False
+    result.accepted, result.rejected, result.kept = rows, rejected, True
+    return True
 
 
 def _ingest_items(items, source: str, out_dir: Path, result: IngestResult, min_size: int,
-                  min_per_label: int = 1) -> IngestResult:
+                  min_per_label: int = 1, record: dict | None = None) -> IngestResult:
     # pass 1: check every item (bytes are not kept: photo collections can be larger than memory)
     checked: list[tuple[_Item, str, int, int]] = []
     for item in items:
@@ -435,11 +483,7 @@ def _ingest_items(items, source: str, out_dir: Path, result: IngestResult, min_s
                         f"split.test_per_class")
 
     # pass 3: copy the accepted items into a temporary folder, then swap it in
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.*"):  # left by an ingest killed mid-copy
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         for (item, sha, w, h), relpath in zip(keep, _store_paths([e[0] for e in keep])):
             dest = tmp / relpath
             dest.parent.mkdir(exist_ok=True)
@@ -451,12 +495,8 @@ def _ingest_items(items, source: str, out_dir: Path, result: IngestResult, min_s
                                     "width": w, "height": h, "source": item.source})
         _write_csv(tmp / "manifest.csv", MANIFEST_COLUMNS, result.accepted)
         _write_csv(tmp / "rejected.csv", REJECTED_COLUMNS, result.rejected)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        if record is not None:
+            (tmp / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return result
 
 

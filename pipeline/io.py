@@ -31,6 +31,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty folder next to ``path``; it replaces the folder ``path`` as a whole only if the block
+    succeeds. Folders such a block left when its process was killed ('.<name>.<random>') go first."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes a private folder; outputs get the usual permissions
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 def remove_stale_temps(*folders: str | os.PathLike) -> list[Path]:
     """Delete the temporary files :func:`atomic_path` leaves when a process is killed mid-write
     ('.<name>.<random>.tmp') in ``folders`` and below, so that no output (and no DVC cache) holds them.

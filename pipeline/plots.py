@@ -152,3 +152,43 @@ def save_gif(frames: list[np.ndarray], path, ms_per_frame: int = 120) -> None:
     images = [Image.fromarray(f) for f in frames + frames[-2:0:-1]]
     with atomic_path(Path(path)) as tmp:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
+
+
+def stack_titled(pictures: list, pad: int = 6, title_height: int = 18):
+    """Pictures (PIL images) at their native size one above the other, each under its one-line title: a
+    PIL image as wide as the widest."""
+    from PIL import Image, ImageDraw
+
+    width = max(p.width for _, p in pictures) + 2 * pad
+    height = sum(title_height + p.height + pad for _, p in pictures) + pad
+    canvas = Image.new("RGB", (width, height), "white")
+    draw, y = ImageDraw.Draw(canvas), pad
+    for title, picture in pictures:
+        draw.text((pad, y + 3), title, fill=(0, 0, 0))
+        canvas.paste(picture.convert("RGB"), (pad, y + title_height))
+        y += title_height + picture.height + pad
+    return canvas
+
+
+def save_metric_bars(names: list[str], values: dict[str, list[float]], ranges: dict[str, tuple[float, float]],
+                     titles: dict[str, str], path, best: int | None = None) -> None:
+    """One bar chart per metric, the runs ``names`` side by side on the metric's full range (``ranges``),
+    each bar labelled with its value, so a 0.1 dB difference looks like one; the bars of run ``best``
+    outlined."""
+    plt = _pyplot()
+    keys = list(values)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.4), dpi=110, squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        lo, hi = ranges[key]
+        bars = ax.bar(range(len(names)), values[key], color="#4c72b0", width=0.6,
+                      edgecolor=["black" if i == best else "none" for i in range(len(names))], linewidth=1.5)
+        ax.bar_label(bars, labels=[f"{v:.2f}" if abs(v) >= 10 else f"{v:.3f}" for v in values[key]], fontsize=8)
+        ax.set_ylim(lo, hi)
+        ax.axhline(0, color="grey", linewidth=0.6)
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_title(titles[key], fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

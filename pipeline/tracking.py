@@ -40,14 +40,30 @@ OUTBOX = ".mlflow-outbox"  # in the project root: one file per run whose items c
 EPOCH_METRICS = ("loss", "recon", "kl", "neg_elbo", "sse", "beta")
 
 
+def epoch_metrics(recon: str, kl_warmup_epochs: int) -> tuple[str, ...]:
+    """The per-epoch curves worth a chart: ``sse`` only when the reconstruction term is not already the
+    summed squared error (train.recon: mse), ``beta`` only when it changes (a KL warm-up)."""
+    return tuple(k for k in EPOCH_METRICS
+                 if not (k == "sse" and recon == "mse") and not (k == "beta" and kl_warmup_epochs == 0))
+
+
+# Summary metrics (one value per model: test PSNR, accuracies, ...) are logged at step 0, where the MLflow
+# UI draws runs side by side as bars, rounded to what their precision means.
+SUMMARY_STEP = 0
+
+
+def summary_round(key: str, value: float) -> float:
+    digits = 2 if key.endswith("psnr") else 6 if key.endswith("mse") else 1 if "second" in key else 3
+    return round(float(value), digits)
+
+
 def project_root(start: str | Path | None = None) -> Path:
-    """The project folder (the one with dvc.yaml). Inside a DVC queued/temp experiment workspace
-    (``<root>/.dvc/tmp/exps/...``) this is the original project, so all runs share one store."""
+    """The project folder (the one with dvc.yaml). Under DVC it is ``DVC_ROOT``, which DVC sets for every
+    stage: in a queued or temporary experiment (run in a copy under ``.dvc/tmp/exps``) the original project,
+    so all runs share one store. Outside DVC, the nearest folder up from ``start`` (or here) with dvc.yaml."""
+    if start is None and os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
     here = Path(start or os.getcwd()).resolve()
-    parts = here.parts
-    for i in range(len(parts) - 2):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
     for p in (here, *here.parents):
         if (p / "dvc.yaml").exists():
             return p
@@ -191,6 +207,16 @@ def git_info(root: Path) -> dict[str, str]:
             "git_dirty": str(bool(dirty)).lower() if commit else "unknown"}
 
 
+def run_description(params: dict, n_train: int, dvc_exp: str = "") -> str:
+    """The model run's description (the UI's Description box and column): what it is and where it came from."""
+    source = params["data.source"]
+    data = (f"the synthetic faces ({params['data.identities']} people)" if source == "synthetic" else f"`{source}`")
+    text = (f"Latent size {params['train.latent_dim']}, {params['train.epochs']} epochs on {n_train} training images "
+            f"of {data}, {params['preprocess.size']} px; model.arch {params['model.arch']}, train.recon "
+            f"{params['train.recon']}, beta {params['train.beta']}.")
+    return text + (f" DVC experiment `{dvc_exp}` (`dvc exp apply {dvc_exp}`)." if dvc_exp else "")
+
+
 def source_tags(tags: dict) -> dict:
     """``tags`` with MLflow's standard source tags filled the way ``mlflow.start_run`` fills them
     (mlflow.user, mlflow.source.name / type, …): the UI's User and Source columns."""
@@ -287,13 +313,16 @@ class TrainingRun:
     """The MLflow run of one trained model, driven by the train stage."""
 
     def __init__(self, experiment: str, run_name: str, params: dict, tags: dict, root: Path | None = None,
-                 continue_run_id: str | None = None, datasets: list | None = None):
+                 continue_run_id: str | None = None, datasets: list | None = None,
+                 epoch_metrics: tuple[str, ...] = EPOCH_METRICS):
         """Open a new run, or reopen ``continue_run_id`` (a resumed training) if this store has it. A new
-        run gets MLflow's source tags and ``datasets`` (:func:`dataset_inputs`) as its inputs.
+        run gets MLflow's source tags and ``datasets`` (:func:`dataset_inputs`) as its inputs. Each
+        epoch logs ``epoch_metrics`` of its row (:func:`epoch_metrics`).
 
         A reopened run keeps its params (MLflow params are immutable); params whose value changed
         (train.epochs when training is extended) are recorded as tags ``resumed.<key>``."""
         self.root = root or project_root()
+        self.epoch_metrics = epoch_metrics
         self.uri = tracking_uri(self.root)
         self.client = open_store(self.uri, self.root)
         self.run_name = run_name
@@ -348,8 +377,12 @@ class TrainingRun:
     def log_epoch(self, epoch: int, row: dict) -> None:
         if epoch <= self.logged_through:
             return
-        metrics = {k: float(row[k]) for k in EPOCH_METRICS if k in row}
+        metrics = {k: float(row[k]) for k in self.epoch_metrics if k in row}
         self.log_metrics(metrics, epoch)
+
+    def log_summary(self, metrics: dict) -> None:
+        """One value per run (seconds, speed): at step 0, rounded (:func:`summary_round`)."""
+        self.log_metrics({k: summary_round(k, v) for k, v in metrics.items()}, SUMMARY_STEP)
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         import time
@@ -367,13 +400,14 @@ class TrainingRun:
         self._send("image", {"path": str(Path(path).resolve()), "key": key, "step": step},
                    lambda: _log_image(self.client, self.run_id, path, key, step))
 
-    def log_model(self, model, example, registered_name: str | None = None) -> None:
-        """The model as an MLflow PyTorch model (signature and input example): mlflow.pytorch.load_model
-        gives it back. Skipped, with the weights still logged as artifacts, when the server is gone."""
+    def log_model(self, model, example, name: str, registered_name: str | None = None) -> None:
+        """The model as an MLflow PyTorch model named ``name`` (signature and input example):
+        ``mlflow.pytorch.load_model("runs:/<run id>/<name>")`` gives it back. Skipped, with the weights
+        still logged as artifacts, when the server is gone."""
         if self.unsent is not None:
             return
         try:
-            _log_pytorch_model(self.uri, self.run_id, model, example, registered_name)
+            _log_pytorch_model(self.uri, self.run_id, model, example, name, registered_name)
         except Exception as e:
             print(f"warning: could not log the model to MLflow ({type(e).__name__}: {e}); "
                   f"models/vae.pt is logged as an artifact", file=sys.stderr)
@@ -418,7 +452,7 @@ def _param_str(v) -> str:
     return s if len(s) <= 6000 else s[:5997] + "..."
 
 
-def _log_pytorch_model(uri: str, run_id: str, model, example, registered_name: str | None = None) -> None:
+def _log_pytorch_model(uri: str, run_id: str, model, example, name: str, registered_name: str | None = None) -> None:
     import mlflow
     import mlflow.pytorch
     import numpy as np
@@ -437,7 +471,7 @@ def _log_pytorch_model(uri: str, run_id: str, model, example, registered_name: s
     signature = infer_signature(x.numpy().astype(np.float32), y.numpy().astype(np.float32))
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(model, name="pytorch_model", signature=signature,
+        mlflow.pytorch.log_model(model, name=name, signature=signature,
                                  input_example=x.numpy().astype(np.float32),
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                                  registered_model_name=registered_name)
@@ -508,26 +542,27 @@ def _log_metrics(client, run_id: str, metrics: dict, step: int, timestamp: int |
 
 
 def log_stage(model_dir: str | Path, stage: str, params: dict, metrics: dict, artifacts: list,
-              parent_metrics: dict | None = None, images: dict | None = None) -> str:
+              images: dict | None = None) -> str:
     """Record one downstream stage execution as a child run of the model's run; return its run id.
 
-    ``artifacts`` is a list of paths (files) logged to the child run under ``<stage>/``.
-    ``parent_metrics`` (default: ``metrics``) are appended to the parent run at step = epochs trained, and
-    ``images`` ({key: PNG path}) are logged to it with ``mlflow.log_image`` at that step, so the
-    experiment's Chart view shows each model's pictures side by side.
+    ``artifacts`` is a list of paths (files) logged at the root of the child run, so two children's
+    pictures compare side by side. ``metrics`` go to the child and to the parent run at step 0, rounded
+    (:func:`summary_round`): the UI's bar charts. ``images`` ({key: PNG path}) are logged to the parent
+    with ``mlflow.log_image`` at step = epochs trained, so the experiment's Chart view shows each model's
+    pictures side by side.
     """
     root = project_root()
     uri = tracking_uri(root)
     try:
         check_reachable(uri)
-        return _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, parent_metrics, images or {})
+        return _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, images or {})
     except Exception as e:  # the stage's outputs are written: MLflow being away must not undo them
         print(f"warning: '{stage}' not logged to MLflow ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
               file=sys.stderr)
         return None
 
 
-def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, parent_metrics, images):
+def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, images):
     client = open_store(uri, root)
     info = read_json(Path(model_dir) / RUN_FILE)
     cfg = read_json(Path(model_dir) / "config.json")
@@ -555,11 +590,12 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, parent_m
     cid = child.info.run_id
     try:
         _log_params(client, cid, params)
-        _log_metrics(client, cid, metrics, step)
+        summary = {k: summary_round(k, v) for k, v in metrics.items()}
+        _log_metrics(client, cid, summary, SUMMARY_STEP)
         for path in artifacts:
-            client.log_artifact(cid, str(path), stage)
+            client.log_artifact(cid, str(path))
         if parent is not None:
-            _log_metrics(client, parent_id, metrics if parent_metrics is None else parent_metrics, step)
+            _log_metrics(client, parent_id, summary, SUMMARY_STEP)
             for key, path in images.items():
                 _log_image(client, parent_id, path, key, step)
             client.set_tag(parent_id, f"facevae.latest_{stage}_run", cid)
@@ -570,10 +606,20 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, parent_m
     return cid
 
 
+# The runs table as `make ui` opens it: MLflow's "shared view" of an experiment (the UI's Share button) is
+# a JSON state in the experiment tag mlflow.sharedViewState.<key>, opened by ?viewStateShareKey=<key>.
+VIEW_KEY = "facevae"
+VIEW_COLUMNS = ["params.`train.latent_dim`", "params.`train.epochs`", "metrics.`test_psnr`", "metrics.`test_ssim`",
+                "metrics.`probe_accuracy`", "metrics.`knn_accuracy`", "metrics.`silhouette`"]
+
+
 def ui_url(host: str = "127.0.0.1", port: str | int = 5000, root: Path | None = None) -> str:
-    """Where the MLflow UI shows this project's experiment (params.yaml's mlflow.experiment) as a table of
-    runs in the model-training view: MLflow 3 opens on its GenAI view otherwise. The UI's home page when
-    the experiment does not exist yet."""
+    """Where the MLflow UI shows this project's experiment (params.yaml's mlflow.experiment) in the
+    model-training view (MLflow 3 opens on its GenAI view otherwise), its runs table showing each run's
+    latent size, epochs and key metrics (:data:`VIEW_COLUMNS`) with no column picking. The UI's home page
+    when the experiment does not exist yet."""
+    import json
+
     from .params import load
 
     root = root or project_root()
@@ -581,8 +627,13 @@ def ui_url(host: str = "127.0.0.1", port: str | int = 5000, root: Path | None = 
     uri = tracking_uri(root)
     if uri.startswith("sqlite:///") and not Path(_sqlite_path(uri)).exists():
         return base
-    exp = open_store(uri, root).get_experiment_by_name(load(root / "params.yaml")["mlflow.experiment"])
-    return f"{base}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" if exp else base
+    client = open_store(uri, root)
+    exp = client.get_experiment_by_name(load(root / "params.yaml")["mlflow.experiment"])
+    if exp is None:
+        return base
+    client.set_experiment_tag(exp.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}",
+                              json.dumps({"selectedColumns": VIEW_COLUMNS, "columnOrder": VIEW_COLUMNS}))
+    return f"{base}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning"
 
 
 def main(argv=None) -> None:
@@ -604,7 +655,12 @@ def main(argv=None) -> None:
         print(f"sent {items} items of {runs} runs to MLflow")
 
     def url():
-        print(ui_url(args.host, args.port))
+        link = ui_url(args.host, args.port)
+        if "#/experiments/" not in link:
+            print(f"MLflow UI: {link} (no runs yet: `make run` first)")
+            return
+        print(f"MLflow UI, the runs of this project: {link}")
+        print(f"           their charts side by side: {link}&compareRunsMode=CHART")
 
     run_cli(send if args.cmd == "resend" else url)
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -389,18 +390,14 @@ class Trainer:
         requested, and at the end. Returns early (self.epoch < epochs) if ``stop`` was requested.
         """
         target = self.cfg.epochs if epochs is None else epochs
-        bar = None
-        if progress and target > self.epoch:
-            from tqdm import tqdm
-            bar = tqdm(total=target, initial=self.epoch, desc="train", unit="epoch", dynamic_ncols=True)
+        bar = Progress(target, self.epoch) if progress and target > self.epoch else None
         try:
             while self.epoch < target:
                 row = self.train_epoch()
                 if on_epoch is not None:
                     on_epoch(row["epoch"], row)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{row['loss']:.1f}", recon=f"{row['recon']:.1f}", kl=f"{row['kl']:.1f}")
-                    bar.update(1)
+                    bar.update(row)
                 stopping = stop is not None and stop.requested
                 if self.world > 1:  # stop together: a signal seen by one process stops them all
                     import torch.distributed as dist
@@ -426,6 +423,35 @@ class Trainer:
         state = self.state_dict()
         state["finished"] = self.epoch >= self.cfg.epochs
         save_torch(state, path)
+
+
+class Progress:
+    """Training progress on stderr: a tqdm bar on a terminal; in a log file or a DVC queue log one line per
+    tenth of the run (and the last epoch), not a bar redrawn every epoch."""
+
+    LINES = 10
+
+    def __init__(self, target: int, initial: int = 0):
+        self.target, self.t0 = target, time.perf_counter()
+        self.every = max(1, round(target / self.LINES))
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=target, initial=initial, desc="train", unit="epoch", dynamic_ncols=True)
+
+    def update(self, row: dict) -> None:
+        losses = {k: f"{row[k]:.1f}" for k in ("loss", "recon", "kl")}
+        if self.bar is not None:
+            self.bar.set_postfix(losses)
+            self.bar.update(1)
+        elif row["epoch"] % self.every == 0 or row["epoch"] == self.target:
+            print(f"train: epoch {row['epoch']}/{self.target}  " + "  ".join(f"{k} {v}" for k, v in losses.items())
+                  + f"  ({time.perf_counter() - self.t0:.0f} s)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def load_checkpoint(path: str | Path) -> dict | None:

@@ -21,8 +21,8 @@ from pipeline.io import write_json, write_text
 from pipeline.params import section
 from pipeline.plots import save_loss_plot
 from pipeline.preprocess import load_dataset, subset
-from pipeline.tracking import (TrainingRun, check_reachable, close_abandoned_run, dataset_inputs, file_sha256,
-                               git_info, project_root, tracking_uri)
+from pipeline.tracking import (TrainingRun, check_reachable, close_abandoned_run, dataset_inputs, epoch_metrics,
+                               file_sha256, git_info, project_root, run_description, tracking_uri)
 from pipeline.train import (GracefulStop, TrainConfig, Trainer, can_continue, init_distributed,
                             keep_freed_memory, load_checkpoint, out_of_memory_as_user_error, resolve_device,
                             save_model)
@@ -70,8 +70,9 @@ def train_stage(params, cfg, device):
         with GracefulStop() as stop:
             trainer.fit(progress=False, stop=stop)
         return
-    tags = {**git_info(root), "device": str(device),
-            "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}  # set by `dvc exp run`
+    dvc_exp = os.environ.get("DVC_EXP_NAME", "")  # set by `dvc exp run`
+    tags = {**git_info(root), "device": str(device), "dvc_exp_name": dvc_exp,
+            "mlflow.note.content": run_description(params, len(ds["ids"]), dvc_exp)}
     test = subset(ds_all, "test")
     datasets = dataset_inputs({"training": ("facevae-train", ds["images"].numpy(), ds["labels"].numpy()),
                                "evaluation": ("facevae-test", test["images"].numpy(), test["labels"].numpy())},
@@ -80,7 +81,8 @@ def train_stage(params, cfg, device):
     model_params = {k: v for k, v in params.items() if k.split(".")[0] in MODEL_SECTIONS}
     mlrun = TrainingRun(params["mlflow.experiment"], f"z{cfg.latent_dim}-e{cfg.epochs}",
                         {**model_params, "data.n_train": len(ds["ids"])}, tags, root,
-                        continue_run_id=trainer.meta.get("mlflow_run_id") if resume else None, datasets=datasets)
+                        continue_run_id=trainer.meta.get("mlflow_run_id") if resume else None, datasets=datasets,
+                        epoch_metrics=epoch_metrics(cfg.recon, cfg.kl_warmup_epochs))
     trainer.meta = {"mlflow_run_id": mlrun.run_id, "data_hash": data_hash}
     where = f"resuming at epoch {trainer.epoch}" if resume else "from scratch"
     procs = f" x {trainer.world} processes (DDP)" if trainer.world > 1 else ""
@@ -114,14 +116,14 @@ def train_stage(params, cfg, device):
     metrics.update({"epochs": len(history), "seconds": round(seconds, 2), "resumed_from_epoch": start_epoch,
                     "images_per_second": round(len(ds["ids"]) * new_epochs / seconds, 1) if new_epochs else 0.0})
     write_json("metrics/train.json", metrics)
-    mlrun.log_metrics({"train_seconds": seconds, "images_per_second": metrics["images_per_second"]}, len(history))
+    mlrun.log_summary({"train_seconds": seconds, "images_per_second": metrics["images_per_second"]})
     for f in ("models/vae.pt", "models/config.json", "metrics/train_history.csv"):
         mlrun.log_artifact(f, "model" if f.startswith("models/") else None)
     save_loss_plot(history, "models/loss.png", cfg.recon)
     mlrun.log_artifact("models/loss.png")
     mlrun.log_image("models/loss.png", "train/loss", step=len(history))
     # 2 images: a batch of 1 would fix the batch size in the export; registered as a new model version
-    mlrun.log_model(trainer.model, ds["images"][:2], params["mlflow.model_name"])
+    mlrun.log_model(trainer.model, ds["images"][:2], f"vae-z{cfg.latent_dim}", params["mlflow.model_name"])
     mlrun.finish("FINISHED")
     print(f"train: done in {seconds:.1f}s; final loss {last['loss']:.1f} (recon {last['recon']:.1f}, "
           f"kl {last['kl']:.1f}) per image")

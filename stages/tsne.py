@@ -23,7 +23,7 @@ def run(params):
     axes, axes_accuracy = label_axes(x, frame["label"].to_numpy(), is_test)
     out = frame[["id", "label", "split"]].assign(x=coords[:, 0], y=coords[:, 1], axis_1=axes[:, 0], axis_2=axes[:, 1])
     write_text("reports/tsne_coords.csv", out.to_csv(index=False, float_format="%.6g"))
-    metrics = {**cluster_metrics(frame, p["knn_k"]), "axes_test_accuracy": axes_accuracy, "perplexity": p["perplexity"]}
+    metrics = {**cluster_metrics(frame, p["knn_k"]), "axes_test_accuracy": axes_accuracy}
     write_json("metrics/tsne.json", metrics)
     save_tsne_plot(coords, out["label"], out["split"], "reports/tsne.png",
                    title=f"t-SNE of {x.shape[1]}-d latent means (perplexity {p['perplexity']}): unsupervised\n"

@@ -150,7 +150,7 @@ def test_dvc_repro_with_face_detection(tmp_path):
 
     set_params(proj, {"preprocess": {"no_face": "center"}})
     out = dvc(proj, "repro", "preprocess")
-    assert ran_stages(out.stdout) == ["preprocess"]
+    assert ran_stages(out.stdout) == ["ingest", "preprocess"]
     crops = pd.read_csv(proj / "data/processed/crops.csv")
     assert (crops["crop"] == "center (no face)").sum() == 2 and len(crops) == 8
     assert pd.read_csv(proj / "data/processed/rejected.csv").empty

@@ -3,7 +3,6 @@ source is never modified."""
 
 import io
 import os
-import struct
 
 import numpy as np
 import pytest

@@ -113,3 +113,54 @@ def test_csv_with_other_columns_is_one_clear_error(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     with pytest.raises(UserError, match="expected path,label .* or emotion,pixels"):
         ingest(str(tmp_path / "x.csv"), tmp_path / "raw")
+
+
+def _folder(root, n=3):
+    for label, offset in (("happy", 0), ("angry", 100)):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (root / label / f"{i}.png").write_bytes(_png(offset + i))
+
+
+def test_ingest_rereads_a_changed_folder_and_keeps_an_unchanged_synthetic_set(tmp_path):
+    """Ingest runs on every dvc repro: a folder is read again (a new photo lands in data/raw); the synthetic
+    set with the recorded settings and code is kept as it is, unless data/raw was edited."""
+    src, out = tmp_path / "photos", tmp_path / "raw"
+    _folder(src)
+    assert len(ingest(str(src), out).accepted) == 6
+    (src / "happy" / "new.png").write_bytes(_png(50))
+    again = ingest(str(src), out)
+    assert not again.kept and len(again.accepted) == 7 and (out / "happy" / "new.png").exists()
+
+    syn = tmp_path / "syn"
+    first = ingest("synthetic", syn, per_class=3)
+    stamps = {p: p.stat().st_mtime_ns for p in syn.rglob("*")}
+    second = ingest("synthetic", syn, per_class=3)
+    assert second.kept and second.counts() == first.counts() == {"angry": 3, "happy": 3}
+    assert {p: p.stat().st_mtime_ns for p in syn.rglob("*")} == stamps  # not rewritten
+    assert "data/raw is up to date (6 images: angry 3, happy 3)" in second.summary()
+    # other settings, an edited image or a stray file: generated again
+    assert not ingest("synthetic", syn, per_class=4).kept
+    victim = next((syn / "happy").iterdir())
+    victim.write_bytes(_png(7))
+    assert not ingest("synthetic", syn, per_class=4).kept and victim.read_bytes() != _png(7)
+    (syn / "happy" / "stray.png").write_bytes(_png(8))
+    assert not ingest("synthetic", syn, per_class=4).kept and not (syn / "happy" / "stray.png").exists()
+
+
+def test_a_source_not_on_this_machine_keeps_the_pulled_data_with_a_warning(tmp_path):
+    """A teammate's photo folder: data/raw came with dvc pull; with the same settings it is kept (warned),
+    with other settings the missing folder is one line."""
+    src, out = tmp_path / "photos", tmp_path / "raw"
+    _folder(src)
+    ingest(str(src), out)
+    manifest = (out / "manifest.csv").read_bytes()
+    for p in sorted(src.rglob("*"), reverse=True):
+        p.rmdir() if p.is_dir() else p.unlink()
+    src.rmdir()
+    kept = ingest(str(src), out)
+    assert kept.kept and len(kept.accepted) == 6 and (out / "manifest.csv").read_bytes() == manifest
+    assert kept.warnings == [f"data.source '{src}' is not on this machine; {out} is kept as ingested with these "
+                             f"params (by dvc pull or an earlier run) and read again once '{src}' is back"]
+    with pytest.raises(UserError, match=r"^data.source: '.*photos' not found"):
+        ingest(str(src), out, min_size=8)

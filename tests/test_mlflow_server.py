@@ -1,6 +1,5 @@
 """A team's MLflow server: a real `mlflow server` on loopback, gone before and during training."""
 
-import json
 import subprocess
 import time
 
@@ -30,14 +29,13 @@ def test_pipeline_against_a_real_server(tmp_path):
         assert "test_psnr" in r.data.metrics and "knn_accuracy" in r.data.metrics
         assert {"model/vae.pt", "model/config.json"} <= {a.path for a in client.list_artifacts(run_id, "model")}
         children = client.search_runs([r.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
-        arts = {a.path for c in children for d in ("reconstruct", "latents", "tsne")
-                for a in client.list_artifacts(c.info.run_id, d)}
-        assert {"reconstruct/recon_test.png", "latents/latents.csv", "tsne/tsne.png"} <= arts
+        arts = {a.path for c in children for a in client.list_artifacts(c.info.run_id)}
+        assert {"recon_test.png", "latents.csv", "tsne.png"} <= arts
         # the logged PyTorch model comes back and reconstructs a face
         import mlflow.pytorch
 
         mlflow.set_tracking_uri(server.uri)
-        model = mlflow.pytorch.load_model(f"runs:/{run_id}/pytorch_model")
+        model = mlflow.pytorch.load_model(f"runs:/{run_id}/vae-z8")  # the logged model's name
         ds = torch.load(proj / "data/processed/dataset.pt", weights_only=True)
         x = ds["images"][:3].float() / 255
         with torch.no_grad():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import TINY, copy_repo, dvc, git_init, ran_stages, run, set_params
+from helpers import TINY, copy_repo, dvc, git_init, ran_stages, run, set_params, stale
 
 STAGES = ["ingest", "preprocess", "train", "reconstruct", "latents", "tsne", "explore"]
 pytestmark = pytest.mark.integration
@@ -84,11 +84,12 @@ def test_reconstruct_outputs(project):
         # 2 per class x 2 labels = 4 images in one pair of rows: 4 x (128 + 2) + 2 by 2 x (128 + 2) + 2
         assert Image.open(proj / f"reports/recon_{split}.png").size == (522, 262)
     m = _json(proj / "metrics/recon.json")
-    assert set(m) == {"train", "test"}
-    assert m["test"]["n"] == 4 and m["train"]["n"] == 8
-    for s in m.values():
-        assert 0 < s["mse"] < 1 and 0 < s["psnr"] < 60 and -1 <= s["ssim"] <= 1
-        assert s["psnr"] == pytest.approx(10 * math.log10(1 / s["mse"]), abs=2.0)
+    # the names of the model's MLflow metrics; none is also a param's name (train.* are params)
+    assert set(m) == {f"{s}_{k}" for s in ("train", "test") for k in ("mse", "psnr", "ssim")} | {"n_train", "n_test"}
+    assert m["n_test"] == 4 and m["n_train"] == 8
+    for s in ("train", "test"):
+        assert 0 < m[f"{s}_mse"] < 1 and 0 < m[f"{s}_psnr"] < 60 and -1 <= m[f"{s}_ssim"] <= 1
+        assert m[f"{s}_psnr"] == pytest.approx(10 * math.log10(1 / m[f"{s}_mse"]), abs=2.0)
 
 
 def test_latents_and_tsne_outputs(project):
@@ -103,7 +104,7 @@ def test_latents_and_tsne_outputs(project):
     assert len(coords) == 12 and {"x", "y", "label", "split"} <= set(coords.columns)
     assert Image.open(proj / "reports/tsne.png").size[0] > 300
     m = _json(proj / "metrics/tsne.json")
-    assert -1 <= m["silhouette"] <= 1 and 0 <= m["knn_accuracy"] <= 1 and m["perplexity"] == 3
+    assert -1 <= m["silhouette"] <= 1 and 0 <= m["knn_accuracy"] <= 1 and m["knn_k"] == 3
     # the linear probe, recomputed from the exported latents (6 images a label: 5 folds)
     from pipeline.embed import mu_matrix, probe_accuracy
 
@@ -142,17 +143,26 @@ def test_mlflow_run_holds_params_history_and_artifacts(project, mlflow_client):
     assert {n: (d.dataset.digest, {t.key: t.value for t in d.tags}["mlflow.data.context"]) for n, d in inputs.items()} \
         == {"facevae-train": (digest, "training"), "facevae-test": (digest, "evaluation")}
     assert json.loads(inputs["facevae-train"].dataset.profile)["features_shape"] == [8, 3, 128, 128]
-    for key in ("loss", "recon", "kl", "neg_elbo"):
+    for key in ("loss", "recon", "kl", "neg_elbo", "sse"):
         hist = mlflow_client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in hist) == [1, 2]
+    history = pd.read_csv(proj / "metrics/train_history.csv")
+    assert [m.value for m in sorted(mlflow_client.get_metric_history(run.info.run_id, "kl"), key=lambda m: m.step)] \
+        == pytest.approx(history["kl"].tolist(), rel=1e-5)
+    assert "beta" not in run.data.metrics  # constant without a KL warm-up: no chart of it
+    # the summary figures: one value at step 0 (the UI's bar charts), rounded
+    recon = _json(proj / "metrics/recon.json")
+    tsne = _json(proj / "metrics/tsne.json")
+    for key, want in (("test_psnr", round(recon["test_psnr"], 2)), ("test_ssim", round(recon["test_ssim"], 3)),
+                      ("knn_accuracy", round(tsne["knn_accuracy"], 3)), ("silhouette", round(tsne["silhouette"], 3))):
+        assert [(m.step, m.value) for m in mlflow_client.get_metric_history(run.info.run_id, key)] == [(0, want)], key
+    assert [m.step for m in mlflow_client.get_metric_history(run.info.run_id, "train_seconds")] == [0]
+    # what the run is, in the UI's Description
+    assert tags["mlflow.note.content"].startswith("Latent size 8, 2 epochs on 8 training images of the synthetic faces")
     train_json = _json(proj / "metrics/train.json")
     assert run.data.metrics["loss"] == pytest.approx(train_json["loss"])
     assert {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "model")} >= {"model/vae.pt", "model/config.json"}
     assert {"loss.png", "train_history.csv"} <= {a.path for a in mlflow_client.list_artifacts(run.info.run_id)}
-    # downstream metrics reach the model's run
-    recon = _json(proj / "metrics/recon.json")
-    assert run.data.metrics["test_psnr"] == pytest.approx(recon["test"]["psnr"])
-    assert "knn_accuracy" in run.data.metrics and "silhouette" in run.data.metrics
     # the pictures on the model run as MLflow images at step = epochs (the Chart view compares runs by them)
     images = {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "images")}
     for key in ("train/loss", "reconstruct/recon_test", "reconstruct/recon_train", "tsne/tsne"):
@@ -167,10 +177,13 @@ def test_downstream_stages_are_child_runs_with_artifacts(project, mlflow_client)
     children = mlflow_client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     by_stage = {r.data.tags["facevae.stage"]: r for r in children}
     assert set(by_stage) >= {"reconstruct", "latents", "tsne"}
-    arts = lambda r, d: {a.path for a in mlflow_client.list_artifacts(r.info.run_id, d)}  # noqa: E731
-    assert {"reconstruct/recon_train.png", "reconstruct/recon_test.png"} <= arts(by_stage["reconstruct"], "reconstruct")
-    assert "latents/latents.csv" in arts(by_stage["latents"], "latents")
-    assert "tsne/tsne.png" in arts(by_stage["tsne"], "tsne")
+    # at the root of each child: two children's pictures compare side by side in the UI
+    arts = lambda r: {a.path for a in mlflow_client.list_artifacts(r.info.run_id)}  # noqa: E731
+    assert arts(by_stage["reconstruct"]) == {"recon_train.png", "recon_test.png", "recon.json"}
+    assert arts(by_stage["latents"]) == {"latents.csv"}
+    assert arts(by_stage["tsne"]) == {"tsne.png", "tsne_coords.csv", "tsne.json"}
+    recon = _json(proj / "metrics/recon.json")
+    assert by_stage["reconstruct"].data.metrics["test_psnr"] == round(recon["test_psnr"], 2)
     assert by_stage["tsne"].data.params["tsne.perplexity"] == "3"
     # each child names its model and carries its size and epochs: children of two models compare side by side
     assert by_stage["tsne"].info.run_name == "z8-e2 tsne knn_k=3 perplexity=3 seed=0"
@@ -186,8 +199,8 @@ def run_cmd_stdout(cmd, cwd):
 def test_dvc_commands_work_and_second_repro_runs_nothing(project):
     proj, _ = project
     again = dvc(proj, "repro")
-    assert ran_stages(again.stdout) == []
-    assert "up to date" in again.stdout
+    assert ran_stages(again.stdout) == ["ingest"]  # always: it checks the source, then finds data/raw up to date
+    assert "ingest: data/raw is up to date" in again.stdout and "Stage 'train' didn't change, skipping" in again.stdout
     metrics = json.loads(dvc(proj, "metrics", "show", "--json").stdout)
     flat = json.dumps(metrics)
     assert "knn_accuracy" in flat and "psnr" in flat and "neg_elbo" in flat
@@ -206,13 +219,17 @@ def test_each_stage_depends_only_on_its_params(project):
     original = (proj / "params.yaml").read_text()
     try:
         set_params(proj, {"tsne": {"perplexity": 4}})
-        assert set(json.loads(dvc(proj, "status", "--json").stdout)) == {"tsne"}
+        assert stale(proj) == {"tsne"}
         (proj / "params.yaml").write_text(original)
         set_params(proj, {"train": {"latent_dim": 9}})
-        assert set(json.loads(dvc(proj, "status", "--json").stdout)) == {"train"}
+        assert stale(proj) == {"train"}
         (proj / "params.yaml").write_text(original)
         set_params(proj, {"split": {"seed": 3}})
-        assert set(json.loads(dvc(proj, "status", "--json").stdout)) == {"preprocess"}
+        assert stale(proj) == {"preprocess"}
+        (proj / "params.yaml").write_text(original)
+        # where runs are logged and how often a checkpoint is written change no output: nothing to rerun
+        set_params(proj, {"mlflow": {"experiment": "renamed", "model_name": "other"}, "train": {"checkpoint_every": 3}})
+        assert stale(proj) == set()
     finally:
         (proj / "params.yaml").write_text(original)
     assert yaml.safe_load(original)["tsne"]["perplexity"] == 3
@@ -222,9 +239,10 @@ def test_exp_run_with_new_perplexity_reruns_only_tsne_and_keeps_history(project,
     proj, _ = project
     parent = _json(proj / "models/mlflow_run.json")["run_id"]
     before = _json(proj / "metrics/tsne.json")
+    coords = (proj / "reports/tsne_coords.csv").read_text()
     out = dvc(proj, "exp", "run", "-S", "tsne.perplexity=4")
-    assert ran_stages(out.stdout) == ["tsne"]
-    assert _json(proj / "metrics/tsne.json")["perplexity"] == 4
+    assert ran_stages(out.stdout) == ["ingest", "tsne"]
+    assert (proj / "reports/tsne_coords.csv").read_text() != coords  # a new map
     exp = mlflow_client.get_experiment_by_name("facevae")
     tsne_runs = mlflow_client.search_runs(
         [exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}' and tags.`facevae.stage` = 'tsne'")
@@ -270,3 +288,21 @@ def test_explore_outputs_and_the_expression_vector(project, mlflow_client):
     assert mlflow_client.get_metric_history(run_id, "expression_flip_rate")
     images = {a.path for a in mlflow_client.list_artifacts(run_id, "images")}
     assert any("explore#expression_vector" in p or "explore" in p for p in images), images
+
+
+def test_a_changed_photo_folder_is_read_again_by_a_plain_repro(tmp_path):
+    """No `dvc repro -f -s ingest`: ingest runs on every repro; the stages after it rerun only when data/raw
+    changed."""
+    photos = tmp_path / "photos"
+    for label, colour in (("happy", (250, 200, 0)), ("angry", (200, 0, 0))):
+        for i in range(3):
+            (photos / label).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (80 + 8 * i, 80), colour).save(photos / label / f"{i}.png")
+    proj = copy_repo(tmp_path / "repo")
+    set_params(proj, {**TINY, "data": {"source": str(photos)}, "split": {"test_per_class": 1}})
+    git_init(proj)
+    assert ran_stages(dvc(proj, "repro", "preprocess").stdout) == ["ingest", "preprocess"]
+    assert ran_stages(dvc(proj, "repro", "preprocess").stdout) == ["ingest"]  # same bytes: nothing else
+    Image.new("RGB", (90, 90), (250, 220, 0)).save(photos / "happy" / "new.png")
+    assert ran_stages(dvc(proj, "repro", "preprocess").stdout) == ["ingest", "preprocess"]
+    assert "happy/new.png" in (proj / "data/raw/manifest.csv").read_text()

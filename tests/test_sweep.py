@@ -14,31 +14,58 @@ def test_sweep_then_compare(tmp_path):
     set_params(proj, TINY)
     git_init(proj)
     venv = BIN.parent  # the installed environment; -o: make must not reinstall it from this copy
-    out = run(["make", "-o", f"{venv}/.installed", "sweep", "SWEEP=4 6", f"VENV={venv}"], proj)
+    make = ["make", "-o", f"{venv}/.installed", f"VENV={venv}"]
+    out = run([*make, "sweep", "SWEEP=4 6"], proj)
     assert "latent   4" in out.stdout and "latent   6" in out.stdout
-    # the workspace keeps its params: the experiments ran in temporary copies
+    # the workspace keeps its params: the experiments ran in temporary copies, through DVC's queue
     assert "latent_dim: 8" in (proj / "params.yaml").read_text()
+    assert set(dvc(proj, "exp", "list", "--name-only").stdout.split()) == {"z4-e2", "z6-e2"}
+    queue = dvc(proj, "queue", "status").stdout
+    assert all(any(name in line and "Success" in line for line in queue.splitlines()) for name in ("z4-e2", "z6-e2"))
+    # in a log, training reports a line per tenth of the run, not a redrawn bar
+    assert "train: epoch 2/2" in out.stdout + out.stderr and "epoch/s" not in out.stdout + out.stderr
     client = MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlflow.db'}")
     exp = client.get_experiment_by_name("facevae")
     runs = client.search_runs([exp.experiment_id], "tags.`facevae.kind` = 'model'")
     by_name = {r.info.run_name: r for r in runs}
     assert set(by_name) == {"z4-e2", "z6-e2"}
-    for r in runs:
-        assert r.data.tags["dvc_exp_name"]  # the DVC experiment's name
+    for name, r in by_name.items():
+        assert r.data.tags["dvc_exp_name"] == name  # the DVC experiment has the MLflow run's name
+        assert f"DVC experiment `{name}`" in r.data.tags["mlflow.note.content"]
         assert len(r.data.tags["mlflow.source.git.commit"]) == 40
         assert [d.dataset.name for d in r.inputs.dataset_inputs] == ["facevae-train", "facevae-test"]
         assert "test_psnr" in r.data.metrics and "knn_accuracy" in r.data.metrics
-    shown = dvc(proj, "exp", "show", "--no-pager", "--csv").stdout
-    for name in (r.data.tags["dvc_exp_name"] for r in runs):
-        assert name in shown
-    assert "knn_accuracy" in shown and "test.psnr" in shown
+    # make exps: the experiments' sizes and key metrics in a 160-column terminal
+    table = run([*make, "-s", "exps"], proj, COLUMNS="160").stdout
+    assert max(len(line) for line in table.splitlines()) <= 160
+    header = next(line for line in table.splitlines() if "Experiment" in line)
+    assert header.split() == ["Experiment", "Created", "test_psnr", "test_ssim", "knn_accuracy", "probe_accuracy",
+                              "silhouette", "train.latent_dim", "train.epochs"]
+    rows = [line for line in table.splitlines() if "[z" in line]
+    def first_number(text):
+        return float(next(t for t in text.split() if t.replace(".", "", 1).replace("-", "", 1).isdigit() and "." in t))
+
+    psnr = {line.split("[")[1].split("]")[0]: first_number(line.split("]")[1]) for line in rows}
+    assert psnr == pytest.approx({n: r.data.metrics["test_psnr"] for n, r in by_name.items()}, abs=0.01)
+    assert list(psnr) == sorted(psnr, key=psnr.get, reverse=True)  # best test PSNR first
+
     report = (proj / "reports/compare/compare.md").read_text()
-    assert "| 4 | z4-e2 |" in report and "| 6 | z6-e2 |" in report
+    assert "| 4 | z4-e2" in report and "| 6 | z6-e2" in report
     assert Image.open(proj / "reports/compare/compare.png").size[0] > 800
-    assert Image.open(proj / "reports/compare/compare_recon.png").size[1] > 300
+    # each run's pictures at native size: 2 x 2 test faces of 128 px (+ 2 px pads) under a title, per run
+    assert Image.open(proj / "reports/compare/compare_recon.png").size == (522 + 12, 2 * (18 + 262 + 6) + 6)
+    tsne = Image.open(proj / "reports/compare/dvc_plots/z4-e2_reports_tsne.png").size  # as the tsne stage drew it
+    assert Image.open(proj / "reports/compare/compare_tsne.png").size == (tsne[0] + 12, 2 * (18 + tsne[1] + 6) + 6)
+    # dvc plots diff of the two experiments, drawn offline: charts as SVG, each experiment's pictures
+    page = (proj / "reports/compare/dvc_plots/index.html").read_text()
+    assert page.count("<svg") == 2 and "<script" not in page and 'src="http' not in page
+    for name in ("z4-e2", "z6-e2"):
+        assert f'src="{name}_reports_recon_test.png"' in page
+        assert f'src="{name}_reports_tsne.png"' in page
     # every model a version of the registered model; champion = the best by kNN accuracy, then test PSNR
     versions = {v.run_id: v.version for v in client.search_model_versions("name = 'facevae'")}
     assert set(versions) == {r.info.run_id for r in runs}
     top = max(runs, key=lambda r: (round(r.data.metrics["knn_accuracy"], 2), r.data.metrics["test_psnr"]))
     assert client.get_model_version_by_alias("facevae", "champion").run_id == top.info.run_id
     assert f"models:/facevae@champion is version {versions[top.info.run_id]}" in out.stdout
+    assert "Downloading artifacts" not in out.stdout + out.stderr

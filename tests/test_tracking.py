@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.tracking import TrainingRun, tracking_uri
+from pipeline.tracking import TrainingRun, project_root, tracking_uri
 
 
 @pytest.mark.parametrize("uri", ["http//x", "ftp://x", "localhost:5000", "mlruns"])
@@ -144,5 +144,31 @@ def test_the_ui_address_opens_the_experiments_runs_in_the_model_training_view(mo
     assert ui_url("0.0.0.0", 5001, tmp_path) == "http://127.0.0.1:5001"  # no store yet: the home page
     run = TrainingRun("mine", "z2-e1", {}, {}, root=tmp_path)
     run.finish()
-    assert ui_url("127.0.0.1", 5000, tmp_path) == \
-        f"http://127.0.0.1:5000/#/experiments/{run.experiment_id}/runs?workflowType=machine_learning"
+    assert ui_url("127.0.0.1", 5000, tmp_path) == (f"http://127.0.0.1:5000/#/experiments/{run.experiment_id}/runs"
+                                                   f"?viewStateShareKey=facevae&workflowType=machine_learning")
+    # the view it opens: the runs table with latent size, epochs and the key metrics, in that order
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    tags = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment(run.experiment_id).tags
+    view = json.loads(tags["mlflow.sharedViewState.facevae"])
+    assert view["selectedColumns"] == view["columnOrder"] == [
+        "params.`train.latent_dim`", "params.`train.epochs`", "metrics.`test_psnr`", "metrics.`test_ssim`",
+        "metrics.`probe_accuracy`", "metrics.`knn_accuracy`", "metrics.`silhouette`"]
+
+
+def test_the_project_root_is_dvcs_root_under_dvc_else_the_nearest_folder_with_dvc_yaml(monkeypatch, tmp_path):
+    """A queued DVC experiment runs in a copy under .dvc/tmp/exps; DVC_ROOT names the original project, whose
+    store every run shares."""
+    copy = tmp_path / "proj/.dvc/tmp/exps/tmpab12/stages"
+    copy.mkdir(parents=True)
+    (tmp_path / "proj/dvc.yaml").write_text("stages: {}\n")
+    (copy.parent / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert project_root() == copy.parent.resolve()
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "proj"))
+    assert project_root() == (tmp_path / "proj").resolve()
+    assert tracking_uri() == f"sqlite:///{(tmp_path / 'proj').resolve()}/mlflow.db"

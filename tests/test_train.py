@@ -365,3 +365,21 @@ def test_augment_auto_is_on_for_a_homework_sized_set_only():
     assert not Trainer(_images(n=AUTO_AUGMENT_BELOW), _cfg(augment="auto")).augment
     assert Trainer(_images(n=AUTO_AUGMENT_BELOW), _cfg(augment=True)).augment
     assert not Trainer(_images(n=12), _cfg(augment=False)).augment
+
+
+def test_progress_in_a_log_is_a_line_per_tenth_of_the_run(capsys):
+    """Not a terminal (a log file, a DVC queue log): ten lines for 80 epochs, the last one included; a
+    short resumed run still ends on its last epoch."""
+    from pipeline.train import Progress
+
+    p = Progress(80)
+    for e in range(1, 81):
+        p.update({"epoch": e, "loss": 100.0 - e, "recon": 90.0, "kl": 10.0})
+    p.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split()[2] for line in lines] == [f"{e}/80" for e in range(8, 81, 8)]
+    assert lines[-1].startswith("train: epoch 80/80  loss 20.0  recon 90.0  kl 10.0")
+    p = Progress(7, initial=5)
+    for e in (6, 7):
+        p.update({"epoch": e, "loss": 1.0, "recon": 1.0, "kl": 0.0})
+    assert [line.split()[2] for line in capsys.readouterr().err.splitlines()] == ["6/7", "7/7"]
