@@ -12,11 +12,13 @@ PORT ?= 5000
 .PHONY: run test ui install lock summary clean-venv mlflow-server remote push pull sweep exps compare
 
 # requirements.lock pins the exact version of every package (pip-compile's output); installed as constraints,
-# so a platform that does not need a package (macOS: no nvidia-*) simply skips it.
+# so a platform that does not need a package (macOS: no nvidia-*) simply skips it. The sed drops setuptools'
+# boxed reminder about editable installs, printed on every install.
 $(VENV)/.installed: pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]' 2>&1 | grep -v "^WARNING: Location"; test $${PIPESTATUS[0]} -eq 0
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" \
+		| sed '/BuildBackendWarning: Editable installation/,/WheelFile(wheel_path/d'; test $${PIPESTATUS[0]} -eq 0
 	@touch $@
 
 install: $(VENV)/.installed  ## create .venv and install the package with its dev extras, at the locked versions

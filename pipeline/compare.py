@@ -28,8 +28,8 @@ import tempfile
 from pathlib import Path
 
 from .errors import UserError
-from .io import atomic_dir, atomic_path, write_text
-from .tracking import check_reachable, open_store, tracking_uri
+from .io import atomic_dir, atomic_path, read_json, write_text
+from .tracking import RUN_FILE, check_reachable, open_store, tracking_uri
 
 # key, title, the range its bars are drawn on
 METRICS = [("test_psnr", "test PSNR (dB)", (0.0, 40.0)), ("test_ssim", "test SSIM", (0.0, 1.0)),
@@ -154,14 +154,24 @@ def write_report(rows: list[dict], out: Path, top: dict | None = None) -> list[s
     return written + ["compare.md"]
 
 
+def dvc_revisions(rows: list[dict], model_dir: Path = Path("models")) -> list[str]:
+    """The DVC revisions that hold the compared runs' outputs: each run's DVC experiment, and ``workspace``
+    for the run whose model is the workspace's (trained by dvc repro, not in an experiment)."""
+    try:
+        current = read_json(model_dir / RUN_FILE)["run_id"]
+    except (OSError, ValueError, KeyError):
+        current = None
+    return [r["dvc_exp"] or "workspace" for r in rows if r["dvc_exp"] or r["run_id"] == current]
+
+
 def write_dvc_plots(experiments: list[str], out: Path) -> Path | None:
-    """``dvc plots diff`` of ``experiments`` as ``out/index.html`` that opens offline: every Vega-Lite chart
-    (the loss curves, one line per experiment) drawn to SVG in the page, every picture of each experiment
-    side by side. None when fewer than one experiment is known to DVC here."""
+    """``dvc plots diff`` of ``experiments`` (DVC experiment names, or ``workspace``) as ``out/index.html``
+    that opens offline: every Vega-Lite chart (the loss curves, one line per experiment) drawn to SVG in the
+    page, every picture of each experiment side by side. None when no experiment is known to DVC here."""
     import vl_convert
 
     known = set(subprocess.run(["dvc", "exp", "list", "--all-commits", "--name-only"], capture_output=True,
-                               text=True).stdout.split())
+                               text=True).stdout.split()) | {"workspace"}
     experiments = [e for e in experiments if e in known]
     if not experiments:
         return None
@@ -177,13 +187,15 @@ def write_dvc_plots(experiments: list[str], out: Path) -> Path | None:
             for e in entries:
                 if e["type"] == "vega":
                     parts.append(f"<div>{vl_convert.vegalite_to_svg(e['content'])}</div>")
-            cells = [f'<figure><img src="{html.escape(Path(e["url"]).name)}" alt="{html.escape(rev)}">'
+            cells = [f'<figure><a href="{src}"><img src="{src}" alt="{html.escape(rev)}"></a>'
                      f"<figcaption>{html.escape(rev)}</figcaption></figure>"
-                     for e in entries if e["type"] == "image" for rev in [", ".join(e["revisions"])]]
+                     for e in entries if e["type"] == "image"
+                     for rev, src in [(", ".join(e["revisions"]), html.escape(Path(e["url"]).name))]]
             if cells:
                 parts.append(f'<div class="row">{"".join(cells)}</div>')
-        style = ("body{font-family:sans-serif;margin:16px} .row{display:flex;flex-wrap:wrap;gap:16px} "
-                 "figure{margin:0} figcaption{text-align:center;font-weight:bold} img{max-width:100%}")
+        style = ("body{font-family:sans-serif;margin:16px} .row{display:flex;gap:16px} "  # one column a revision
+                 "figure{margin:0;flex:1 1 0;min-width:0} figcaption{text-align:center;font-weight:bold} "
+                 "img{width:100%}")
         (tmp / "index.html").write_text(
             f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>facevae: dvc plots diff</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>", encoding="utf-8")
@@ -203,7 +215,7 @@ def compare(experiment: str, model_name: str, out: Path) -> None:
           + (f"models:/{model_name}@{CHAMPION} is version {version}" if version else
              f"no registered version of '{model_name}' for this run; alias not moved"))
     print(f"compare: {out}/" + ", ".join(written))
-    page = write_dvc_plots([r["dvc_exp"] for r in rows if r["dvc_exp"]], out / "dvc_plots")
+    page = write_dvc_plots(dvc_revisions(rows), out / "dvc_plots")
     if page:
         print(f"compare: {page} (dvc plots diff of the runs' DVC experiments; opens offline)")
 

@@ -154,17 +154,18 @@ def save_gif(frames: list[np.ndarray], path, ms_per_frame: int = 120) -> None:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
 
 
-def stack_titled(pictures: list, pad: int = 6, title_height: int = 18):
+def stack_titled(pictures: list, pad: int = 6, title_height: int = 24):
     """Pictures (PIL images) at their native size one above the other, each under its one-line title: a
     PIL image as wide as the widest."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     width = max(p.width for _, p in pictures) + 2 * pad
     height = sum(title_height + p.height + pad for _, p in pictures) + pad
     canvas = Image.new("RGB", (width, height), "white")
     draw, y = ImageDraw.Draw(canvas), pad
+    font = ImageFont.load_default(size=15)
     for title, picture in pictures:
-        draw.text((pad, y + 3), title, fill=(0, 0, 0))
+        draw.text((pad, y + 3), title, fill=(0, 0, 0), font=font)
         canvas.paste(picture.convert("RGB"), (pad, y + title_height))
         y += title_height + picture.height + pad
     return canvas
@@ -183,7 +184,8 @@ def save_metric_bars(names: list[str], values: dict[str, list[float]], ranges: d
         bars = ax.bar(range(len(names)), values[key], color="#4c72b0", width=0.6,
                       edgecolor=["black" if i == best else "none" for i in range(len(names))], linewidth=1.5)
         ax.bar_label(bars, labels=[f"{v:.2f}" if abs(v) >= 10 else f"{v:.3f}" for v in values[key]], fontsize=8)
-        ax.set_ylim(lo, hi)
+        ax.set_ylim(lo, hi + 0.1 * (hi - lo))  # room above a full bar for its value
+        ax.set_yticks([t for t in ax.get_yticks() if lo <= t <= hi])
         ax.axhline(0, color="grey", linewidth=0.6)
         ax.set_xticks(range(len(names)), names, fontsize=8)
         ax.set_title(titles[key], fontsize=10)

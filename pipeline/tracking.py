@@ -606,11 +606,44 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, images):
     return cid
 
 
-# The runs table as `make ui` opens it: MLflow's "shared view" of an experiment (the UI's Share button) is
-# a JSON state in the experiment tag mlflow.sharedViewState.<key>, opened by ?viewStateShareKey=<key>.
+# The experiment as `make ui` opens it: MLflow's "shared view" (the UI's Share button) is a JSON state in the
+# experiment tag mlflow.sharedViewState.<key>, opened by ?viewStateShareKey=<key>. Its runs table shows
+# VIEW_COLUMNS; its chart view has the summary metrics as bars, the pictures side by side (without the
+# full list of params MLflow prints above each run's picture by default) and the per-epoch curves.
 VIEW_KEY = "facevae"
 VIEW_COLUMNS = ["params.`train.latent_dim`", "params.`train.epochs`", "metrics.`test_psnr`", "metrics.`test_ssim`",
                 "metrics.`probe_accuracy`", "metrics.`knn_accuracy`", "metrics.`silhouette`"]
+VIEW_SECTIONS = [  # (section, chart type, keys, expanded)
+    ("summary", "BAR", ["test_psnr", "test_ssim", "probe_accuracy", "knn_accuracy", "silhouette"], True),
+    ("pictures", "IMAGE", ["reconstruct/recon_test", "tsne/tsne", "train/loss", "reconstruct/recon_train",
+                           "explore/expression_vector", "explore/interpolation", "explore/samples"], True),
+    ("per epoch", "LINE", ["loss", "recon", "kl", "neg_elbo", "sse", "beta"], True),
+    ("more summaries", "BAR", ["train_psnr", "train_ssim", "probe_std", "axes_test_accuracy", "expression_flip_rate",
+                               "unshifted_keep_rate", "probe_test_accuracy", "train_seconds", "images_per_second"],
+     False),
+]
+
+
+def shared_view() -> dict:
+    """The shared view's state, in the MLflow 3 UI's own format (runs table columns, chart sections, cards)."""
+    sections, cards = [], []
+    for name, kind, keys, expanded in VIEW_SECTIONS:
+        section = f"facevae-{name.replace(' ', '-')}"
+        sections.append({"uuid": section, "name": name, "display": expanded, "isReordered": False,
+                         "deleted": False, "isGenerated": False})
+        for key in keys:
+            card = {"uuid": f"{section}-{key}", "type": kind, "runsCountToCompare": 10, "metricSectionId": section,
+                    "deleted": False, "isGenerated": False}
+            if kind == "IMAGE":
+                card.update(imageKeys=[key], step=0, showRunParams=False)
+            else:
+                card.update(metricKey=key, displayName=key)
+            if kind == "LINE":
+                card.update(selectedMetricKeys=[key], lineSmoothness=0, xAxisKey="step", xAxisScaleType="linear",
+                            scaleType="linear", useGlobalXaxisKey=True, useGlobalLineSmoothing=True)
+            cards.append(card)
+    return {"selectedColumns": VIEW_COLUMNS, "columnOrder": VIEW_COLUMNS, "compareRunCharts": cards,
+            "compareRunSections": sections, "isAccordionReordered": True}  # the sections in this order
 
 
 def ui_url(host: str = "127.0.0.1", port: str | int = 5000, root: Path | None = None) -> str:
@@ -631,8 +664,7 @@ def ui_url(host: str = "127.0.0.1", port: str | int = 5000, root: Path | None = 
     exp = client.get_experiment_by_name(load(root / "params.yaml")["mlflow.experiment"])
     if exp is None:
         return base
-    client.set_experiment_tag(exp.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}",
-                              json.dumps({"selectedColumns": VIEW_COLUMNS, "columnOrder": VIEW_COLUMNS}))
+    client.set_experiment_tag(exp.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(shared_view()))
     return f"{base}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning"
 
 
