@@ -58,3 +58,12 @@ def test_a_bad_latent_size_is_one_line_before_dvc_runs(fake_dvc, capsys, size):
                                        f"integer up to 1024 (the size of h it compresses), e.g. 20, 30 or 50\n")
     with pytest.raises(FileNotFoundError):
         fake_dvc()  # dvc never ran
+
+
+def test_dvc_plots_diff_covers_each_runs_experiment_and_the_workspaces_own_run(tmp_path):
+    from pipeline.compare import dvc_revisions
+
+    rows = [{"run_id": "a", "dvc_exp": "z20-e80"}, {"run_id": "b", "dvc_exp": ""}, {"run_id": "c", "dvc_exp": ""}]
+    (tmp_path / "mlflow_run.json").write_text('{"run_id": "b"}')
+    assert dvc_revisions(rows, tmp_path) == ["z20-e80", "workspace"]  # c: trained elsewhere, in no revision
+    assert dvc_revisions(rows, tmp_path / "missing") == ["z20-e80"]

@@ -156,6 +156,17 @@ def test_the_ui_address_opens_the_experiments_runs_in_the_model_training_view(mo
     assert view["selectedColumns"] == view["columnOrder"] == [
         "params.`train.latent_dim`", "params.`train.epochs`", "metrics.`test_psnr`", "metrics.`test_ssim`",
         "metrics.`probe_accuracy`", "metrics.`knn_accuracy`", "metrics.`silhouette`"]
+    # its charts: the key metrics as bars first, then the pictures without MLflow's list of every param
+    sections = [x["uuid"] for x in view["compareRunSections"]]
+    cards = view["compareRunCharts"]
+    assert len({c["uuid"] for c in cards}) == len(cards) and {c["metricSectionId"] for c in cards} == set(sections)
+    first = [c for c in cards if c["metricSectionId"] == sections[0]]
+    assert [(c["type"], c["metricKey"]) for c in first] == [("BAR", k) for k in ("test_psnr", "test_ssim", "probe_accuracy",
+                                                                                  "knn_accuracy", "silhouette")]
+    pictures = [c for c in cards if c["type"] == "IMAGE"]
+    assert {c["metricSectionId"] for c in pictures} == {sections[1]} and not any(c["showRunParams"] for c in pictures)
+    assert {k for c in pictures for k in c["imageKeys"]} >= {"reconstruct/recon_test", "tsne/tsne", "train/loss"}
+    assert view["isAccordionReordered"] is True
 
 
 def test_the_project_root_is_dvcs_root_under_dvc_else_the_nearest_folder_with_dvc_yaml(monkeypatch, tmp_path):
