@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test ui install lock summary clean-venv mlflow-server remote push pull sweep exps compare
+.PHONY: run test test-fast mutation ui install lock summary clean-venv mlflow-server remote push pull sweep exps compare
 
 # requirements.lock pins the exact version of every package (pip-compile's output); installed as constraints,
 # so a platform that does not need a package (macOS: no nvidia-*) simply skips it. The sed drops setuptools'
@@ -39,6 +39,17 @@ summary: $(VENV)/.installed
 
 test: $(VENV)/.installed  ## the whole test suite
 	$(BIN)/python -m pytest -n auto --maxprocesses=4  # tests run in parallel processes (pytest-xdist)
+
+test-fast: $(VENV)/.installed  ## the unit tests only: no subprocess, no dvc repro
+	$(BIN)/python -m pytest -n auto --maxprocesses=4 -m "not integration"
+
+# Mutation testing of the loss, trainer, evaluation and embedding modules against their unit tests
+# ([tool.mutmut] in pyproject.toml); mutmut works in mutants/ and keeps its results there.
+mutation: $(VENV)/.installed  ## mutmut: how many code changes the unit tests catch
+	$(BIN)/python -m pip install --quiet -c requirements.lock "mutmut==3.8.1" 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json; echo
+	$(BIN)/mutmut results  # the survivors: `mutmut show <name>` prints one
 
 # One web worker and no background job runner (MLflow's GenAI jobs): ~0.5 GB instead of ~2.3 GB.
 ui: $(VENV)/.installed  ## serve the MLflow UI on this project's store; prints the experiment's address

@@ -32,3 +32,10 @@ from hypothesis import settings as _hypothesis_settings  # noqa: E402
 _hypothesis_settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     _hypothesis_settings.load_profile("ci")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Integration tests (minutes each: real dvc repro, servers, subprocesses) first, unit tests after: with
+    pytest-xdist the long tests start at once and the short ones fill the workers' gaps at the end, instead
+    of one long test that happens to be collected last running on its own. Order within each group kept."""
+    items.sort(key=lambda item: item.get_closest_marker("integration") is None)

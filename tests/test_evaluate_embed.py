@@ -28,6 +28,33 @@ def test_ssim_is_one_for_identical_images_and_drops_with_noise():
     assert 1.0 > s1 > s2
 
 
+@pytest.mark.parametrize("p, q", [(0.2, 0.6), (0.5, 0.5), (0.0, 1.0), (0.9, 0.3)])
+def test_ssim_of_two_constant_images_is_its_closed_form(p, q):
+    """No variance anywhere: SSIM = (2pq + C1) / (p^2 + q^2 + C1), C1 = (0.01 * range)^2 (Wang et al.)."""
+    a, b = torch.full((1, 3, 16, 16), p), torch.full((1, 3, 16, 16), q)
+    c1 = 0.01 ** 2
+    assert ssim_per_image(a, b).item() == pytest.approx((2 * p * q + c1) / (p * p + q * q + c1), rel=1e-6)
+    # on a 0-255 scale the same pictures give the same SSIM
+    assert ssim_per_image(a * 255, b * 255, data_range=255.0).item() == pytest.approx(ssim_per_image(a, b).item())
+
+
+def test_ssim_of_a_contrast_change_is_its_closed_form():
+    """Vertical stripes a = 0.5 +- 0.2 and b = 0.5 + k (a - 0.5). Under the 11 x 11 Gaussian window (sigma 1.5)
+    of weights w, a window starting on either phase sees a mean offset +-d (d = sum w o over the stripes'
+    offsets o), variance 0.04 - d^2, b's variance k^2 times that and covariance k times that; the 22 window
+    columns start on each phase equally often. SSIM per window = luminance x contrast-structure terms."""
+    stripes = torch.tensor([0.7, 0.3]).repeat(16)[None, None, None, :].expand(1, 1, 32, 32).double()
+    k, c1, c2 = 0.5, 0.01 ** 2, 0.03 ** 2
+    b = 0.5 + k * (stripes - 0.5)
+    g = torch.exp(-((torch.arange(11.0, dtype=torch.float64) - 5) ** 2) / (2 * 1.5 ** 2))
+    g /= g.sum()
+    d = float((g * torch.where(torch.arange(11) % 2 == 0, 0.2, -0.2).double()).sum())
+    var = 0.04 - d * d
+    cs = (2 * k * var + c2) / ((1 + k * k) * var + c2)
+    lum = [(2 * (0.5 + e) * (0.5 + k * e) + c1) / ((0.5 + e) ** 2 + (0.5 + k * e) ** 2 + c1) for e in (d, -d)]
+    assert ssim_per_image(stripes, b).item() == pytest.approx(cs * sum(lum) / 2, rel=1e-9)
+
+
 def _frame(separation, n=20, d=5, seed=0):
     rng = np.random.default_rng(seed)
     labels = np.array(["a"] * n + ["b"] * n)

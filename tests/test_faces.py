@@ -126,6 +126,7 @@ def _photo_folder(root):
     return root
 
 
+@pytest.mark.integration
 def test_dvc_repro_with_face_detection(tmp_path):
     """The real stages under `dvc repro`: faces cropped, pictures without one refused and listed, switching to
     no_face: center reruns only preprocess, and a label left too small by refusals stops with one line."""

@@ -306,3 +306,28 @@ def test_a_changed_photo_folder_is_read_again_by_a_plain_repro(tmp_path):
     Image.new("RGB", (90, 90), (250, 220, 0)).save(photos / "happy" / "new.png")
     assert ran_stages(dvc(proj, "repro", "preprocess").stdout) == ["ingest", "preprocess"]
     assert "happy/new.png" in (proj / "data/raw/manifest.csv").read_text()
+
+
+def test_latents_and_recon_metrics_are_what_the_saved_model_gives(project):
+    """Recomputed from models/ and dataset.pt with plain torch: mu_* and logvar_* are the model's encoding of
+    each image (in the dataset's order), and recon.json's PSNR / MSE are those of its reconstructions."""
+    from pipeline.train import load_model
+
+    proj, _ = project
+    model = load_model(proj / "models", "cpu").eval()
+    ds = torch.load(proj / "data/processed/dataset.pt", weights_only=True)
+    x = ds["images"].float() / 255
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        recon = model.reconstruct(x)
+    lat = pd.read_csv(proj / "data/latents/latents.csv")
+    assert lat["id"].tolist() == list(ds["ids"])
+    assert lat[[f"mu_{i}" for i in range(8)]].to_numpy() == pytest.approx(mu.numpy(), rel=1e-5, abs=1e-6)
+    assert lat[[f"logvar_{i}" for i in range(8)]].to_numpy() == pytest.approx(logvar.numpy(), rel=1e-5, abs=1e-6)
+    m = _json(proj / "metrics/recon.json")
+    split = pd.read_csv(proj / "data/processed/split.csv").set_index("id").loc[list(ds["ids"]), "split"].to_numpy()
+    for s in ("train", "test"):
+        keep = torch.from_numpy(split == s)
+        mse = ((x[keep].double() - recon[keep].double()) ** 2).flatten(1).mean(1)
+        assert m[f"{s}_mse"] == pytest.approx(float(mse.mean()), rel=1e-6)
+        assert m[f"{s}_psnr"] == pytest.approx(float((10 * torch.log10(1 / mse)).mean()), rel=1e-6)

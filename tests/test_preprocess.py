@@ -126,3 +126,27 @@ def test_parallel_decoding_gives_the_same_pixels_in_the_same_order(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(UserError, match="cannot decode .*bad.jpg"):
         decode_images(paths + [tmp_path / "bad.jpg"], 32, workers=2)
+
+
+def _palette_image():
+    img = Image.new("P", (4, 4), 1)
+    img.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    return img
+
+
+@pytest.mark.parametrize("make, want", [
+    # half-transparent orange over white: c * a + 255 * (1 - a), a = 128 / 255
+    (lambda: Image.new("RGBA", (4, 4), (200, 100, 0, 128)), (227, 177, 127)),
+    (lambda: Image.new("LA", (4, 4), (0, 51)), (204, 204, 204)),  # black at alpha 0.2 over white
+    # 16-bit grey: 32768 of 65535 -> 127.5 -> 128 (rounded half up); 8-bit range in an I image stays as it is
+    (lambda: Image.fromarray(np.full((4, 4), 32768, np.uint16)), (128, 128, 128)),
+    (lambda: Image.fromarray(np.full((4, 4), 200, np.int32)), (200, 200, 200)),
+    (lambda: Image.new("CMYK", (4, 4), (0, 255, 255, 0)), (255, 0, 0)),  # no cyan, full magenta + yellow: red
+    (_palette_image, (10, 200, 30)),  # palette entry 1
+])
+def test_every_image_mode_becomes_the_rgb_worked_out_by_hand(make, want):
+    from pipeline.preprocess import to_rgb
+
+    out = np.asarray(to_rgb(make()))
+    assert out.shape == (4, 4, 3) and out.dtype == np.uint8
+    assert {tuple(int(v) for v in px) for px in out.reshape(-1, 3)} == {want}

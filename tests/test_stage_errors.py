@@ -27,17 +27,20 @@ def project(tmp_path):
     return tmp_path
 
 
+@pytest.mark.integration
 def test_bad_param_value_names_the_key(project):
     set_params(project, {"train": {"latent_dim": -3}})
     _one_line_error(_stage(project, "train"), "train.latent_dim = -3", "positive integer")
 
 
+@pytest.mark.integration
 def test_missing_photo_folder(project):
     set_params(project, {"data": {"source": "no/such/photos"}})
     _one_line_error(_stage(project, "ingest"), "no/such/photos", "not found")
     assert not (project / "data" / "raw").exists()
 
 
+@pytest.mark.integration
 def test_too_few_images_for_the_split(project):
     set_params(project, {"data": {"per_class": 3}, "split": {"test_per_class": 3}})
     _one_line_error(_stage(project, "ingest"), "too few usable images per label", "'angry' 3, 'happy' 3",
@@ -45,6 +48,7 @@ def test_too_few_images_for_the_split(project):
     assert not (project / "data" / "raw").exists()
 
 
+@pytest.mark.integration
 def test_train_before_preprocess(project):
     _one_line_error(_stage(project, "train"), "data/processed/dataset.pt not found")
 
@@ -107,6 +111,7 @@ def test_labels_filter_keeps_a_subset(tmp_path):
                                         "to 1024"),
     ({"train": {"lr": "fast"}}, "train.lr = 'fast' is not valid; expected a positive number"),
 ])
+@pytest.mark.integration
 def test_bad_params_are_one_line_naming_the_key(project, updates, fragment):
     set_params(project, updates)
     with pytest.raises(UserError) as e:
@@ -123,6 +128,7 @@ def test_numbers_typed_the_way_dvc_reads_them_are_numbers(project):
     assert params["train.lr"] == 0.001 and params["train.beta"] == 1.0
 
 
+@pytest.mark.integration
 def test_damaged_intermediate_files_are_one_line_naming_the_rebuild(project):
     """A truncated dataset.pt or vae.pt (`dvc repro -f -s train` over a cut file) or an empty or cut
     latents.csv: one line naming the file and the command that rebuilds it."""
@@ -143,6 +149,7 @@ def test_damaged_intermediate_files_are_one_line_naming_the_rebuild(project):
     _one_line_error(_stage(project, "tsne"), "data/latents/latents.csv is incomplete (no mu_ columns)")
 
 
+@pytest.mark.integration
 def test_summary_in_a_fresh_clone_does_not_claim_a_finished_run(tmp_path):
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics/train.json").write_text('{"epochs": 80, "loss": 1.0}')  # committed with the repo
@@ -160,3 +167,20 @@ def test_summary_prints_a_zero_figure_as_zero_and_a_missing_one_as_nan(tmp_path)
     (tmp_path / "metrics/tsne.json").write_text('{"probe_accuracy": 0.5, "knn_accuracy": null, "silhouette": 0.0}')
     line = next(x for x in summary(tmp_path).splitlines() if x.strip().startswith("latents"))
     assert "linear probe 0.500, kNN accuracy nan, silhouette 0.000" in line
+
+
+def test_ctrl_c_in_a_stage_is_one_line_and_exit_130(capsys):
+    import os
+    import sys
+
+    from pipeline.cli import run_cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(interrupted)
+    assert e.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    name = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    assert err == [f"{name}: interrupted; nothing half-written was kept. Rerun `dvc repro` to start over."]

@@ -52,6 +52,7 @@ def test_a_damaged_local_store_is_one_line_naming_the_fix(monkeypatch, tmp_path)
         TrainingRun("facevae", "z2-e1", {}, {}, root=tmp_path)
 
 
+@pytest.mark.integration
 def test_two_projects_creating_one_shared_store_at_once_both_succeed(tmp_path):
     """Two processes open the same new sqlite store at the same moment (two clones, one shared store):
     MLflow's table creation ran twice at once and one failed; the lock beside the store serialises it."""

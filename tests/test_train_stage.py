@@ -15,6 +15,8 @@ from helpers import BIN, ROOT, TINY, copy_repo, dvc, env, git_init, run, set_par
 from pipeline.ingest import ingest
 from pipeline.preprocess import build_dataset, save_dataset
 
+pytestmark = pytest.mark.integration  # the stage under DVC, torchrun and signals: subprocesses
+
 SMALL = {**TINY, "preprocess": {"size": 32}}
 
 
