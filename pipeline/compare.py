@@ -94,7 +94,8 @@ def promote_champion(top: dict, model_name: str) -> str | None:
 
 
 def _title(r: dict) -> str:
-    return (f"latent {r['latent_dim']} ({r['run_name']}): test PSNR {r['test_psnr']:.2f} dB, SSIM {r['test_ssim']:.3f}, "
+    return (f"latent {r['latent_dim']} ({r['run_name']}): test PSNR {r['test_psnr']:.2f} dB, "
+            f"SSIM {r['test_ssim']:.3f}, "
             f"probe {r['probe_accuracy']:.3f}, kNN {r['knn_accuracy']:.2f}, silhouette {r['silhouette']:.3f}")
 
 
@@ -149,7 +150,8 @@ def write_report(rows: list[dict], out: Path, top: dict | None = None) -> list[s
         lines += ["Test faces (originals above reconstructions), one run per block:", "",
                   "![test reconstructions](compare_recon.png)", ""]
     if "compare_tsne.png" in written:
-        lines += ["Latent means: t-SNE map and label axes, one run per block:", "", "![t-SNE maps](compare_tsne.png)", ""]
+        lines += ["Latent means: t-SNE map and label axes, one run per block:", "",
+                  "![t-SNE maps](compare_tsne.png)", ""]
     write_text(out / "compare.md", "\n".join(lines))
     return written + ["compare.md"]
 

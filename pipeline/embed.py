@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from .errors import UserError
-from .train import to_float
+from .model import batched
 
 
-@torch.no_grad()
 def latents_frame(model, ds: dict, batch_size: int = 64) -> pd.DataFrame:
     """One row per image: id, label, split, mu_0..mu_{D-1}, logvar_0..logvar_{D-1}."""
-    device = next(model.parameters()).device
-    mus, logvars = [], []
-    for i in range(0, ds["images"].shape[0], batch_size):
-        mu, logvar = model.encode(to_float(ds["images"][i:i + batch_size].to(device)))
-        mus.append(mu.float().cpu())
-        logvars.append(logvar.float().cpu())
-    mu = torch.cat(mus).numpy()
-    logvar = torch.cat(logvars).numpy()
+    mu, logvar = (t.numpy() for t in batched(lambda m, x: m.encode(x), model, ds["images"], batch_size))
     d = mu.shape[1]
     frame = pd.DataFrame({
         "id": ds["ids"],
@@ -77,7 +68,10 @@ def label_axes(x: np.ndarray, labels: np.ndarray, is_test: np.ndarray) -> tuple[
     land is a test. With two labels the second axis is the largest remaining direction of variation (the
     first principal component of the means with the label direction removed), e.g. who is in the picture.
     Returns the N x 2 coordinates and the share of held-out images the fitted axes classify correctly (nan
-    without held-out images); fewer than two labels among the training images is a UserError."""
+    without held-out images); fewer than two labels among the training images is a UserError. With fewer
+    training images than latent dimensions the covariance cannot be shrunk: plain (SVD) LDA then."""
+    import warnings
+
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     classes = np.unique(labels[~is_test]) if (~is_test).any() else np.unique(labels)
@@ -85,9 +79,15 @@ def label_axes(x: np.ndarray, labels: np.ndarray, is_test: np.ndarray) -> tuple[
         raise UserError(f"the latents hold {len(classes)} label(s) in their training images; "
                         f"comparing labels needs two (check data.labels in params.yaml)")
     center = x[~is_test].mean(axis=0)
-    lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto",
-                                     n_components=min(2, len(classes) - 1)).fit(x[~is_test], labels[~is_test])
-    w = lda.scalings_[:, :lda.n_components]
+    n_axes = min(2, len(classes) - 1)
+    try:
+        with warnings.catch_warnings():  # a label with one training image: sklearn warns, then fails below
+            warnings.simplefilter("ignore", UserWarning)
+            lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto", n_components=n_axes)
+            lda.fit(x[~is_test], labels[~is_test])
+    except np.linalg.LinAlgError:  # fewer training images than dimensions: no covariance to shrink
+        lda = LinearDiscriminantAnalysis(solver="svd", n_components=n_axes).fit(x[~is_test], labels[~is_test])
+    w = lda.scalings_[:, :n_axes]
     w = w / np.linalg.norm(w, axis=0)
     first = labels[~is_test] == classes[0]
     w = w * np.where((x[~is_test][first] - center).mean(axis=0) @ w > 0, -1.0, 1.0)  # first label on the left

@@ -5,16 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .train import to_float
+from .model import batched
 
 
-@torch.no_grad()
 def reconstruct(model, images_uint8: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Deterministic reconstructions (from mu) of uint8 images, as float in [0, 1] on the CPU."""
-    device = next(model.parameters()).device
-    out = [model.reconstruct(to_float(images_uint8[i:i + batch_size].to(device))).float().cpu()
-           for i in range(0, images_uint8.shape[0], batch_size)]
-    return torch.cat(out) if out else torch.empty(0)
+    out = batched(lambda m, x: m.reconstruct(x), model, images_uint8, batch_size)
+    return out[0] if out else torch.empty(0)
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

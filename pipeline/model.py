@@ -19,9 +19,15 @@ remains; the decoder mirrors it with transposed convolutions. Other input sizes 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
+
+from .errors import UserError
+from .io import read_json, save_torch, write_json
 
 H_DIM = 1024
 BOTTLENECK_CHANNELS = 256  # 256 x 2 x 2 = 1024
@@ -78,20 +84,20 @@ class ConvVAE(nn.Module):
         h = self.encoder(x)
         return self.fc1(h), self.fc2(h)
 
-    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor, generator=None, eps=None) -> torch.Tensor:
+    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
         std = torch.exp(0.5 * logvar)
         if eps is None:
-            eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+            eps = torch.randn_like(mu)
         return mu + std * eps
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.fc3(z))
 
-    def forward(self, x: torch.Tensor, generator=None, eps=None):
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None):
         """Return (reconstruction, mu, logvar) like the seed's model(x). ``eps`` (optional) is the
-        standard normal noise of the reparameterisation, else drawn from ``generator``."""
+        standard normal noise of the reparameterisation (the trainer draws it from its own generator)."""
         mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar, generator, eps)
+        z = self.reparameterize(mu, logvar, eps)
         return self.decode(z), mu, logvar
 
     @torch.no_grad()
@@ -112,3 +118,57 @@ class Reconstructor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mu, _ = self.vae.encode(x)
         return self.vae.decode(mu)
+
+
+# --- the saved model: its shape in models/model_config.json, its weights in models/vae.pt -------------------
+WEIGHTS, MODEL_CONFIG = "vae.pt", "model_config.json"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that fixes the model's shape: what :func:`load_model` and a resumed training need."""
+    latent_dim: int
+    image_size: int
+    in_channels: int
+    arch: str
+
+    def build(self) -> ConvVAE:
+        return ConvVAE(self.latent_dim, self.image_size, self.in_channels, self.arch)
+
+
+def save_model(model: ConvVAE, config: ModelConfig, out_dir: str | Path) -> None:
+    out_dir = Path(out_dir)
+    save_torch({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out_dir / WEIGHTS)
+    write_json(out_dir / MODEL_CONFIG, asdict(config))
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> ConvVAE:
+    """The trained model of ``model_dir`` in eval mode on ``device``; a missing or damaged one is one line."""
+    model_dir = Path(model_dir)
+    weights, config = model_dir / WEIGHTS, model_dir / MODEL_CONFIG
+    if not weights.exists() or not config.exists():
+        raise UserError(f"{model_dir}: no trained model ({WEIGHTS} + {MODEL_CONFIG}); run the train stage first")
+    try:
+        model = ModelConfig(**read_json(config)).build()
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except Exception as e:  # truncated or overwritten files, a config of other code
+        raise UserError(f"{model_dir}: the trained model is damaged ({type(e).__name__}); retrain it with "
+                        f"`dvc repro -f train`") from None
+    return model.to(device).eval()
+
+
+def to_float(batch_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 images as floats in [0, 1]."""
+    return batch_uint8.float().div_(255.0)
+
+
+@torch.no_grad()
+def batched(fn: Callable, model: nn.Module, images_uint8: torch.Tensor, batch_size: int = 64) -> list[torch.Tensor]:
+    """``fn(model, floats)`` over ``images_uint8`` in batches on the model's device; each of its outputs (a
+    tensor, or a tuple of them) concatenated over the batches, as float32 on the CPU, in a list."""
+    device = next(model.parameters()).device
+    parts = []
+    for i in range(0, images_uint8.shape[0], batch_size):
+        out = fn(model, to_float(images_uint8[i:i + batch_size].to(device)))
+        parts.append([t.float().cpu() for t in (out if isinstance(out, tuple) else (out,))])
+    return [torch.cat(column) for column in zip(*parts)] if parts else []

@@ -30,9 +30,9 @@ from typing import Callable
 import torch
 
 from .errors import UserError
-from .io import save_torch, write_json
+from .io import save_torch
 from .losses import vae_loss
-from .model import ConvVAE
+from .model import ModelConfig, to_float
 
 PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("adam", "adamw")
@@ -92,8 +92,8 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """A random variant of each image of a float batch, on its device: a horizontal flip (half of them), a
-    rotation of up to 10 degrees, a shift of up to 10 % of the side, a scale of 0.9-1.1 and a brightness of
-    0.8-1.2 (the ranges measured best on real photos of one person: docs/benchmarks.md)."""
+    rotation of up to 10 degrees, a shift of up to 5 % of the side each way, a scale of 0.9-1.1 and a
+    brightness of 0.8-1.2 (the ranges measured best on real photos of one person: docs/benchmarks.md)."""
     import torch.nn.functional as F
 
     b, dev = x.shape[0], x.device
@@ -187,10 +187,6 @@ def init_distributed(device_name: str = "auto") -> torch.device | None:
     return device
 
 
-def to_float(batch_uint8: torch.Tensor) -> torch.Tensor:
-    return batch_uint8.float().div_(255.0)
-
-
 def code_fingerprint() -> str:
     """A hash of the training code: a checkpoint from other code is never continued."""
     h = hashlib.sha256()
@@ -264,7 +260,8 @@ class Trainer:
             raise UserError(f"train.batch_size = {cfg.batch_size} must be divisible by the number of processes "
                             f"({self.world}); change train.batch_size or NPROC")
         torch.manual_seed(cfg.seed)
-        self.model = ConvVAE(cfg.latent_dim, cfg.image_size, images.shape[1], cfg.arch).to(self.device)
+        self.model_config = ModelConfig(cfg.latent_dim, cfg.image_size, images.shape[1], cfg.arch)
+        self.model = self.model_config.build().to(self.device)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=fmt)
         self.net = self.model
@@ -477,28 +474,7 @@ def can_continue(ckpt: dict | None, cfg: TrainConfig, resume: bool) -> bool:
 
 def train(images: torch.Tensor, cfg: TrainConfig, on_epoch: Callable[[int, dict], None] | None = None,
           progress: bool = True):
-    """Train a fresh ConvVAE on ``images`` (uint8 N x C x S x S); return (model, history)."""
+    """Train a fresh model on ``images`` (uint8 N x C x S x S); return (model, history)."""
     trainer = Trainer(images, cfg)
     history = trainer.fit(on_epoch=on_epoch, progress=progress)
     return trainer.model, history
-
-
-def save_model(model: ConvVAE, cfg: TrainConfig, out_dir: str | Path) -> None:
-    out_dir = Path(out_dir)
-    save_torch({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out_dir / "vae.pt")
-    write_json(out_dir / "config.json", asdict(cfg))
-
-
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> ConvVAE:
-    model_dir = Path(model_dir)
-    weights, config = model_dir / "vae.pt", model_dir / "config.json"
-    if not weights.exists() or not config.exists():
-        raise UserError(f"{model_dir}: no trained model (vae.pt + config.json); run the train stage first")
-    try:
-        cfg = json.loads(config.read_text())
-        model = ConvVAE(cfg["latent_dim"], cfg["image_size"], arch=cfg.get("arch", "seed"))
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except Exception as e:  # truncated or overwritten files, a config of other code
-        raise UserError(f"{model_dir}: the trained model is damaged ({type(e).__name__}); retrain it with "
-                        f"`dvc repro -f train`") from None
-    return model.to(device).eval()

@@ -17,7 +17,8 @@ from pipeline.params import section
 from pipeline.plots import image_rows, save_gif, save_rows
 from pipeline.preprocess import load_dataset, subset
 from pipeline.tracking import log_stage
-from pipeline.train import load_model, resolve_device
+from pipeline.model import load_model
+from pipeline.train import resolve_device
 
 PICTURES = {"samples": "reports/samples.png", "interpolation": "reports/interpolation.png",
             "expression_vector": "reports/expression_vector.png"}

@@ -8,7 +8,8 @@ from pipeline.embed import latents_frame
 from pipeline.io import write_text
 from pipeline.preprocess import load_dataset
 from pipeline.tracking import log_stage
-from pipeline.train import load_model, resolve_device
+from pipeline.model import load_model
+from pipeline.train import resolve_device
 
 OUT = "data/latents/latents.csv"
 

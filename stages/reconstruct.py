@@ -14,7 +14,8 @@ from pipeline.io import write_json
 from pipeline.plots import save_recon_grid
 from pipeline.preprocess import load_dataset, subset
 from pipeline.tracking import log_stage
-from pipeline.train import load_model, resolve_device
+from pipeline.model import load_model
+from pipeline.train import resolve_device
 
 
 def grid_indices(ds, per_class):

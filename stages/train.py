@@ -1,4 +1,5 @@
-"""DVC stage train: data/processed -> models/ (vae.pt, config.json, checkpoint.pt, mlflow_run.json),
+"""DVC stage train: data/processed -> models/ (vae.pt and model_config.json: the model; config.json: the training
+config; checkpoint.pt, mlflow_run.json),
 metrics/train.json and the per-epoch loss table metrics/train_history.csv (a DVC plot).
 
 Opens the model's MLflow run (or continues it when training resumes) and logs the per-epoch losses at
@@ -12,6 +13,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import asdict
 
 import pandas as pd
 
@@ -23,9 +25,9 @@ from pipeline.plots import save_loss_plot
 from pipeline.preprocess import load_dataset, subset
 from pipeline.tracking import (TrainingRun, check_reachable, close_abandoned_run, dataset_inputs, epoch_metrics,
                                file_sha256, git_info, project_root, run_description, tracking_uri)
+from pipeline.model import save_model
 from pipeline.train import (GracefulStop, TrainConfig, Trainer, can_continue, init_distributed,
-                            keep_freed_memory, load_checkpoint, out_of_memory_as_user_error, resolve_device,
-                            save_model)
+                            keep_freed_memory, load_checkpoint, out_of_memory_as_user_error, resolve_device)
 
 DATASET = "data/processed/dataset.pt"
 MODEL_SECTIONS = ("data", "split", "preprocess", "model", "train", "mlflow")
@@ -107,7 +109,8 @@ def train_stage(params, cfg, device):
     seconds = time.perf_counter() - t0
     history = trainer.history
 
-    save_model(trainer.model, cfg, "models")
+    save_model(trainer.model, trainer.model_config, "models")  # vae.pt + model_config.json: what load_model reads
+    write_json("models/config.json", asdict(cfg))  # the training config
     mlrun.save("models")
     write_text("metrics/train_history.csv", pd.DataFrame(history).to_csv(index=False, float_format="%.6g"))
     last = history[-1]
@@ -117,7 +120,7 @@ def train_stage(params, cfg, device):
                     "images_per_second": round(len(ds["ids"]) * new_epochs / seconds, 1) if new_epochs else 0.0})
     write_json("metrics/train.json", metrics)
     mlrun.log_summary({"train_seconds": seconds, "images_per_second": metrics["images_per_second"]})
-    for f in ("models/vae.pt", "models/config.json", "metrics/train_history.csv"):
+    for f in ("models/vae.pt", "models/model_config.json", "models/config.json", "metrics/train_history.csv"):
         mlrun.log_artifact(f, "model" if f.startswith("models/") else None)
     save_loss_plot(history, "models/loss.png", cfg.recon)
     mlrun.log_artifact("models/loss.png")

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -159,3 +161,178 @@ def test_label_axes_without_two_training_labels_is_one_clear_error():
     x = np.random.default_rng(0).normal(size=(10, 3))
     with pytest.raises(UserError, match="two"):
         label_axes(x, np.array(["a"] * 10), np.zeros(10, dtype=bool))
+
+
+GOOD_LATENTS = "id,label,split,mu_0,mu_1,logvar_0,logvar_1\na.png,happy,train,0.1,0.2,0,0\nb.png,angry,test,0.3,0.4,0,0\n"
+
+
+@pytest.mark.parametrize("text, problem", [
+    (None, "{p} not found; run the latents stage first (dvc repro latents)"),
+    ("", "{p} cannot be read (EmptyDataError: No columns to parse from file); rebuild it with `dvc repro -f latents`"),
+    ("label,split,mu_0\nhappy,train,0.1\nangry,test,0.2\n", "{p} is incomplete (no column 'id'); rebuild it with "
+                                                           "`dvc repro -f latents`"),
+    ("id,label,mu_0\na,happy,0.1\nb,angry,0.2\n", "{p} is incomplete (no column 'split'); rebuild it with "
+                                                  "`dvc repro -f latents`"),
+    ("id,label,split\na,happy,train\nb,angry,test\n", "{p} is incomplete (no mu_ columns); rebuild it with "
+                                                      "`dvc repro -f latents`"),
+    ("id,label,split,mu_0\na,happy,train,0.1\n", "{p} is incomplete (1 rows); rebuild it with `dvc repro -f latents`"),
+    ("id,label,split,mu_0\na,happy,train,0.1\nb,angry,test,\n", "{p} has empty cells (a cut file?); rebuild it with "
+                                                               "`dvc repro -f latents`"),
+    ("id,label,split,mu_0\na,happy,train,0.1\nb,,test,0.2\n", "{p} has empty cells (a cut file?); rebuild it with "
+                                                             "`dvc repro -f latents`"),
+])
+def test_a_bad_latents_file_is_one_line_naming_the_rebuild(tmp_path, text, problem):
+    from pipeline.embed import read_latents
+
+    p = tmp_path / "latents.csv"
+    if text is not None:
+        p.write_text(text)
+    with pytest.raises(UserError) as e:
+        read_latents(p)
+    assert str(e.value) == problem.format(p=p)
+
+
+def test_a_good_latents_file_is_read_whole(tmp_path):
+    from pipeline.embed import read_latents
+
+    p = tmp_path / "latents.csv"
+    p.write_text(GOOD_LATENTS)
+    frame = read_latents(p)
+    assert frame["id"].tolist() == ["a.png", "b.png"] and frame["split"].tolist() == ["train", "test"]
+    assert mu_matrix(frame).tolist() == [[0.1, 0.2], [0.3, 0.4]] and mu_matrix(frame).dtype == np.float64
+
+
+@pytest.mark.parametrize("first_on_the_right", [False, True])
+def test_label_axes_on_a_design_whose_axes_are_known(first_on_the_right):
+    """Training latents: one label around x0 = -0.6, the other around +0.6 (+-0.1), both with the same
+    spread along x1 (+-1) and x2 (+-0.5) in every combination, so the within-label covariance is diagonal,
+    the label direction exactly x0 and the largest other direction exactly x1. Held-out latents sit apart
+    (their mean is not the training mean, they vary along x2): the axes come from the training images only,
+    in units of the latent space, and the first label (by name) lands on the left whichever side it is on."""
+    train = [(s * 0.6 + j, u, v) for s in (-1, 1) for j in (-0.1, 0.1) for u in (-1.0, 1.0) for v in (-0.5, 0.5)]
+    left, right = ("b", "a") if first_on_the_right else ("a", "b")
+    labels = [left if p[0] < 0 else right for p in train]
+    test = [(0.4, 0.0, 3.0), (0.45, 0.0, -3.0), (-0.35, 0.0, 5.0), (0.3, 1.0, 9.0)]
+    x = np.array(train + test, dtype=float) + np.array([5.0, -3.0, 1.0])  # away from the origin
+    labels = np.array(labels + [right, right, left, left])
+    is_test = np.array([False] * len(train) + [True] * len(test))
+    axes, accuracy = label_axes(x, labels, is_test)
+    centred = x - x[~is_test].mean(axis=0)
+    sign = -1.0 if first_on_the_right else 1.0
+    assert axes[:, 0] == pytest.approx(sign * centred[:, 0], abs=1e-9)  # unit weight along x0
+    assert np.abs(axes[:, 1]) == pytest.approx(np.abs(centred[:, 1]), abs=1e-9)  # x1, either sign
+    assert accuracy == 0.75  # the last held-out image sits on the other label's side
+    # without held-out images there is nothing to score; three training images are enough (plain LDA where
+    # the covariance cannot be estimated), two are not
+    assert np.isnan(label_axes(x[~is_test], labels[~is_test], is_test[~is_test])[1])
+    three = np.array([0, 1, 8])  # two of one label, one of the other
+    axes3, _ = label_axes(x[three], labels[three], np.zeros(3, bool))
+    assert axes3.shape == (3, 2) and np.isfinite(axes3).all()
+    assert axes3[labels[three] == "a", 0].mean() < axes3[labels[three] == "b", 0].mean()  # 'a' on the left
+    with pytest.raises(UserError):
+        label_axes(x[three[:2]], labels[three[:2]], np.zeros(2, bool))
+
+
+def test_psnr_is_the_mean_over_images_of_each_images_psnr():
+    """Per image, then averaged: errors of 0.1 and 0.01 are 20 and 40 dB, 30 dB on average (the PSNR of the
+    pooled MSE would be 22.97 dB); originals away from 0, so original + recon is not original - recon."""
+    a = torch.full((2, 3, 16, 16), 0.5)
+    b = a.clone()
+    b[0] += 0.1
+    b[1] += 0.01
+    m = image_metrics(a, b)
+    assert set(m) == {"mse", "psnr", "ssim", "n"}
+    half = a.clone()
+    half[:, :, :8] += 0.1  # half of each image off by 0.1: MSE 0.005, 23.01 dB (not a mean of pixel PSNRs)
+    assert image_metrics(a, half)["psnr"] == pytest.approx(10 * math.log10(1 / 0.005), rel=1e-6)
+    assert m["mse"] == pytest.approx((0.01 + 0.0001) / 2)
+    assert m["psnr"] == pytest.approx(30.0)
+    assert m["ssim"] == pytest.approx(ssim_per_image(a, b).mean().item()) and m["n"] == 2
+
+
+def test_tsne_is_sklearns_with_the_documented_settings():
+    from sklearn.manifold import TSNE
+
+    x = np.random.default_rng(0).normal(size=(30, 5))
+    want = TSNE(n_components=2, perplexity=5, random_state=3, init="pca", learning_rate="auto").fit_transform(x)
+    assert tsne_coords(x, 5, 3) == pytest.approx(want)
+    assert tsne_coords(x, 29.5, 0).shape == (30, 2)  # any perplexity below the number of images
+    with pytest.raises(UserError, match=r"tsne.perplexity = 30 must be smaller than the number of images \(30\)"):
+        tsne_coords(x, 30, 0)
+
+
+def test_the_probe_is_a_standardised_logistic_regression_under_stratified_k_fold():
+    """Against sklearn's own pieces: the informative feature is a thousand times smaller than a noise
+    feature, so only a standardised probe finds it; folds = the smallest label's count, up to 5."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from pipeline.embed import probe_accuracy
+
+    rng = np.random.default_rng(0)
+    y = np.array(["a"] * 20 + ["b"] * 20)
+    x = np.column_stack([np.where(y == "a", -1e-3, 1e-3) + rng.normal(0, 2e-4, 40), rng.normal(0, 1e3, 40)])
+    for folds in (5, 3):
+        want = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)), x, y,
+                               cv=StratifiedKFold(folds, shuffle=True, random_state=0))
+        assert probe_accuracy(x, y, folds=folds) == pytest.approx((want.mean(), want.std()))
+    assert probe_accuracy(x, y)[0] > 0.95
+    few = np.array(["a", "a", "b", "b", "b"])  # 2 of the smallest label: 2 folds
+    got = probe_accuracy(x[:5], few)
+    assert not np.isnan(got[0])
+    assert all(np.isnan(v) for v in probe_accuracy(x[:4], np.array(["a", "b", "b", "b"])))  # one 'a': no folds
+    assert all(np.isnan(v) for v in probe_accuracy(x[:4], np.array(["a"] * 4)))  # one label
+
+
+def test_cluster_metrics_names_counts_and_edge_cases():
+    from sklearn.metrics import silhouette_score
+
+    f = _frame(3.0)
+    m = cluster_metrics(f, knn_k=100)
+    assert set(m) == {"n_images", "n_test", "silhouette", "knn_accuracy", "knn_k", "probe_accuracy", "probe_std"}
+    assert (m["n_images"], m["n_test"], m["knn_k"]) == (40, 8, 32)  # k capped at the 32 training images
+    assert m["silhouette"] == pytest.approx(silhouette_score(mu_matrix(f), f["label"]))
+    train_only = f.assign(split="train")
+    assert "knn_accuracy" not in cluster_metrics(train_only) and "knn_k" not in cluster_metrics(train_only)
+    one_label = f.assign(label="a")
+    assert np.isnan(cluster_metrics(one_label)["silhouette"])
+
+
+def _tiny_model_and_data(n=5):
+    from pipeline.model import ConvVAE
+
+    torch.manual_seed(0)
+    model = ConvVAE(3, 16, arch="bn").eval()
+    images = torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    return model, images
+
+
+def test_the_latents_table_is_the_models_encoding_in_the_datasets_order():
+    from pipeline.embed import latents_frame
+
+    model, images = _tiny_model_and_data()
+    ds = {"images": images, "ids": [f"i{k}" for k in range(5)], "classes": ["angry", "happy"],
+          "labels": torch.tensor([1, 0, 1, 1, 0]), "is_test": torch.tensor([False, True, False, False, True])}
+    frame = latents_frame(model, ds, batch_size=2)  # batches of 2, 2 and 1
+    with torch.no_grad():
+        mu, logvar = model.encode(images.float() / 255)
+    assert list(frame.columns) == ["id", "label", "split", "mu_0", "mu_1", "mu_2", "logvar_0", "logvar_1", "logvar_2"]
+    assert frame["id"].tolist() == ds["ids"]
+    assert frame["label"].tolist() == ["happy", "angry", "happy", "happy", "angry"]
+    assert frame["split"].tolist() == ["train", "test", "train", "train", "test"]
+    assert frame[["mu_0", "mu_1", "mu_2"]].to_numpy() == pytest.approx(mu.numpy(), abs=1e-6)
+    assert frame[["logvar_0", "logvar_1", "logvar_2"]].to_numpy() == pytest.approx(logvar.numpy(), abs=1e-6)
+
+
+def test_reconstructions_in_batches_are_the_models_of_the_whole_batch():
+    from pipeline.evaluate import reconstruct
+
+    model, images = _tiny_model_and_data()
+    with torch.no_grad():
+        want = model.reconstruct(images.float() / 255)
+    got = reconstruct(model, images, batch_size=2)
+    assert got.dtype == torch.float32 and got.device.type == "cpu"
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert reconstruct(model, images[:0]).numel() == 0

@@ -27,7 +27,8 @@ def test_pipeline_against_a_real_server(tmp_path):
         assert r.data.params["train.latent_dim"] == "8" and r.info.status == "FINISHED"
         assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2]
         assert "test_psnr" in r.data.metrics and "knn_accuracy" in r.data.metrics
-        assert {"model/vae.pt", "model/config.json"} <= {a.path for a in client.list_artifacts(run_id, "model")}
+        assert {"model/vae.pt", "model/model_config.json", "model/config.json"} <= \
+            {a.path for a in client.list_artifacts(run_id, "model")}
         children = client.search_runs([r.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
         arts = {a.path for c in children for a in client.list_artifacts(c.info.run_id)}
         assert {"recon_test.png", "latents.csv", "tsne.png"} <= arts
@@ -41,7 +42,7 @@ def test_pipeline_against_a_real_server(tmp_path):
         with torch.no_grad():
             y = model(x)
         assert y.shape == (3, 3, 128, 128) and 0 <= float(y.min()) and float(y.max()) <= 1
-        from pipeline.train import load_model
+        from pipeline.model import load_model
 
         torch.testing.assert_close(y, load_model(proj / "models").reconstruct(x), rtol=1e-4, atol=1e-5)
     finally:

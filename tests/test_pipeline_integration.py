@@ -161,7 +161,8 @@ def test_mlflow_run_holds_params_history_and_artifacts(project, mlflow_client):
     assert tags["mlflow.note.content"].startswith("Latent size 8, 2 epochs on 8 training images of the synthetic faces")
     train_json = _json(proj / "metrics/train.json")
     assert run.data.metrics["loss"] == pytest.approx(train_json["loss"])
-    assert {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "model")} >= {"model/vae.pt", "model/config.json"}
+    assert {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "model")} >= \
+        {"model/vae.pt", "model/model_config.json", "model/config.json"}
     assert {"loss.png", "train_history.csv"} <= {a.path for a in mlflow_client.list_artifacts(run.info.run_id)}
     # the pictures on the model run as MLflow images at step = epochs (the Chart view compares runs by them)
     images = {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "images")}
@@ -311,7 +312,7 @@ def test_a_changed_photo_folder_is_read_again_by_a_plain_repro(tmp_path):
 def test_latents_and_recon_metrics_are_what_the_saved_model_gives(project):
     """Recomputed from models/ and dataset.pt with plain torch: mu_* and logvar_* are the model's encoding of
     each image (in the dataset's order), and recon.json's PSNR / MSE are those of its reconstructions."""
-    from pipeline.train import load_model
+    from pipeline.model import load_model
 
     proj, _ = project
     model = load_model(proj / "models", "cpu").eval()

@@ -137,7 +137,8 @@ def test_damaged_intermediate_files_are_one_line_naming_the_rebuild(project):
     _one_line_error(_stage(project, "train"), "data/processed/dataset.pt is damaged", "dvc repro -f preprocess")
     (project / "models").mkdir()
     (project / "models/vae.pt").write_bytes(b"\x80\x02 cut")
-    (project / "models/config.json").write_text('{"latent_dim": 8, "image_size": 32}')
+    (project / "models/model_config.json").write_text(
+        '{"latent_dim": 8, "image_size": 32, "in_channels": 3, "arch": "bn"}')
     _one_line_error(_stage(project, "reconstruct"), "models: the trained model is damaged", "dvc repro -f train")
     (project / "data/latents").mkdir(parents=True)
     latents = project / "data/latents/latents.csv"

@@ -2,12 +2,13 @@ import json
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from pipeline.errors import UserError
-from pipeline.train import (TrainConfig, Trainer, can_continue, load_checkpoint, load_model, resolve_device,
-                            save_model, train)
+from pipeline.model import load_model, save_model
+from pipeline.train import TrainConfig, Trainer, can_continue, load_checkpoint, resolve_device, train
 
 
 def _images(n=12, size=32, seed=0):
@@ -103,13 +104,17 @@ def test_seed_mean_variant_trains_and_reports_comparable_terms():
 
 
 def test_save_and_load_round_trip(tmp_path):
-    model, _ = train(_images(), _cfg(), progress=False)
-    save_model(model, _cfg(), tmp_path)
+    trainer = Trainer(_images(), _cfg(arch="bn"))
+    trainer.fit(progress=False)
+    save_model(trainer.model, trainer.model_config, tmp_path)
     again = load_model(tmp_path)
     x = torch.rand(2, 3, 32, 32)
     # the trained model is channels_last, the loaded one contiguous: same weights, other conv kernels
-    torch.testing.assert_close(model.reconstruct(x), again.reconstruct(x), rtol=1e-5, atol=1e-6)
-    assert json.loads((tmp_path / "config.json").read_text())["latent_dim"] == 4
+    torch.testing.assert_close(trainer.model.eval().reconstruct(x), again.reconstruct(x), rtol=1e-5, atol=1e-6)
+    # the model's shape alone, apart from the training config: all that loading needs
+    assert json.loads((tmp_path / "model_config.json").read_text()) == {
+        "latent_dim": 4, "image_size": 32, "in_channels": 3, "arch": "bn"}
+    assert not again.training and again.arch == "bn"
 
 
 def test_missing_model_is_a_user_error(tmp_path):
@@ -117,12 +122,36 @@ def test_missing_model_is_a_user_error(tmp_path):
         load_model(tmp_path)
 
 
-def test_device_resolution():
-    assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
-    if not torch.cuda.is_available():
-        with pytest.raises(UserError, match="train.device = cuda"):
+@pytest.mark.parametrize("cuda, mps, auto", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_auto_picks_cuda_then_mps_then_cpu_and_a_missing_device_is_one_line(monkeypatch, cuda, mps, auto):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert resolve_device("auto") == torch.device(auto)
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not cuda:
+        with pytest.raises(UserError) as e:
             resolve_device("cuda")
+        assert str(e.value) == "train.device = cuda but no CUDA GPU is visible to PyTorch; set train.device: auto or cpu"
+    if not mps:
+        with pytest.raises(UserError) as e:
+            resolve_device("mps")
+        assert str(e.value) == ("train.device = mps but Apple's MPS backend is not available; set train.device: "
+                                "auto or cpu")
+    else:
+        assert resolve_device("mps") == torch.device("mps")
+
+
+@pytest.mark.parametrize("images", [torch.zeros(4, 3, 32, 32), torch.zeros(3, 32, 32, dtype=torch.uint8)])
+def test_the_trainer_takes_a_uint8_batch_of_images_only(images):
+    with pytest.raises(ValueError, match=r"^images must be a uint8 tensor N x C x H x W$"):
+        Trainer(images, _cfg())
+
+
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+def test_the_optimizer_is_the_one_asked_for_with_its_settings(name, cls):
+    trainer = Trainer(_images(), _cfg(optimizer=name, lr=0.003, weight_decay=0.02, schedule="constant"))
+    assert type(trainer.opt) is cls
+    assert (trainer.opt.defaults["lr"], trainer.opt.defaults["weight_decay"]) == (0.003, 0.02)
 
 
 def _strip(history):
@@ -394,3 +423,251 @@ def test_a_stop_requested_mid_training_ends_at_the_epoch_boundary_with_a_checkpo
     assert trainer.epoch == 2 and len(trainer.history) == 2
     state = load_checkpoint(tmp_path / "c.pt")
     assert state["epoch"] == 2 and not state["finished"]
+
+
+def _augment_by_hand(img: np.ndarray, r: list[float]) -> np.ndarray:
+    """The documented augmentation of one C x S x S image, in pixel units, from its six uniform draws r:
+    r0 < 0.5 flips it left-right, r1 scales it by 0.9-1.1, r5 turns it by -10..10 degrees, r2 / r3 shift it by
+    up to 5 % of the side either way, r4 sets the brightness to 0.8-1.2. Each output pixel centre p (relative
+    to the image centre) reads the input at R(angle) F p / scale + shift, bilinearly, coordinates clamped to
+    the border pixels; the result is clipped to [0, 1]."""
+    c, s, _ = img.shape
+    flip = -1.0 if r[0] < 0.5 else 1.0
+    scale, angle = 0.9 + 0.2 * r[1], math.radians(-10 + 20 * r[5])
+    shift = ((r[2] - 0.5) * 0.1 * s, (r[3] - 0.5) * 0.1 * s)
+    out = np.zeros_like(img)
+    for i in range(s):
+        for j in range(s):
+            px, py = flip * (j + 0.5 - s / 2), i + 0.5 - s / 2
+            qx = (math.cos(angle) * px - math.sin(angle) * py) / scale + shift[0]
+            qy = (math.sin(angle) * px + math.cos(angle) * py) / scale + shift[1]
+            x = min(max(qx + s / 2 - 0.5, 0.0), s - 1.0)
+            y = min(max(qy + s / 2 - 0.5, 0.0), s - 1.0)
+            x0, y0 = int(math.floor(x)), int(math.floor(y))
+            x1, y1 = min(x0 + 1, s - 1), min(y0 + 1, s - 1)
+            fx, fy = x - x0, y - y0
+            out[:, i, j] = ((1 - fx) * (1 - fy) * img[:, y0, x0] + fx * (1 - fy) * img[:, y0, x1]
+                            + (1 - fx) * fy * img[:, y1, x0] + fx * fy * img[:, y1, x1])
+    return np.clip(out * (0.8 + 0.4 * r[4]), 0.0, 1.0)
+
+
+AUGMENT_SEEDS = [0, 1, 2, 3]
+
+
+def test_the_augment_seeds_cover_flipped_and_unflipped_images():
+    draws = [torch.rand((4, 6), generator=torch.Generator().manual_seed(s)) for s in AUGMENT_SEEDS]
+    assert {bool(v) for d in draws for v in d[:, 0] < 0.5} == {True, False}
+
+
+@pytest.mark.parametrize("seed", AUGMENT_SEEDS)
+def test_augment_is_the_documented_flip_turn_scale_shift_and_brightness(seed):
+    from pipeline.train import augment
+
+    x = _images(n=4, size=16, seed=seed).float() / 255
+    r = torch.rand((4, 6), generator=torch.Generator().manual_seed(seed)).tolist()  # augment's own draws
+    got = augment(x, torch.Generator().manual_seed(seed)).numpy()
+    for k in range(4):
+        assert got[k] == pytest.approx(_augment_by_hand(x[k].numpy(), r[k]), abs=2e-5), k
+
+
+class _FakeMallopt:
+    def __init__(self, answer=1):
+        self.calls, self.answer = [], answer
+
+    def __call__(self, param, value):
+        self.calls.append((param, value))
+        return self.answer
+
+
+@pytest.mark.parametrize("answer", [1, 0])
+def test_keep_freed_memory_raises_glibcs_mmap_and_trim_thresholds(monkeypatch, answer):
+    """glibc's malloc.h: M_TRIM_THRESHOLD is -1, M_MMAP_THRESHOLD -3; the thresholds 512 MiB and 1 GiB."""
+    import ctypes
+    import platform
+
+    from pipeline.train import keep_freed_memory
+
+    fake = _FakeMallopt(answer)
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: type("Libc", (), {"mallopt": fake})() if name == "libc.so.6"
+                        else pytest.fail(name))
+    assert keep_freed_memory() is bool(answer)
+    assert fake.calls == ([(-3, 512 * 2 ** 20), (-1, 2 ** 30)] if answer else [(-3, 512 * 2 ** 20)])
+    assert (fake.argtypes, fake.restype) == ([ctypes.c_int, ctypes.c_int], ctypes.c_int)
+
+
+def test_keep_freed_memory_does_nothing_without_glibc(monkeypatch):
+    import ctypes
+    import platform
+
+    from pipeline.train import keep_freed_memory
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: pytest.fail("no C library may be loaded"))
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    assert keep_freed_memory() is False
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("musl", "1.2"))
+    assert keep_freed_memory() is False
+
+    def missing(name):
+        raise OSError("libc.so.6: cannot open shared object file")
+
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.setattr(ctypes, "CDLL", missing)
+    assert keep_freed_memory() is False
+
+
+def test_init_distributed_joins_the_group_only_under_torchrun(monkeypatch):
+    import torch.distributed as dist
+
+    from pipeline import train as train_module
+    from pipeline.train import init_distributed
+
+    joined = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: joined.append(backend))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert init_distributed("cpu") is None
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert init_distributed("cpu") is None and joined == []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert init_distributed("cpu") == torch.device("cpu") and joined == ["gloo"]
+    # on CUDA: this process's GPU is LOCAL_RANK's, and the backend nccl
+    chosen = []
+    monkeypatch.setattr(train_module, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: chosen.append(i))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert init_distributed("auto") == torch.device("cuda", 1) and chosen == [1] and joined == ["gloo", "nccl"]
+    monkeypatch.delenv("LOCAL_RANK")
+    assert init_distributed("auto") == torch.device("cuda", 0) and chosen == [1, 0]
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # already joined: not twice
+    init_distributed("auto")
+    assert joined == ["gloo", "nccl", "nccl"]
+
+
+def test_progress_on_a_terminal_is_one_tqdm_bar(monkeypatch, capsys):
+    import types
+
+    from pipeline.train import Progress
+
+    bars = []
+
+    class FakeBar:
+        def __init__(self, **kw):
+            self.kw, self.postfix, self.n, self.closed = kw, [], 0, False
+            bars.append(self)
+
+        def set_postfix(self, d):
+            self.postfix.append(dict(d))
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setitem(__import__("sys").modules, "tqdm", types.SimpleNamespace(tqdm=FakeBar))
+    monkeypatch.setattr(__import__("sys").stderr, "isatty", lambda: True)
+    p = Progress(5, initial=2)
+    for e in (3, 4, 5):
+        p.update({"epoch": e, "loss": 10.0 * e, "recon": 9.0, "kl": 1.04})
+    p.close()
+    (bar,) = bars
+    assert bar.kw == {"total": 5, "initial": 2, "desc": "train", "unit": "epoch", "dynamic_ncols": True}
+    assert bar.n == 3 and bar.closed
+    assert bar.postfix[-1] == {"loss": "50.0", "recon": "9.0", "kl": "1.0"}
+    assert capsys.readouterr().err == ""  # the bar draws itself; no extra lines
+
+
+@pytest.mark.parametrize("target, printed", [(5, [1, 2, 3, 4, 5]), (25, [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 25]),
+                                             (30, [3, 6, 9, 12, 15, 18, 21, 24, 27, 30])])
+def test_progress_in_a_log_prints_every_tenth_rounded_and_the_last(monkeypatch, capsys, target, printed):
+    from pipeline.train import Progress
+
+    monkeypatch.setattr(__import__("sys").stderr, "isatty", lambda: False)
+    p = Progress(target)
+    for e in range(1, target + 1):
+        p.update({"epoch": e, "loss": 1.0, "recon": 1.0, "kl": 0.0})
+    lines = capsys.readouterr().err.splitlines()
+    assert [int(line.split()[2].split("/")[0]) for line in lines] == printed
+    assert all(line.endswith(" s)") and f"/{target}  loss 1.0  recon 1.0  kl 0.0  (" in line for line in lines)
+
+
+def test_train_config_from_params_takes_its_fields_and_the_size_and_arch():
+    section = {"latent_dim": 20, "epochs": 3, "lr": 0.01, "resume": True, "checkpoint_every": 5}
+    cfg = TrainConfig.from_params(section, 64, "bn")
+    assert (cfg.latent_dim, cfg.epochs, cfg.lr, cfg.image_size, cfg.arch) == (20, 3, 0.01, 64, "bn")
+    assert not hasattr(cfg, "checkpoint_every")  # a key of the stage, not of training
+
+
+def test_a_checkpoint_holds_everything_to_resume_and_names_its_code():
+    from pipeline.train import code_fingerprint
+
+    trainer = Trainer(_images(), _cfg())
+    trainer.meta = {"mlflow_run_id": "abc"}
+    trainer.fit(progress=False)
+    state = trainer.state_dict()
+    assert json.loads(state["meta"]) == {"mlflow_run_id": "abc"}
+    assert json.loads(state["config"])["latent_dim"] == 4 and state["epoch"] == 2
+    assert len(code_fingerprint()) == 16 and int(code_fingerprint(), 16) >= 0
+    again = Trainer(_images(), _cfg())
+    again.load_state_dict(state)
+    assert again.meta == {"mlflow_run_id": "abc"} and again.epoch == 2 and again.history == trainer.history
+
+
+def test_a_last_short_batch_is_a_step_of_its_own_in_the_schedule():
+    """10 images in batches of 4: 3 steps an epoch (4, 4, 2), 9 in all over 3 epochs."""
+    from pipeline.train import lr_at
+
+    trainer = Trainer(_images(n=10), _cfg(epochs=3, schedule="cosine"))
+    history = trainer.fit(progress=False)
+    assert [r["lr"] for r in history] == pytest.approx([lr_at(trainer.cfg, 3 * e + 2, 9) for e in range(3)])
+    assert all(0 <= r["seconds"] < 60 for r in history)
+
+
+def test_the_kl_weight_stays_at_beta_after_its_warm_up():
+    trainer = Trainer(_images(), _cfg(kl_warmup_epochs=2, beta=0.5))
+    assert [trainer.beta_at(e) for e in (1, 2, 3, 10)] == [0.25, 0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("precision, hint", [("fp32", ""), ("bf16", " or train.precision: fp32")])
+def test_the_divergence_message_suggests_fp32_only_under_bf16(precision, hint):
+    trainer = Trainer(_images(), _cfg(lr=1e3, precision=precision))
+    with pytest.raises(UserError) as e:
+        trainer.fit(progress=False)
+    assert str(e.value).startswith("training diverged in epoch 1: the loss became ")
+    assert str(e.value).endswith(f"; lower train.lr (now 1000.0){hint} and rerun")
+
+
+def test_a_checkpoint_is_loaded_as_plain_tensors_only(tmp_path):
+    """torch.load(weights_only=True): a checkpoint that would run code when unpickled is refused (None), as
+    a damaged one is; a real one loads onto the CPU."""
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"epoch": 1, "x": Evil()}, bad, pickle_module=pickle)
+    assert load_checkpoint(bad) is None
+    good = tmp_path / "good.pt"
+    torch.save({"epoch": torch.tensor(3)}, good)
+    assert load_checkpoint(good)["epoch"].device.type == "cpu"
+
+
+def test_a_checkpoint_that_does_not_say_it_finished_is_continued(tmp_path):
+    trainer = Trainer(_images(), _cfg(epochs=2))
+    trainer.fit(progress=False, epochs=1)
+    state = trainer.state_dict()
+    assert "finished" not in state  # the trainer's own state; save_checkpoint adds the flag
+    assert can_continue(state, _cfg(epochs=2), resume=False)
+
+
+def test_train_reports_progress_unless_asked_not_to(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    train(_images(), _cfg(epochs=2))
+    assert "train: epoch 2/2" in capsys.readouterr().err
+    train(_images(), _cfg(epochs=2), progress=False)
+    assert capsys.readouterr().err == ""
