@@ -38,7 +38,7 @@ summary: $(VENV)/.installed
 	@$(BIN)/python -m pipeline.summary
 
 test: $(VENV)/.installed  ## the whole test suite
-	$(BIN)/python -m pytest -n auto --maxprocesses=4  # tests run in parallel processes (pytest-xdist)
+	$(BIN)/python -m pytest -n auto --maxprocesses=4 --dist worksteal  # in parallel processes (pytest-xdist)
 
 test-fast: $(VENV)/.installed  ## the unit tests only: no subprocess, no dvc repro
 	$(BIN)/python -m pytest -n auto --maxprocesses=4 -m "not integration"

@@ -34,8 +34,20 @@ if os.environ.get("CI"):
     _hypothesis_settings.load_profile("ci")
 
 
+# the modules whose tests take longest (pytest --durations on cpu-2), longest first
+LONGEST_FIRST = ("test_sweep.py", "test_mlflow_server.py", "test_dvc_remote.py", "test_train_stage.py",
+                 "test_pipeline_integration.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Integration tests (minutes each: real dvc repro, servers, subprocesses) first, unit tests after: with
-    pytest-xdist the long tests start at once and the short ones fill the workers' gaps at the end, instead
-    of one long test that happens to be collected last running on its own. Order within each group kept."""
-    items.sort(key=lambda item: item.get_closest_marker("integration") is None)
+    """The longest tests first, then the other integration tests (real dvc repro, servers, subprocesses),
+    then the unit tests: with pytest-xdist (make test: --dist worksteal) the long ones start at once and
+    the short ones fill the workers' gaps at the end, instead of one long test collected last running on
+    its own. Order within each group kept."""
+    def rank(item):
+        module = item.path.name
+        if module in LONGEST_FIRST:
+            return LONGEST_FIRST.index(module)
+        return len(LONGEST_FIRST) + (item.get_closest_marker("integration") is None)
+
+    items.sort(key=rank)
