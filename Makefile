@@ -109,9 +109,9 @@ sweep: $(VENV)/.installed  ## train and evaluate one model per latent size in SW
 	@$(BIN)/python -m pipeline.sweep $(SWEEP)
 
 # The experiments in a 160-column table: latent size, epochs and the key metrics, best test PSNR first.
-EXPS_COLUMNS := ^(Experiment|Created|train\.latent_dim|train\.epochs|test_psnr|test_ssim|probe_accuracy|knn_accuracy|silhouette)$$
+EXPS_COLUMNS := ^(Experiment|Created|train\.latent_dim|train\.epochs|test\.psnr|test\.ssim|probe_accuracy|knn_accuracy|silhouette)$$
 exps: $(VENV)/.installed  ## the DVC experiments with their latent size and key metrics
-	@dvc exp show --no-pager --drop '.*' --keep '$(EXPS_COLUMNS)' --sort-by test_psnr --sort-order desc
+	@dvc exp show --no-pager --drop '.*' --keep '$(EXPS_COLUMNS)' --sort-by test.psnr --sort-order desc
 
 compare: $(VENV)/.installed  ## reports/compare/: latent size against test PSNR, SSIM, kNN accuracy, silhouette
 	@$(BIN)/python -m pipeline.compare

@@ -29,9 +29,9 @@ def summary(root: Path = Path(".")) -> str:
                  f"(recon {train.get('recon', float('nan')):.1f}, KL {train.get('kl', float('nan')):.1f})   "
                  f"metrics/train.json, metrics/train_history.csv")
     for split in ("train", "test"):
-        if f"{split}_psnr" in recon:
-            lines.append(f"  {split:<10} PSNR {recon[f'{split}_psnr']:.2f} dB, SSIM {recon[f'{split}_ssim']:.3f}   "
-                         f"reports/recon_{split}.png")
+        m = recon.get(split)
+        if m:
+            lines.append(f"  {split:<10} PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}   reports/recon_{split}.png")
     if tsne:
         def num(key):  # metrics JSON writes a figure that could not be computed as null
             return float("nan") if tsne.get(key) is None else tsne[key]

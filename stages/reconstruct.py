@@ -1,6 +1,6 @@
 """DVC stage reconstruct: models/ + data/processed -> reports/recon_train.png, reports/recon_test.png
-(originals in a row above their reconstructions) and metrics/recon.json (test_psnr, test_ssim, test_mse, n_test
-and the same for train: the names the model's MLflow run carries)."""
+(originals in a row above their reconstructions) and metrics/recon.json (MSE, PSNR, SSIM per split; on the model's
+MLflow run they are test_psnr, train_ssim ...)."""
 
 import _path  # noqa: F401
 
@@ -29,22 +29,21 @@ def grid_indices(ds, per_class):
 def run(params):
     model = load_model("models", resolve_device("auto"))
     ds_all = load_dataset("data/processed/dataset.pt")
-    per_split, files = {}, []
+    metrics, files = {}, []
     for split in ("train", "test"):
         ds = subset(ds_all, split)
         recon = reconstruct(model, ds["images"])
-        per_split[split] = image_metrics(ds["images"].float() / 255.0, recon)
+        metrics[split] = image_metrics(ds["images"].float() / 255.0, recon)
         idx = grid_indices(ds, params["reconstruct.per_class"])
         path = f"reports/recon_{split}.png"
         save_recon_grid(ds["images"][idx], recon[idx], path, per_row=10)
         files.append(path)
-    metrics = {(f"n_{s}" if k == "n" else f"{s}_{k}"): v for s, m in per_split.items() for k, v in m.items()}
     write_json("metrics/recon.json", metrics)
-    log_stage("models", "reconstruct", {"reconstruct.per_class": params["reconstruct.per_class"]},
-              {k: v for k, v in metrics.items() if not k.startswith("n_")},
+    flat = {f"{s}_{k}": v for s, m in metrics.items() for k, v in m.items() if k != "n"}
+    log_stage("models", "reconstruct", {"reconstruct.per_class": params["reconstruct.per_class"]}, flat,
               files + ["metrics/recon.json"], images={f"reconstruct/{Path(f).stem}": f for f in files})
     print("reconstruct: " + "; ".join(f"{s} PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}, MSE {m['mse']:.5f} "
-                                      f"({m['n']} images)" for s, m in per_split.items()))
+                                      f"({m['n']} images)" for s, m in metrics.items()))
 
 
 if __name__ == "__main__":

@@ -84,12 +84,11 @@ def test_reconstruct_outputs(project):
         # 2 per class x 2 labels = 4 images in one pair of rows: 4 x (128 + 2) + 2 by 2 x (128 + 2) + 2
         assert Image.open(proj / f"reports/recon_{split}.png").size == (522, 262)
     m = _json(proj / "metrics/recon.json")
-    # the names of the model's MLflow metrics; none is also a param's name (train.* are params)
-    assert set(m) == {f"{s}_{k}" for s in ("train", "test") for k in ("mse", "psnr", "ssim")} | {"n_train", "n_test"}
-    assert m["n_test"] == 4 and m["n_train"] == 8
-    for s in ("train", "test"):
-        assert 0 < m[f"{s}_mse"] < 1 and 0 < m[f"{s}_psnr"] < 60 and -1 <= m[f"{s}_ssim"] <= 1
-        assert m[f"{s}_psnr"] == pytest.approx(10 * math.log10(1 / m[f"{s}_mse"]), abs=2.0)
+    assert set(m) == {"train", "test"} and all(set(s) == {"mse", "psnr", "ssim", "n"} for s in m.values())
+    assert m["test"]["n"] == 4 and m["train"]["n"] == 8
+    for s in m.values():
+        assert 0 < s["mse"] < 1 and 0 < s["psnr"] < 60 and -1 <= s["ssim"] <= 1
+        assert s["psnr"] == pytest.approx(10 * math.log10(1 / s["mse"]), abs=2.0)
 
 
 def test_latents_and_tsne_outputs(project):
@@ -153,7 +152,7 @@ def test_mlflow_run_holds_params_history_and_artifacts(project, mlflow_client):
     # the summary figures: one value at step 0 (the UI's bar charts), rounded
     recon = _json(proj / "metrics/recon.json")
     tsne = _json(proj / "metrics/tsne.json")
-    for key, want in (("test_psnr", round(recon["test_psnr"], 2)), ("test_ssim", round(recon["test_ssim"], 3)),
+    for key, want in (("test_psnr", round(recon["test"]["psnr"], 2)), ("test_ssim", round(recon["test"]["ssim"], 3)),
                       ("knn_accuracy", round(tsne["knn_accuracy"], 3)), ("silhouette", round(tsne["silhouette"], 3))):
         assert [(m.step, m.value) for m in mlflow_client.get_metric_history(run.info.run_id, key)] == [(0, want)], key
     assert [m.step for m in mlflow_client.get_metric_history(run.info.run_id, "train_seconds")] == [0]
@@ -184,7 +183,7 @@ def test_downstream_stages_are_child_runs_with_artifacts(project, mlflow_client)
     assert arts(by_stage["latents"]) == {"latents.csv"}
     assert arts(by_stage["tsne"]) == {"tsne.png", "tsne_coords.csv", "tsne.json"}
     recon = _json(proj / "metrics/recon.json")
-    assert by_stage["reconstruct"].data.metrics["test_psnr"] == round(recon["test_psnr"], 2)
+    assert by_stage["reconstruct"].data.metrics["test_psnr"] == round(recon["test"]["psnr"], 2)
     assert by_stage["tsne"].data.params["tsne.perplexity"] == "3"
     # each child names its model and carries its size and epochs: children of two models compare side by side
     assert by_stage["tsne"].info.run_name == "z8-e2 tsne knn_k=3 perplexity=3 seed=0"
@@ -330,5 +329,5 @@ def test_latents_and_recon_metrics_are_what_the_saved_model_gives(project):
     for s in ("train", "test"):
         keep = torch.from_numpy(split == s)
         mse = ((x[keep].double() - recon[keep].double()) ** 2).flatten(1).mean(1)
-        assert m[f"{s}_mse"] == pytest.approx(float(mse.mean()), rel=1e-6)
-        assert m[f"{s}_psnr"] == pytest.approx(float((10 * torch.log10(1 / mse)).mean()), rel=1e-6)
+        assert m[s]["mse"] == pytest.approx(float(mse.mean()), rel=1e-6)
+        assert m[s]["psnr"] == pytest.approx(float((10 * torch.log10(1 / mse)).mean()), rel=1e-6)

@@ -39,7 +39,7 @@ def test_sweep_then_compare(tmp_path):
     table = run([*make, "-s", "exps"], proj, COLUMNS="160").stdout
     assert max(len(line) for line in table.splitlines()) <= 160
     header = next(line for line in table.splitlines() if "Experiment" in line)
-    assert header.split() == ["Experiment", "Created", "test_psnr", "test_ssim", "knn_accuracy", "probe_accuracy",
+    assert header.split() == ["Experiment", "Created", "test.psnr", "test.ssim", "knn_accuracy", "probe_accuracy",
                               "silhouette", "train.latent_dim", "train.epochs"]
     rows = [line for line in table.splitlines() if "[z" in line]
     def first_number(text):
