@@ -47,14 +47,12 @@ def _latest_child(client, experiment_id: str, parent_id: str, stage: str) -> str
     return runs[0].info.run_id if runs else None
 
 
-def collect(experiment: str) -> list[dict]:
+def collect(client, experiment: str) -> list[dict]:
     """The newest finished model run per latent size, sorted by latent size."""
-    uri = tracking_uri()
-    check_reachable(uri)
-    client = open_store(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise UserError(f"MLflow experiment '{experiment}' not found in {uri}; run the pipeline first (make run)")
+        raise UserError(f"MLflow experiment '{experiment}' not found in {client.tracking_uri}; run the pipeline "
+                        f"first (make run)")
     runs = client.search_runs([exp.experiment_id],
                               "tags.`facevae.kind` = 'model' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=1000)
@@ -81,10 +79,9 @@ def best(rows: list[dict]) -> dict:
     return max(rows, key=lambda r: (round(r["knn_accuracy"], 2), r["test_psnr"]))
 
 
-def promote_champion(top: dict, model_name: str) -> str | None:
+def promote_champion(client, top: dict, model_name: str) -> str | None:
     """Point the registered model's ``champion`` alias at the model version of ``top`` (:func:`best`); return
     the version, or None when that run registered no version (trained before registration, or MLflow away)."""
-    client = open_store(tracking_uri())
     versions = client.search_model_versions(f"name = '{model_name}' and run_id = '{top['run_id']}'")
     if not versions:
         return None
@@ -93,10 +90,13 @@ def promote_champion(top: dict, model_name: str) -> str | None:
     return version
 
 
+def _figures(r: dict) -> str:
+    return (f"test PSNR {r['test_psnr']:.2f} dB, SSIM {r['test_ssim']:.3f}, probe {r['probe_accuracy']:.3f}, "
+            f"kNN {r['knn_accuracy']:.2f}, silhouette {r['silhouette']:.3f}")
+
+
 def _title(r: dict) -> str:
-    return (f"latent {r['latent_dim']} ({r['run_name']}): test PSNR {r['test_psnr']:.2f} dB, "
-            f"SSIM {r['test_ssim']:.3f}, "
-            f"probe {r['probe_accuracy']:.3f}, kNN {r['knn_accuracy']:.2f}, silhouette {r['silhouette']:.3f}")
+    return f"latent {r['latent_dim']} ({r['run_name']}): {_figures(r)}"
 
 
 def _pictures(client, rows: list[dict], stage: str, tmp: str) -> list:
@@ -116,7 +116,7 @@ def _pictures(client, rows: list[dict], stage: str, tmp: str) -> list:
     return out
 
 
-def write_report(rows: list[dict], out: Path, top: dict | None = None) -> list[str]:
+def write_report(client, rows: list[dict], out: Path, top: dict | None = None) -> list[str]:
     """compare.png, compare_recon.png, compare_tsne.png and compare.md in ``out``; returns the files written."""
     from .plots import save_metric_bars, stack_titled
 
@@ -126,7 +126,6 @@ def write_report(rows: list[dict], out: Path, top: dict | None = None) -> list[s
                      {k: title for k, title, _ in METRICS}, out / "compare.png",
                      best=rows.index(top) if top in rows else None)
     written = ["compare.png"]
-    client = open_store(tracking_uri())
     with tempfile.TemporaryDirectory() as tmp:
         for stage, name in (("reconstruct", "compare_recon.png"), ("tsne", "compare_tsne.png")):
             pictures = _pictures(client, rows, stage, tmp)
@@ -205,14 +204,15 @@ def write_dvc_plots(experiments: list[str], out: Path) -> Path | None:
 
 
 def compare(experiment: str, model_name: str, out: Path) -> None:
-    rows = collect(experiment)
+    uri = tracking_uri()
+    check_reachable(uri)
+    client = open_store(uri)
+    rows = collect(client, experiment)
     top = best(rows)
-    written = write_report(rows, out, top)
+    written = write_report(client, rows, out, top)
     for r in rows:
-        print(f"latent {r['latent_dim']:>3}: test PSNR {r['test_psnr']:.2f} dB, SSIM {r['test_ssim']:.3f}, "
-              f"probe {r['probe_accuracy']:.3f}, kNN {r['knn_accuracy']:.2f}, silhouette {r['silhouette']:.3f}  "
-              f"({r['run_name']})")
-    version = promote_champion(top, model_name)
+        print(f"latent {r['latent_dim']:>3}: {_figures(r)}  ({r['run_name']})")
+    version = promote_champion(client, top, model_name)
     print(f"champion: latent {top['latent_dim']} ({top['run_name']}): "
           + (f"models:/{model_name}@{CHAMPION} is version {version}" if version else
              f"no registered version of '{model_name}' for this run; alias not moved"))
