@@ -52,9 +52,13 @@ def epoch_metrics(recon: str, kl_warmup_epochs: int) -> tuple[str, ...]:
 SUMMARY_STEP = 0
 
 
-def summary_round(key: str, value: float) -> float:
-    digits = 2 if key.endswith("psnr") else 6 if key.endswith("mse") else 1 if "second" in key else 3
-    return round(float(value), digits)
+def rounded(metrics: dict) -> dict:
+    """Summary metrics rounded to what their precision means: PSNR to 0.01 dB, MSE to 1e-6, seconds to 0.1,
+    the rest (accuracies, SSIM, silhouette, ...) to 0.001."""
+    def digits(key):
+        return 2 if key.endswith("psnr") else 6 if key.endswith("mse") else 1 if "second" in key else 3
+
+    return {k: round(float(v), digits(k)) for k, v in metrics.items()}
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -381,8 +385,8 @@ class TrainingRun:
         self.log_metrics(metrics, epoch)
 
     def log_summary(self, metrics: dict) -> None:
-        """One value per run (seconds, speed): at step 0, rounded (:func:`summary_round`)."""
-        self.log_metrics({k: summary_round(k, v) for k, v in metrics.items()}, SUMMARY_STEP)
+        """One value per run (seconds, speed): at step 0, rounded (:func:`rounded`)."""
+        self.log_metrics(rounded(metrics), SUMMARY_STEP)
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         import time
@@ -547,7 +551,7 @@ def log_stage(model_dir: str | Path, stage: str, params: dict, metrics: dict, ar
 
     ``artifacts`` is a list of paths (files) logged at the root of the child run, so two children's
     pictures compare side by side. ``metrics`` go to the child and to the parent run at step 0, rounded
-    (:func:`summary_round`): the UI's bar charts. ``images`` ({key: PNG path}) are logged to the parent
+    (:func:`rounded`): the UI's bar charts. ``images`` ({key: PNG path}) are logged to the parent
     with ``mlflow.log_image`` at step = epochs trained, so the experiment's Chart view shows each model's
     pictures side by side.
     """
@@ -590,7 +594,7 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, images):
     cid = child.info.run_id
     try:
         _log_params(client, cid, params)
-        summary = {k: summary_round(k, v) for k, v in metrics.items()}
+        summary = rounded(metrics)
         _log_metrics(client, cid, summary, SUMMARY_STEP)
         for path in artifacts:
             client.log_artifact(cid, str(path))
@@ -611,10 +615,10 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, images):
 # VIEW_COLUMNS; its chart view has the summary metrics as bars, the pictures side by side (without the
 # full list of params MLflow prints above each run's picture by default) and the per-epoch curves.
 VIEW_KEY = "facevae"
-VIEW_COLUMNS = ["params.`train.latent_dim`", "params.`train.epochs`", "metrics.`test_psnr`", "metrics.`test_ssim`",
-                "metrics.`probe_accuracy`", "metrics.`knn_accuracy`", "metrics.`silhouette`"]
+KEY_METRICS = ["test_psnr", "test_ssim", "probe_accuracy", "knn_accuracy", "silhouette"]
+VIEW_COLUMNS = ["params.`train.latent_dim`", "params.`train.epochs`", *(f"metrics.`{k}`" for k in KEY_METRICS)]
 VIEW_SECTIONS = [  # (section, chart type, keys, expanded)
-    ("summary", "BAR", ["test_psnr", "test_ssim", "probe_accuracy", "knn_accuracy", "silhouette"], True),
+    ("summary", "BAR", KEY_METRICS, True),
     ("pictures", "IMAGE", ["reconstruct/recon_test", "tsne/tsne", "train/loss", "reconstruct/recon_train",
                            "explore/expression_vector", "explore/interpolation", "explore/samples"], True),
     ("per epoch", "LINE", ["loss", "recon", "kl", "neg_elbo", "sse", "beta"], True),
