@@ -409,9 +409,7 @@ def _keep(out_dir: Path, record: dict, result: IngestResult) -> bool:
     try:
         if json.loads((out_dir / RECORD).read_text(encoding="utf-8")) != record:
             return False
-        rows = read_manifest(out_dir)
-        with open(out_dir / "rejected.csv", newline="", encoding="utf-8") as f:
-            rejected = list(csv.DictReader(f))
+        rows, rejected = read_manifest(out_dir), _read_csv(out_dir / "rejected.csv")
         files = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if not p.is_dir()}
         if files != {r["relpath"] for r in rows} | {"manifest.csv", "rejected.csv", RECORD}:
             return False
@@ -529,5 +527,9 @@ def read_manifest(raw_dir: str | Path) -> list[dict]:
     path = Path(raw_dir) / "manifest.csv"
     if not path.exists():
         raise UserError(f"{path} not found; run the ingest stage first (dvc repro ingest)")
+    return _read_csv(path)
+
+
+def _read_csv(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
