@@ -14,6 +14,32 @@ def root():
     return ROOT
 
 
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory, worker_id):
+    """The TINY project (a git repository) after one real `dvc repro`, built once for the whole test run, all
+    pytest-xdist workers together (a file lock; the first to ask builds it): ``(path, dvc repro's stdout)``.
+    Read it, never change it: a test that runs anything in it works on a copy (:func:`helpers.clone`)."""
+    from filelock import FileLock
+
+    from helpers import TINY, copy_repo, dvc, git_init, set_params
+
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent  # the run's folder, above each worker's own
+    path, log = shared / "tiny-project", shared / "tiny-project.repro.log"
+    with FileLock(str(shared / "tiny-project.lock")):
+        if not log.exists():
+            if path.exists():  # a build that failed half-way
+                import shutil
+
+                shutil.rmtree(path)
+            copy_repo(path)
+            set_params(path, TINY)
+            git_init(path)
+            log.write_text(dvc(path, "repro").stdout)
+    return path, log.read_text()
+
+
 @pytest.fixture(params=["cpu", "cuda"])
 def device(request):
     """Run a trainer test on the CPU (always, CI included) and on a CUDA GPU where one is visible: the same

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -20,6 +22,59 @@ TINY = {
     "reconstruct": {"per_class": 2},
     "tsne": {"perplexity": 3, "knn_k": 3},
 }
+
+
+SMALL = {**TINY, "preprocess": {"size": 32}}  # 32 x 32 images: the train stage in seconds
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def small_project(path: Path, model: dict | None = None, per_class: int = 6, drop: int = 0, **train) -> Path:
+    """A project folder (params.yaml and data/processed/dataset.pt, no code) for running the train stage in:
+    per_class synthetic 32 x 32 images a label (2 of each held out), less the first ``drop`` training images;
+    ``train`` and ``model`` override SMALL's params."""
+    import torch
+
+    from pipeline.ingest import ingest
+    from pipeline.preprocess import build_dataset, save_dataset
+
+    path.mkdir(parents=True)
+    (path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    set_params(path, {**SMALL, "train": {**SMALL["train"], **train}, **({"model": model} if model else {})})
+    ingest("synthetic", path / "data/raw", per_class=per_class)
+    ds = build_dataset(path / "data/raw", 32, 2, 0)[0]
+    keep = [i for i in range(len(ds["ids"])) if ds["is_test"][i] or i >= drop]
+    ds = {**{k: v[keep] for k, v in ds.items() if torch.is_tensor(v)}, "ids": [ds["ids"][i] for i in keep],
+          "classes": ds["classes"]}
+    save_dataset(ds, path / "data/processed/dataset.pt")
+    return path
+
+
+def train_stage(project: Path, check: bool = True, **extra_env) -> subprocess.CompletedProcess:
+    """``python stages/train.py`` run in ``project``."""
+    return run([str(BIN / "python"), str(ROOT / "stages/train.py")], project, check=check, **extra_env)
+
+
+def start_train_stage(project: Path, **extra_env) -> tuple[subprocess.Popen, "Lines"]:
+    """The train stage started in ``project``; its stderr (the progress lines) read by a :class:`Lines`."""
+    proc = subprocess.Popen([str(BIN / "python"), str(ROOT / "stages/train.py")], cwd=project, env=env(**extra_env),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return proc, Lines(proc.stderr)
+
+
+def epoch_line(epoch: int, epochs: int) -> str:
+    """The progress line training prints (in a log, every tenth of the run) after ``epoch`` was logged and,
+    when due, checkpointed."""
+    return rf"^train: epoch {epoch}/{epochs} "
+
+
+def store(project: Path):
+    """An MLflow client of the project's own store."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
 
 
 def env(**extra) -> dict:
@@ -52,6 +107,12 @@ def copy_repo(dst: Path) -> Path:
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, target)
+    return dst
+
+
+def clone(project: Path, dst: Path) -> Path:
+    """A copy of a whole project (git history, DVC cache, MLflow store and all) to change at will."""
+    shutil.copytree(project, dst, symlinks=True)
     return dst
 
 
@@ -90,11 +151,82 @@ def ran_stages(output: str) -> list[str]:
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on at this moment (a server given it may still lose it to another
+    process: :class:`MlflowServer` retries on another port)."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def refused_port():
+    """A loopback port that is bound but never listens, for as long as the block runs: a connection to it is
+    refused, and no other process can take it meanwhile."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
+class Lines:
+    """Reads a process's text stream on a thread, so a test can wait for a line the process prints (an
+    explicit signal of how far it got) instead of polling its files; ``text`` is all it printed."""
+
+    def __init__(self, stream):
+        import threading
+
+        self.lines: list[str] = []
+        self._new = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream):
+        for line in stream:
+            with self._new:
+                self.lines.append(line)
+                self._new.notify_all()
+        with self._new:
+            self.closed = True
+            self._new.notify_all()
+
+    closed = False
+
+    def wait_for(self, pattern: str, timeout: float = 180, after: int = 0) -> "re.Match":
+        """The first line from index ``after`` on that matches the regex ``pattern``; fails when the stream
+        ends or ``timeout`` seconds pass first. ``self.seen`` is then the number of lines read through it."""
+        import re
+        import time
+
+        deadline = time.time() + timeout
+        i = after
+        with self._new:
+            while True:
+                while i < len(self.lines):
+                    m = re.search(pattern, self.lines[i])
+                    i += 1
+                    if m:
+                        self.seen = i
+                        return m
+                if self.closed:
+                    raise AssertionError(f"the process ended without printing /{pattern}/:\n{self.text()[-3000:]}")
+                left = deadline - time.time()
+                if left <= 0:
+                    raise AssertionError(f"no line /{pattern}/ within {timeout} s:\n{self.text()[-3000:]}")
+                self._new.wait(left)
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def join(self, timeout: float = 120) -> str:
+        self._thread.join(timeout)
+        return self.text()
+
+
+class PortTaken(Exception):
+    """The server could not bind its port: another process has it."""
 
 
 class MlflowServer:
@@ -103,15 +235,31 @@ class MlflowServer:
     def __init__(self, store: Path, port: int | None = None, extra: tuple = ()):
         self.store = store
         self.extra = tuple(extra)
+        self.fixed_port = port is not None
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc = None
 
-    def start(self, timeout: float = 90) -> "MlflowServer":
+    def start(self, timeout: float = 90, tries: int = 5) -> "MlflowServer":
+        """Start the server and wait until it answers. A port another process took between choosing it and
+        the server binding it is replaced by a new one (up to ``tries`` times), unless it was asked for."""
+        for attempt in range(tries):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if self.fixed_port or attempt == tries - 1:
+                    raise
+                self.port = free_port()
+                self.uri = f"http://127.0.0.1:{self.port}"
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout):
         import time
         import urllib.request
 
         self.store.mkdir(parents=True, exist_ok=True)
+        log = self.store / "server.log"
+        start = log.stat().st_size if log.exists() else 0
         self.proc = subprocess.Popen(
             [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}",
              "--artifacts-destination", str(self.store / "artifacts"), "--host", "127.0.0.1",
@@ -121,7 +269,10 @@ class MlflowServer:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError((self.store / "server.log").read_text()[-3000:])
+                text = log.read_bytes()[start:].decode("utf-8", "replace")
+                if "address already in use" in text.lower():
+                    raise PortTaken(self.port)
+                raise AssertionError(text[-3000:])
             try:
                 with urllib.request.urlopen(self.uri + "/health", timeout=2) as r:
                     if r.status == 200:

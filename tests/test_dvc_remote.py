@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from helpers import TINY, copy_repo, dvc, git_init, ran_stages, run, set_params, stale
+from helpers import clone, dvc, ran_stages, run, stale
 
 pytestmark = pytest.mark.integration
 
@@ -16,12 +16,9 @@ def _digest(root):
     return {rel: hashlib.sha256((root / rel).read_bytes()).hexdigest() for rel in OUTPUTS}
 
 
-def test_push_in_one_clone_pull_in_another(tmp_path):
-    a = copy_repo(tmp_path / "a")
-    set_params(a, TINY)
-    git_init(a)
+def test_push_in_one_clone_pull_in_another(tmp_path, tiny_project):
+    a = clone(tiny_project[0], tmp_path / "a")  # after `dvc repro` on tiny params
     dvc(a, "remote", "add", "-d", "storage", str(tmp_path / "remote"))
-    dvc(a, "repro")
     dvc(a, "push")
     run(["git", "add", "-A"], a)
     run(["git", "commit", "-qm", "results"], a)

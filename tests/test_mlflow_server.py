@@ -1,14 +1,13 @@
 """A team's MLflow server: a real `mlflow server` on loopback, gone before and during training."""
 
-import subprocess
 import time
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from helpers import BIN, ROOT, TINY, MlflowServer, copy_repo, dvc, env, git_init, run, set_params
-from test_train_stage import _json, _project, _wait_for_checkpoint
+from helpers import (BIN, ROOT, TINY, MlflowServer, copy_repo, dvc, epoch_line, git_init, read_json, refused_port, run,
+                     set_params, small_project, start_train_stage, train_stage)
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +21,7 @@ def test_pipeline_against_a_real_server(tmp_path):
         dvc(proj, "repro", MLFLOW_TRACKING_URI=server.uri)
         assert not (proj / "mlflow.db").exists()  # everything went to the server
         client = MlflowClient(tracking_uri=server.uri)
-        run_id = _json(proj / "models/mlflow_run.json")["run_id"]
+        run_id = read_json(proj / "models/mlflow_run.json")["run_id"]
         r = client.get_run(run_id)
         assert r.data.params["train.latent_dim"] == "8" and r.info.status == "FINISHED"
         assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2]
@@ -50,11 +49,12 @@ def test_pipeline_against_a_real_server(tmp_path):
 
 
 def test_unreachable_server_refuses_within_seconds_before_training(tmp_path):
-    p = _project(tmp_path / "p", epochs=2)
-    uri = f"http://127.0.0.1:{__import__('helpers').free_port()}"
-    t0 = time.time()
-    out = run([str(BIN / "python"), str(ROOT / "stages/train.py")], p, check=False, MLFLOW_TRACKING_URI=uri)
-    assert time.time() - t0 < 30
+    p = small_project(tmp_path / "p", epochs=2)
+    with refused_port() as port:
+        uri = f"http://127.0.0.1:{port}"
+        t0 = time.time()
+        out = train_stage(p, check=False, MLFLOW_TRACKING_URI=uri)
+        assert time.time() - t0 < 30
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         f"error: MLflow server {uri} is not usable ([Errno 111] Connection refused); start it "
@@ -64,22 +64,21 @@ def test_unreachable_server_refuses_within_seconds_before_training(tmp_path):
 
 def test_server_gone_mid_training_keeps_the_metrics_and_resends_them(tmp_path):
     server = MlflowServer(tmp_path / "server").start()
-    p = _project(tmp_path / "p", epochs=40, checkpoint_every=1)
-    proc = subprocess.Popen([str(BIN / "python"), str(ROOT / "stages/train.py")], cwd=p,
-                            env=env(MLFLOW_TRACKING_URI=server.uri), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    p = small_project(tmp_path / "p", epochs=40, checkpoint_every=1)
+    proc, lines = start_train_stage(p, MLFLOW_TRACKING_URI=server.uri)
     try:
-        _wait_for_checkpoint(proc, p / "models/checkpoint.pt", min_epoch=3)
+        lines.wait_for(epoch_line(4, 40))  # epochs 1-4 logged to the server
         server.stop()
-        out, err = proc.communicate(timeout=600)
+        proc.wait(timeout=600)
+        err = lines.join()
     finally:
         server.stop()
     assert proc.returncode == 0, err
     assert "stopped answering" in err and "Traceback" not in err
-    assert _json(p / "metrics/train.json")["epochs"] == 40  # training completed, outputs written
+    assert read_json(p / "metrics/train.json")["epochs"] == 40  # training completed, outputs written
     outbox = list((p / ".mlflow-outbox").glob("*.json"))
     assert len(outbox) == 1 and not list((p / "models").glob("*unsent*"))  # outside the DVC output
-    unsent = _json(outbox[0])
+    unsent = read_json(outbox[0])
     assert any(i["kind"] == "metrics" and i["step"] == 40 for i in unsent["items"])
     assert any(i["kind"] == "artifact" for i in unsent["items"])
     # the server comes back (same store, same port): nothing was lost

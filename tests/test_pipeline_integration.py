@@ -9,22 +9,25 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import TINY, copy_repo, dvc, git_init, ran_stages, run, set_params, stale
+from helpers import TINY, clone, copy_repo, dvc, git_init, ran_stages, run, set_params, stale
 
 STAGES = ["ingest", "preprocess", "train", "reconstruct", "latents", "tsne", "explore"]
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    proj = copy_repo(tmp_path_factory.mktemp("facevae"))
-    set_params(proj, TINY)
-    git_init(proj)
-    result = dvc(proj, "repro")
-    return proj, result
+@pytest.fixture
+def project(tiny_project):
+    """The shared TINY project after `dvc repro` (conftest.tiny_project), and that run's output: to read."""
+    return tiny_project
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
+def own_project(tiny_project, tmp_path):
+    """A copy of the shared TINY project, for a test that reruns or changes something in it."""
+    return clone(tiny_project[0], tmp_path / "project")
+
+
+@pytest.fixture
 def mlflow_client(project):
     from mlflow.tracking import MlflowClient
 
@@ -37,8 +40,8 @@ def _json(path):
 
 
 def test_every_stage_ran(project):
-    _, result = project
-    ran = ran_stages(result.stdout)
+    _, output = project
+    ran = ran_stages(output)
     assert ran[:4] == STAGES[:4] and sorted(ran) == sorted(STAGES)  # tsne and explore both follow latents
 
 
@@ -196,8 +199,8 @@ def run_cmd_stdout(cmd, cwd):
     return run(cmd, cwd).stdout.strip()
 
 
-def test_dvc_commands_work_and_second_repro_runs_nothing(project):
-    proj, _ = project
+def test_dvc_commands_work_and_second_repro_runs_nothing(own_project):
+    proj = own_project
     again = dvc(proj, "repro")
     assert ran_stages(again.stdout) == ["ingest"]  # always: it checks the source, then finds data/raw up to date
     assert "ingest: data/raw is up to date" in again.stdout and "Stage 'train' didn't change, skipping" in again.stdout
@@ -212,8 +215,8 @@ def test_dvc_commands_work_and_second_repro_runs_nothing(project):
     dvc(proj, "exp", "show", "--no-pager")
 
 
-def test_each_stage_depends_only_on_its_params(project):
-    proj, _ = project
+def test_each_stage_depends_only_on_its_params(own_project):
+    proj = own_project
     import yaml
 
     original = (proj / "params.yaml").read_text()
@@ -235,8 +238,11 @@ def test_each_stage_depends_only_on_its_params(project):
     assert yaml.safe_load(original)["tsne"]["perplexity"] == 3
 
 
-def test_exp_run_with_new_perplexity_reruns_only_tsne_and_keeps_history(project, mlflow_client):
-    proj, _ = project
+def test_exp_run_with_new_perplexity_reruns_only_tsne_and_keeps_history(own_project):
+    from mlflow.tracking import MlflowClient
+
+    proj = own_project
+    mlflow_client = MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlflow.db'}")
     parent = _json(proj / "models/mlflow_run.json")["run_id"]
     before = _json(proj / "metrics/tsne.json")
     coords = (proj / "reports/tsne_coords.csv").read_text()
