@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MEASURE = """
 import json, resource, statistics, sys
 sys.path.insert(0, {root!r})
-from pipeline.train import TrainConfig, Trainer, keep_freed_memory
+from pipeline.runtime import keep_freed_memory
+from pipeline.train import TrainConfig, Trainer
 if {keep}:
     assert keep_freed_memory()
 import torch

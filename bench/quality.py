@@ -26,6 +26,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -36,11 +37,12 @@ sys.path.insert(0, str(ROOT))
 from pipeline.embed import cluster_metrics, label_axes, latents_frame, mu_matrix, tsne_coords  # noqa: E402
 from pipeline.evaluate import image_metrics, reconstruct  # noqa: E402
 from pipeline.ingest import ingest  # noqa: E402
-from pipeline.params import load, section  # noqa: E402
+from pipeline.params import Params, from_flat, load  # noqa: E402
 from pipeline.plots import save_recon_grid, save_tsne_plot  # noqa: E402
 from pipeline.faces import CropSpec  # noqa: E402
 from pipeline.preprocess import build_dataset, subset  # noqa: E402
-from pipeline.train import TrainConfig, Trainer, keep_freed_memory, resolve_device  # noqa: E402
+from pipeline.runtime import keep_freed_memory, resolve_device  # noqa: E402
+from pipeline.train import TrainConfig, Trainer  # noqa: E402
 
 SETTINGS = {
     "default": {},
@@ -49,17 +51,16 @@ SETTINGS = {
 }
 
 
-def run_setting(name: str, params: dict, device: str, pictures: Path | None) -> dict:
+def run_setting(name: str, params: Params, device: str, pictures: Path | None) -> dict:
     t0 = time.perf_counter()
+    d, p = params.data, params.preprocess
     with tempfile.TemporaryDirectory() as tmp:
-        ingest(params["data.source"], Path(tmp) / "raw", per_class=params["data.per_class"],
-               seed=params["data.seed"], identities=params["data.identities"], labels=params["data.labels"],
-               min_size=params["preprocess.min_size"], min_per_label=params["split.test_per_class"] + 1)
-        ds, _ = build_dataset(Path(tmp) / "raw", params["preprocess.size"], params["split.test_per_class"],
-                              params["split.seed"], CropSpec.from_params(params))
+        ingest(d.source, Path(tmp) / "raw", per_class=d.per_class, seed=d.seed, identities=d.identities,
+               labels=d.labels, min_size=p.min_size, min_per_label=params.split.test_per_class + 1)
+        ds, _ = build_dataset(Path(tmp) / "raw", p.size, params.split.test_per_class, params.split.seed,
+                              CropSpec(p.face_crop, float(p.face_margin), p.no_face))
     train, test = subset(ds, "train"), subset(ds, "test")
-    cfg = TrainConfig.from_params({**section(params, "train"), "device": device}, params["preprocess.size"],
-                                  params["model.arch"])
+    cfg = replace(TrainConfig.from_params(params), device=device)
     trainer = Trainer(train["images"], cfg)
     t_train = time.perf_counter()
     trainer.fit(progress=False)
@@ -71,7 +72,7 @@ def run_setting(name: str, params: dict, device: str, pictures: Path | None) -> 
         m = image_metrics(part["images"].float() / 255, reconstruct(model, part["images"]))
         out[f"{split}_psnr"], out[f"{split}_ssim"] = round(m["psnr"], 2), round(m["ssim"], 4)
     frame = latents_frame(model, ds)
-    c = cluster_metrics(frame, params["tsne.knn_k"])
+    c = cluster_metrics(frame, params.tsne.knn_k)
     x, is_test = mu_matrix(frame), (frame["split"] == "test").to_numpy()
     axes, c["axes_test_accuracy"] = label_axes(x, frame["label"].to_numpy(), is_test)
     out.update({k: round(c[k], 3) for k in ("probe_accuracy", "probe_std", "knn_accuracy", "axes_test_accuracy",
@@ -104,7 +105,7 @@ def main(argv=None) -> None:
     settings = {**SETTINGS, "photos": {"data.source": args.photos}} if args.photos else SETTINGS
     names = args.settings.split(",") + (["photos"] if args.photos and "photos" not in args.settings else [])
     for name in names:
-        params = {**base, **settings[name], **overrides}
+        params = from_flat({**base.flat(), **settings[name], **overrides}, "--set")
         print(json.dumps(run_setting(name, params, args.device, args.pictures)), flush=True)
 
 

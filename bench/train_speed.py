@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -36,9 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline import synthetic  # noqa: E402
 from pipeline.losses import vae_loss  # noqa: E402
 from pipeline.model import ARCHS, ConvVAE  # noqa: E402
-from pipeline.params import load, section  # noqa: E402
+from pipeline.params import load  # noqa: E402
 from pipeline.preprocess import load_image  # noqa: E402
-from pipeline.train import TrainConfig, Trainer, keep_freed_memory, resolve_device  # noqa: E402
+from pipeline.runtime import keep_freed_memory, resolve_device  # noqa: E402
+from pipeline.train import TrainConfig, Trainer  # noqa: E402
 
 # dense bf16 peak FLOP/s by device name (the MFU denominator)
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
@@ -95,9 +97,8 @@ def facevae(images: torch.Tensor, device, batch: int, compile_: bool, arch: str)
     """facevae's Trainer with params.yaml's recipe (model.arch, train.*; latent 32) on the preprocessed uint8
     images; returns (one-epoch function, trainer)."""
     params = load(Path(__file__).resolve().parents[1] / "params.yaml")
-    train = {**section(params, "train"), "latent_dim": 32, "epochs": 10**6, "batch_size": batch,
-             "device": device.type, "compile": compile_}
-    cfg = TrainConfig.from_params(train, 128, arch or params["model.arch"])
+    cfg = replace(TrainConfig.from_params(params), latent_dim=32, epochs=10**6, batch_size=batch, device=device.type,
+                  compile=compile_, image_size=128, arch=arch or params.model.arch)
     trainer = Trainer(images, cfg, device)
 
     def epoch():

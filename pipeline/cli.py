@@ -8,13 +8,11 @@ from typing import Callable
 
 from .errors import Stopped, UserError
 from .io import remove_stale_temps
-from .params import load
-
-# where the stages write, relative to the project (not data/ as a whole: photos may live there)
-OUTPUT_FOLDERS = ("data/raw", "data/processed", "data/latents", "models", "metrics", "reports")
+from .params import Params, load
+from .paths import OUTPUT_FOLDERS
 
 
-def stage_main(fn: Callable[[dict], None], params_path: str = "params.yaml") -> None:
+def stage_main(fn: Callable[[Params], None], params_path: str = "params.yaml") -> None:
     """Load params.yaml, run ``fn(params)``; print a UserError as one line and exit 2; Ctrl-C exits 130.
     Temporary files that a killed stage left in the pipeline's output folders are removed first."""
     remove_stale_temps(*OUTPUT_FOLDERS)

@@ -236,9 +236,8 @@ def main(argv=None) -> None:
         from .params import load
 
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in the output
-        params = load() if args.experiment is None or args.model_name is None else {}
-        compare(args.experiment or params["mlflow.experiment"], args.model_name or params["mlflow.model_name"],
-                Path(args.out))
+        mlflow = load().mlflow if args.experiment is None or args.model_name is None else None
+        compare(args.experiment or mlflow.experiment, args.model_name or mlflow.model_name, Path(args.out))
 
     run_cli(go)
 

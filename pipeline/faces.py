@@ -19,8 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-CROP_MODES = ("none", "center", "detect")
-NO_FACE_MODES = ("reject", "center")
+from .params import Crop, NoFace, choices
+
+CROP_MODES = choices(Crop)
+NO_FACE_MODES = choices(NoFace)
 CASCADE = "haarcascade_frontalface_default.xml"
 DETECT_SIDES = (640, 1024)  # the cascade runs on a copy this large; the larger only when the smaller finds nothing
 MIN_FACE_FRACTION = 0.08  # ignore "faces" smaller than this share of the picture's shorter side
@@ -34,11 +36,6 @@ class CropSpec:
     mode: str = "center"
     margin: float = 0.25
     no_face: str = "reject"
-
-    @classmethod
-    def from_params(cls, params: dict) -> "CropSpec":
-        """From params.yaml's flat ``preprocess.*`` keys."""
-        return cls(params["preprocess.face_crop"], float(params["preprocess.face_margin"]), params["preprocess.no_face"])
 
 
 class NoFace(Exception):

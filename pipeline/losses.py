@@ -30,8 +30,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-RECON_MODES = ("mse", "bce", "gaussian")
-KL_MODES = ("elbo", "seed_mean")
+from .params import KL, Recon, choices
+
+RECON_MODES = choices(Recon)
+KL_MODES = choices(KL)
 LOG_2PI = math.log(2 * math.pi)
 
 

@@ -28,11 +28,12 @@ from torch import nn
 
 from .errors import UserError
 from .io import read_json, save_torch, write_json
+from .params import Arch, choices
 
 H_DIM = 1024
 BOTTLENECK_CHANNELS = 256  # 256 x 2 x 2 = 1024
 ENCODER_CHANNELS = (32, 32, 64, 64, 128, 256)  # for 128 x 128 input: 64, 32, 16, 8, 4, 2
-ARCHS = ("seed", "bn")
+ARCHS = choices(Arch)
 
 
 def _stage_channels(size: int) -> list[int]:

@@ -1,53 +1,54 @@
-"""Reading and checking params.yaml: every bad value is one clear line naming the key and the fix."""
+"""params.yaml as typed sections: the one place where each knob's type, allowed values, default and meaning live.
+
+``load()`` reads params.yaml once into a :class:`Params` (``p.train.latent_dim``, ``p.preprocess.size`` ...) and
+checks every key: an unknown key (``train.latnet_dim``), a missing one or a bad value is one line naming the key
+and what a good value looks like. The choices of each mode (``Recon``, ``Arch`` ...) are ``Literal`` types here,
+imported by the modules that act on them. Nothing here imports torch: a stage can refuse bad params in a blink.
+params.yaml holds the project's values; a test checks that they are these defaults.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
 from .errors import UserError
-from .faces import CROP_MODES, NO_FACE_MODES
-from .losses import KL_MODES, RECON_MODES
-from .model import ARCHS
-from .train import AUGMENTS, AUTO_AUGMENT_BELOW, OPTIMIZERS, PRECISIONS, SCHEDULES
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-_YAML12_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+# the choices, one type each
+Source = str  # 'synthetic', a folder, an archive or a CSV
+Crop = Literal["center", "none", "detect"]
+NoFace = Literal["reject", "center"]
+Arch = Literal["bn", "seed"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+KL = Literal["elbo", "seed_mean"]
+Recon = Literal["gaussian", "mse", "bce"]
+Precision = Literal["auto", "fp32", "bf16"]
+Optimizer = Literal["adamw", "adam"]
+Schedule = Literal["cosine", "constant"]
+Augment = Literal["auto", True, False]
+
+AUTO_AUGMENT_BELOW = 100  # train.augment auto: the homework's 16 + 16 photos are augmented, the built-in 380 not
+SEED_HINT = "an integer from 0 to 4294967295"
 
 
-def _positive_int(v):
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+def choices(literal) -> tuple:
+    """The values a Literal type allows: choices(Recon) == ('gaussian', 'mse', 'bce')."""
+    return get_args(literal)
 
 
-def _non_negative_int(v):
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
+# -- checks: each a predicate and what a good value looks like ----------------------------------------------
 def _int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _seed(v):
-    return _int(v) and 0 <= v < 2 ** 32
-
-
-SEED_HINT = "an integer from 0 to 4294967295"
-
-
-def _power_of_two_size(v):
-    return _positive_int(v) and v >= 16 and v & (v - 1) == 0
-
-
-def _positive_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-
-
-def _non_negative_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _str(v):
@@ -58,72 +59,209 @@ def _str_list(v):
     return isinstance(v, list) and all(_str(x) for x in v)
 
 
-# key -> (check, what a good value looks like)
-SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "data.source": (_str, "'synthetic', a folder with one sub-folder per label, a .zip/.tar.gz of one, or a CSV"),
-    "data.per_class": (_positive_int, "a positive integer"),
-    "data.seed": (_seed, SEED_HINT),
-    "data.identities": (_non_negative_int, "an integer >= 0 (people in the synthetic set; 0: every face new)"),
-    "data.labels": (_str_list, "a list of label names, e.g. [happy, angry], or [] for all"),
-    "split.test_per_class": (_positive_int, "a positive integer"),
-    "split.seed": (_seed, SEED_HINT),
-    "preprocess.size": (_power_of_two_size, "a power of two >= 16, e.g. 64 or 128 (the model halves it down to 2)"),
-    "preprocess.min_size": (_positive_int, "a positive integer (smaller images are rejected at ingest)"),
-    "preprocess.face_crop": (lambda v: v in CROP_MODES, " | ".join(CROP_MODES)),
-    "preprocess.face_margin": (lambda v: _non_negative_number(v) and v <= 2,
-                               "a number from 0 to 2 (share of the face's width added on every side)"),
-    "preprocess.no_face": (lambda v: v in NO_FACE_MODES, " | ".join(NO_FACE_MODES)),
-    "model.arch": (lambda v: v in ARCHS, " | ".join(ARCHS)),
-    "train.latent_dim": (lambda v: _positive_int(v) and v <= 1024,
-                         "a positive integer up to 1024 (the size of h it compresses), e.g. 20, 30 or 50"),
-    "train.epochs": (_positive_int, "a positive integer"),
-    "train.batch_size": (_positive_int, "a positive integer"),
-    "train.lr": (_positive_number, "a positive number, e.g. 0.001"),
-    "train.seed": (_seed, SEED_HINT),
-    "train.device": (lambda v: v in DEVICES, " | ".join(DEVICES)),
-    "train.beta": (_non_negative_number, "a number >= 0"),
-    "train.kl": (lambda v: v in KL_MODES, " | ".join(KL_MODES)),
-    "train.recon": (lambda v: v in RECON_MODES, " | ".join(RECON_MODES)),
-    "train.kl_warmup_epochs": (_non_negative_int, "an integer >= 0 (0: no warm-up)"),
-    "train.precision": (lambda v: v in PRECISIONS, " | ".join(PRECISIONS)),
-    "train.compile": (lambda v: isinstance(v, bool), "true or false"),
-    "train.optimizer": (lambda v: v in OPTIMIZERS, " | ".join(OPTIMIZERS)),
-    "train.weight_decay": (_non_negative_number, "a number >= 0, e.g. 0.0001"),
-    "train.schedule": (lambda v: v in SCHEDULES, " | ".join(SCHEDULES)),
-    "train.augment": (lambda v: v in AUGMENTS and (isinstance(v, bool) or v == "auto"),
-                      f"auto (on below {AUTO_AUGMENT_BELOW} training images), true or false"),
-    "train.resume": (lambda v: isinstance(v, bool), "true or false"),
-    "train.checkpoint_every": (_non_negative_int, "an integer >= 0 (0: only at the end)"),
-    "reconstruct.per_class": (_positive_int, "a positive integer"),
-    "tsne.perplexity": (_positive_number, "a positive number smaller than the number of images"),
-    "tsne.seed": (_seed, SEED_HINT),
-    "tsne.knn_k": (_positive_int, "a positive integer"),
-    "explore.samples": (lambda v: _positive_int(v) and v <= 64, "a positive integer up to 64"),
-    "explore.temperature": (lambda v: _positive_number(v) and v <= 1, "a number in (0, 1], e.g. 0.7"),
-    "explore.steps": (lambda v: _positive_int(v) and 2 <= v <= 32, "an integer from 2 to 32"),
-    "explore.faces": (lambda v: _positive_int(v) and v <= 40, "a positive integer up to 40"),
-    "explore.seed": (_seed, SEED_HINT),
-    "explore.pair": (lambda v: _str_list(v) and len(v) in (0, 2), "two labels, e.g. [happy, angry], or [] "
-                                                                   "for the first two"),
-    "mlflow.experiment": (_str, "an experiment name"),
-    "mlflow.model_name": (_str, "a registered model name, e.g. facevae"),
-}
+POSITIVE = (lambda v: _int(v) and v > 0, "a positive integer")
+NON_NEGATIVE = (lambda v: _int(v) and v >= 0, "an integer >= 0")
+SEED = (lambda v: _int(v) and 0 <= v < 2 ** 32, SEED_HINT)
+BOOL = (lambda v: isinstance(v, bool), "true or false")
+TEXT = (_str, "a name")
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """{'train': {'lr': 1}} -> {'train.lr': 1}"""
+def knob(default, doc: str, check: tuple[Callable[[Any], bool], str] | None = None, hint: str | None = None):
+    """A params.yaml key: its default, its meaning (``doc``) and, unless its type is a Literal, ``check``: a
+    (predicate, what a good value looks like) pair; ``hint`` replaces the latter."""
+    meta = {"doc": doc, "check": check[0] if check else None, "hint": hint or (check[1] if check else None)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# -- the sections ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Data:
+    source: Source = knob("synthetic", "`synthetic` (built-in faces), a folder with one sub-folder per label, a .zip/.tar.gz of one, a `path,label` CSV or a FER2013 CSV",
+                          (_str, "'synthetic', a folder with one sub-folder per label, a .zip/.tar.gz of one, or a CSV"))
+    per_class: int = knob(200, "images per class for the synthetic source", POSITIVE)
+    seed: int = knob(0, "seed of the synthetic generator (same seed → byte-identical images)", SEED)
+    identities: int = knob(4, "synthetic: how many people, each photographed many times (the held-out faces are new photos of them); 0: every face a new person",
+                           (NON_NEGATIVE[0], "an integer >= 0 (people in the synthetic set; 0: every face new)"))
+    labels: list = knob([], "keep only these labels (empty: all)",
+                        (_str_list, "a list of label names, e.g. [happy, angry], or [] for all"))
+
+
+@dataclass(frozen=True)
+class Split:
+    test_per_class: int = knob(10, "held-out test images per label", POSITIVE)
+    seed: int = knob(0, "which images are held out", SEED)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    size: int = knob(128, "images become size×size RGB (a power of two ≥ 16)",
+                     (lambda v: _int(v) and v >= 16 and v & (v - 1) == 0,
+                      "a power of two >= 16, e.g. 64 or 128 (the model halves it down to 2)"))
+    min_size: int = knob(32, "ingest rejects images whose shorter side is smaller",
+                         (POSITIVE[0], "a positive integer (smaller images are rejected at ingest)"))
+    face_crop: Crop = knob("center", "`center` (centred square) | `detect` (largest face, OpenCV Haar cascade) | `none` (whole picture, squeezed)")
+    face_margin: float = knob(0.25, "`detect`: share of the face's width added on every side (0–2)",
+                              (lambda v: _number(v) and 0 <= v <= 2,
+                               "a number from 0 to 2 (share of the face's width added on every side)"))
+    no_face: NoFace = knob("reject", "`detect`, no face found: `reject` (listed in `data/processed/rejected.csv`) | `center`")
+
+
+@dataclass(frozen=True)
+class Model:
+    arch: Arch = knob("bn", "`bn`: BatchNorm + LeakyReLU after each of the seed's convolutions | `seed`: the notebook's layers (ReLU)")
+
+
+@dataclass(frozen=True)
+class Train:
+    latent_dim: int = knob(32, "size of the latent vector, 1–1024 (the homework: 20, 30, 50)",
+                           (lambda v: _int(v) and 0 < v <= 1024,
+                            "a positive integer up to 1024 (the size of h it compresses), e.g. 20, 30 or 50"))
+    epochs: int = knob(80, "CPU default; 400–1200 on a GPU as in the lecture",
+                       POSITIVE)
+    batch_size: int = knob(16, "the lecture's batch size", POSITIVE)
+    lr: float = knob(0.001, "peak learning rate",
+                     (lambda v: _number(v) and v > 0, "a positive number, e.g. 0.001"))
+    seed: int = knob(0, "weights init, shuffling and sampling noise (same seed on CPU → same losses)", SEED)
+    device: Device = knob("auto", "`auto` | `cpu` | `cuda` | `mps`")
+    beta: float = knob(1.0, "weight of the KL term", (lambda v: _number(v) and v >= 0, "a number >= 0"))
+    kl: KL = knob("elbo", "`elbo`: per-image KL, the correct ELBO; `seed_mean`: the notebook's `torch.mean` KL (almost no KL weight)")
+    recon: Recon = knob("gaussian", "`gaussian` | `mse` | `bce` (see Loss options)")
+    kl_warmup_epochs: int = knob(0, "ramp the KL weight from 0 to β over this many epochs",
+                                 (NON_NEGATIVE[0], "an integer >= 0 (0: no warm-up)"))
+    precision: Precision = knob("auto", "`auto` (bf16 autocast on CUDA, fp32 elsewhere) | `fp32` | `bf16`")
+    compile: bool = knob(False, "`torch.compile` the training step", BOOL)
+    optimizer: Optimizer = knob("adamw", "`adamw` | `adam` (the notebook's)")
+    weight_decay: float = knob(0.0, "AdamW's decoupled weight decay",
+                               (lambda v: _number(v) and v >= 0, "a number >= 0, e.g. 0.0001"))
+    schedule: Schedule = knob("cosine", "`cosine`: linear warm-up over 5 % of the steps, then cosine decay to lr/100 | `constant` (the notebook's)")
+    augment: Augment = knob("auto", "random flips, rotations (±10°), shifts (±5 % of the side), scales (0.9–1.1) and brightness (0.8–1.2) of every training batch, on the device: `auto` (below 100 training images, e.g. the homework's 16 + 16 photos) | `true` | `false`",
+                            hint=f"auto (on below {AUTO_AUGMENT_BELOW} training images), true or false")
+    resume: bool = knob(False, "raising `train.epochs` continues the saved run instead of restarting (with `train.schedule: constant`; a cosine schedule is fixed by its total, so a longer run starts over)", BOOL)
+    checkpoint_every: int = knob(10, "epochs between checkpoints (also written on Ctrl-C / SIGTERM and at the end)",
+                                 (NON_NEGATIVE[0], "an integer >= 0 (0: only at the end)"))
+
+
+@dataclass(frozen=True)
+class Reconstruct:
+    per_class: int = knob(10, "images per label in each reconstruction grid", POSITIVE)
+
+
+@dataclass(frozen=True)
+class Tsne:
+    perplexity: float = knob(30, "t-SNE perplexity (must be below the number of images)",
+                             (lambda v: _number(v) and v > 0, "a positive number smaller than the number of images"))
+    seed: int = knob(0, "t-SNE random state", SEED)
+    knn_k: int = knob(5, "neighbours for `knn_accuracy` (test latents classified from train latents)", POSITIVE)
+
+
+@dataclass(frozen=True)
+class Explore:
+    samples: int = knob(10, "faces decoded from z ~ N(0, I), and as many from temperature · z (at most 64)",
+                        (lambda v: _int(v) and 0 < v <= 64, "a positive integer up to 64"))
+    temperature: float = knob(0.7, "the scale of z in the second row of samples (0–1]",
+                              (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1], e.g. 0.7"))
+    steps: int = knob(8, "faces along each interpolation (2–32)",
+                      (lambda v: _int(v) and 2 <= v <= 32, "an integer from 2 to 32"))
+    faces: int = knob(8, "held-out faces shown along the expression vector (half of each label)",
+                      (lambda v: _int(v) and 0 < v <= 40, "a positive integer up to 40"))
+    seed: int = knob(0, "seed of the prior samples", SEED)
+    pair: list = knob([], "the two labels whose difference of mean latents is the expression vector (`[]`: the first two)",
+                      (lambda v: _str_list(v) and len(v) in (0, 2), "two labels, e.g. [happy, angry], or [] for the "
+                                                                     "first two"))
+
+
+@dataclass(frozen=True)
+class Mlflow:
+    experiment: str = knob("facevae", "MLflow experiment name", (_str, "an experiment name"))
+    model_name: str = knob("facevae", "registered model: every training adds a version; `make compare` moves its `champion` alias", (_str, "a registered model name, e.g. facevae"))
+
+
+@dataclass(frozen=True)
+class Params:
+    data: Data = field(default_factory=Data)
+    split: Split = field(default_factory=Split)
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    model: Model = field(default_factory=Model)
+    train: Train = field(default_factory=Train)
+    reconstruct: Reconstruct = field(default_factory=Reconstruct)
+    tsne: Tsne = field(default_factory=Tsne)
+    explore: Explore = field(default_factory=Explore)
+    mlflow: Mlflow = field(default_factory=Mlflow)
+
+    def flat(self) -> dict[str, Any]:
+        """{'train.latent_dim': 32, ...}: the names DVC (``-S train.latent_dim=20``) and MLflow use."""
+        return {f"{s.name}.{k}": v for s in dataclasses.fields(self)
+                for k, v in dataclasses.asdict(getattr(self, s.name)).items()}
+
+    def nested(self) -> dict[str, dict[str, Any]]:
+        """As params.yaml holds them: {'train': {'latent_dim': 32, ...}, ...}."""
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = get_type_hints(Params)  # {'data': Data, ...}
+
+
+def keys() -> dict[str, tuple[Callable[[Any], bool], str, str]]:
+    """Every key of params.yaml: {'train.lr': (check, what a good value looks like, meaning)}."""
+    out = {}
+    for name, cls in SECTIONS.items():
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            check, hint = f.metadata["check"], f.metadata["hint"]
+            if get_origin(hints[f.name]) is Literal:
+                allowed = choices(hints[f.name])
+                check = check or (lambda v, allowed=allowed: any(v == a and type(v) is type(a) for a in allowed))
+                hint = hint or " | ".join(str(a).lower() if isinstance(a, bool) else a for a in allowed)
+            out[f"{name}.{f.name}"] = (check, hint, f.metadata["doc"])
+    return out
+
+
+KEYS = keys()
+_YAML12_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
+            out.update(_flatten(v, key + "."))
         else:
             out[key] = v
     return out
 
 
-def load(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Load params.yaml as a flat {'section.key': value} dict and check every known key."""
+def check_value(key: str, value, where: str = "params.yaml"):
+    """``value`` for ``key`` if it is valid (a YAML 1.2 number written as text, '1e-3', becomes a float), else a
+    UserError naming the key and what a good value looks like."""
+    check, hint, _ = KEYS[key]
+    if not check(value) and isinstance(value, str) and _YAML12_FLOAT.match(value.strip()):
+        value = float(value)  # '1e-3': a number to YAML 1.2 and DVC, a string to PyYAML
+    if not check(value):
+        raise UserError(f"{where}: {key} = {value!r} is not valid; expected {hint}")
+    return value
+
+
+def from_flat(values: dict[str, Any], where: str = "params.yaml") -> Params:
+    """A checked Params from {'section.key': value}: every key known, present and valid."""
+    unknown = sorted(set(values) - set(KEYS))
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], KEYS, n=1)
+        hint = f"did you mean '{near[0]}'?" if near else "see the README's params reference"
+        raise UserError(f"{where}: unknown key '{unknown[0]}'; {hint}")
+    checked: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, (_, hint, _) in KEYS.items():
+        if key not in values:
+            raise UserError(f"{where}: missing '{key}'; add it (expected {hint})")
+        section, name = key.split(".", 1)
+        checked[section][name] = check_value(key, values[key], where)
+    return Params(**{name: cls(**checked[name]) for name, cls in SECTIONS.items()})
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    """params.yaml, read once and checked (:func:`from_flat`)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found; run from the project root (where params.yaml lives)")
@@ -135,24 +273,22 @@ def load(path: str | Path = "params.yaml") -> dict[str, Any]:
         raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected sections like 'train:' and 'data:'; see the README's params reference")
-    params = flatten(raw)
-    unknown = sorted(set(params) - set(SCHEMA))
-    if unknown:
-        near = difflib.get_close_matches(unknown[0], SCHEMA, n=1)
-        hint = f"did you mean '{near[0]}'?" if near else "see the README's params reference"
-        raise UserError(f"{path}: unknown key '{unknown[0]}'; {hint}")
-    for key, (check, hint) in SCHEMA.items():
-        if key not in params:
-            raise UserError(f"{path}: missing '{key}'; add it (expected {hint})")
-        value = params[key]
-        if not check(value) and isinstance(value, str) and _YAML12_FLOAT.match(value.strip()):
-            value = params[key] = float(value)  # '1e-3': a number to YAML 1.2 and DVC, a string to PyYAML
-        if not check(value):
-            raise UserError(f"{path}: {key} = {params[key]!r} is not valid; expected {hint}")
-    return params
+    return from_flat(_flatten(raw), str(path))
 
 
-def section(params: dict[str, Any], name: str) -> dict[str, Any]:
-    """The keys of one section without its prefix: section(p, 'train')['lr']."""
-    prefix = name + "."
-    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+def _shown(v) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    return f"`{v}`" if isinstance(v, (str, list)) else str(v)
+
+
+def reference() -> str:
+    """The README's params reference: a Markdown table of every key, its default and its meaning."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{key}` | {_shown(value)} | {KEYS[key][2].replace('|', chr(92) + '|')} |"
+             for key, value in Params().flat().items()]
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python -m pipeline.params: the table for the README
+    print(reference(), end="")

@@ -51,15 +51,15 @@ def main(argv=None) -> None:
 
     def go():
         from . import compare
-        from .params import SCHEMA, load
+        from .params import KEYS, load
 
-        check, hint = SCHEMA["train.latent_dim"]
+        check, hint, _ = KEYS["train.latent_dim"]
         sizes = []
         for s in args.sizes:
             if not (s.isdigit() and check(int(s))):
                 raise UserError(f"sweep: latent size {s!r} is not valid; expected {hint}")
             sizes.append(int(s))
-        names = sweep(sizes, load()["train.epochs"])
+        names = sweep(sizes, load().train.epochs)
         print(f"sweep: DVC experiments {', '.join(names)} (make exps lists them)")
         compare.main([])
 

@@ -211,13 +211,12 @@ def git_info(root: Path) -> dict[str, str]:
             "git_dirty": str(bool(dirty)).lower() if commit else "unknown"}
 
 
-def run_description(params: dict, n_train: int, dvc_exp: str = "") -> str:
+def run_description(params, n_train: int, dvc_exp: str = "") -> str:
     """The model run's description (the UI's Description box and column): what it is and where it came from."""
-    source = params["data.source"]
-    data = (f"the synthetic faces ({params['data.identities']} people)" if source == "synthetic" else f"`{source}`")
-    text = (f"Latent size {params['train.latent_dim']}, {params['train.epochs']} epochs on {n_train} training images "
-            f"of {data}, {params['preprocess.size']} px; model.arch {params['model.arch']}, train.recon "
-            f"{params['train.recon']}, beta {params['train.beta']}.")
+    source, train = params.data.source, params.train
+    data = f"the synthetic faces ({params.data.identities} people)" if source == "synthetic" else f"`{source}`"
+    text = (f"Latent size {train.latent_dim}, {train.epochs} epochs on {n_train} training images of {data}, "
+            f"{params.preprocess.size} px; model.arch {params.model.arch}, train.recon {train.recon}, beta {train.beta}.")
     return text + (f" DVC experiment `{dvc_exp}` (`dvc exp apply {dvc_exp}`)." if dvc_exp else "")
 
 
@@ -579,7 +578,7 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, images):
         from .params import load
 
         parent = None
-        experiment_id = _experiment_id(client, load(root / "params.yaml")["mlflow.experiment"], uri, root)
+        experiment_id = _experiment_id(client, load(root / "params.yaml").mlflow.experiment, uri, root)
         print(f"warning: MLflow run {parent_id} of this model is not in {uri}; logging '{stage}' as a "
               f"standalone run", file=sys.stderr)
     # named after its model ("z32-e80 tsne perplexity=30 ..."), and carrying the model's size and epochs,
@@ -665,7 +664,7 @@ def ui_url(host: str = "127.0.0.1", port: str | int = 5000, root: Path | None = 
     if uri.startswith("sqlite:///") and not Path(_sqlite_path(uri)).exists():
         return base
     client = open_store(uri, root)
-    exp = client.get_experiment_by_name(load(root / "params.yaml")["mlflow.experiment"])
+    exp = client.get_experiment_by_name(load(root / "params.yaml").mlflow.experiment)
     if exp is None:
         return base
     client.set_experiment_tag(exp.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(shared_view()))

@@ -22,7 +22,6 @@ import math
 import signal
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,13 +32,10 @@ from .errors import UserError
 from .io import save_torch
 from .losses import vae_loss
 from .model import ModelConfig, to_float
+from .params import AUTO_AUGMENT_BELOW, Params
+from .runtime import GracefulStop, distributed_world, resolve_device
 
-PRECISIONS = ("auto", "fp32", "bf16")
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("constant", "cosine")
 WARMUP_SHARE = 0.05  # cosine: the learning rate climbs from lr / 25 to lr over this share of the steps
-AUGMENTS = (True, False, "auto")
-AUTO_AUGMENT_BELOW = 100  # augment "auto": the homework's 16 + 16 photos are augmented, the built-in 380 not
 CODE_FILES = ("model.py", "losses.py", "train.py")
 
 
@@ -65,9 +61,11 @@ class TrainConfig:
     image_size: int = 128
 
     @classmethod
-    def from_params(cls, train: dict, image_size: int, arch: str = "seed") -> "TrainConfig":
+    def from_params(cls, params: Params) -> "TrainConfig":
+        """params.yaml's train section with the model's arch and the images' size."""
         fields = cls.__dataclass_fields__
-        return cls(image_size=image_size, arch=arch, **{k: v for k, v in train.items() if k in fields})
+        return cls(image_size=params.preprocess.size, arch=params.model.arch,
+                   **{k: v for k, v in asdict(params.train).items() if k in fields})
 
     def trajectory(self) -> dict:
         """Everything that shapes the sequence of weights except how many epochs are run (which does
@@ -111,80 +109,11 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (out * (0.8 + 0.4 * r[:, 4]).view(b, 1, 1, 1)).clamp_(0.0, 1.0)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks cuda, then mps, then cpu; an explicit device that is not there is a user error."""
-    cuda = torch.cuda.is_available()
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
-    if name == "cuda" and not cuda:
-        raise UserError("train.device = cuda but no CUDA GPU is visible to PyTorch; set train.device: auto or cpu")
-    if name == "mps" and not mps:
-        raise UserError("train.device = mps but Apple's MPS backend is not available; set train.device: auto or cpu")
-    return torch.device(name)
-
-
-# glibc's mallopt parameters (malloc.h); values are C ints
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-KEEP_MMAP_THRESHOLD = 512 << 20  # blocks below this come from the heap, not from fresh mmaps
-KEEP_TRIM_THRESHOLD = 1 << 30  # the heap is given back to the kernel only past this much free space
-
-
-def keep_freed_memory() -> bool:
-    """Let this process reuse the memory of the previous training step instead of faulting it in again.
-
-    With glibc's defaults, the large blocks of a step (a batch's activations and gradients, ~25 MB at
-    batch 16) are handed back to the kernel when freed and faulted in again, page by page and zeroed, by
-    the next step: ~6,000 minor page faults per batch-16 step on cpu-2, about 15 % of the step under its
-    hypervisor (docs/benchmarks.md). Raising malloc's mmap and trim thresholds keeps them in the heap.
-    Process-wide, so it is called by the processes that train (the train stage, the benchmark), not by
-    the Trainer. Returns whether it took effect (False where the C library is not glibc)."""
-    import ctypes
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, KEEP_MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD))
-
-
 def autocast_dtype(precision: str, device: torch.device):
     """bf16 autocast where it pays (CUDA) when 'auto'; None means plain fp32."""
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
-
-
-def distributed_world() -> tuple[int, int]:
-    """(world size, rank) of torch.distributed, or (1, 0) when not running under torchrun."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-def init_distributed(device_name: str = "auto") -> torch.device | None:
-    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on CUDA, gloo on CPU) and return this
-    process's device; otherwise None."""
-    import os
-
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    device = resolve_device(device_name)
-    if device.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
 
 
 def code_fingerprint() -> str:
@@ -193,56 +122,6 @@ def code_fingerprint() -> str:
     for name in CODE_FILES:
         h.update((Path(__file__).parent / name).read_bytes())
     return h.hexdigest()[:16]
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """A failed allocation: torch.OutOfMemoryError (CUDA, MPS) or the CPU allocator's RuntimeError."""
-    return isinstance(exc, getattr(torch, "OutOfMemoryError", ())) or (
-        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
-
-
-@contextmanager
-def out_of_memory_as_user_error(device: torch.device, cfg: TrainConfig):
-    """Within the block, running out of memory is one line naming the device, the sizes and the fix."""
-    try:
-        yield
-    except Exception as e:
-        if not is_out_of_memory(e):
-            raise
-        smaller = f" (e.g. {cfg.batch_size // 2})" if cfg.batch_size > 1 else ""
-        raise UserError(f"out of memory on {device} training {cfg.image_size}x{cfg.image_size} images in batches of "
-                        f"{cfg.batch_size}: lower train.batch_size{smaller} or preprocess.size") from None
-
-
-class GracefulStop:
-    """Within the block, SIGINT and SIGTERM ask training to stop at the next epoch boundary (a second
-    signal aborts at once). ``signum`` tells which signal arrived."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old = {}
-
-    def _handler(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[s] = signal.signal(s, self._handler)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        return False
 
 
 class Trainer:

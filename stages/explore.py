@@ -4,6 +4,8 @@ reports/interpolation.png (+ .gif), reports/expression_vector.png and metrics/ex
 
 import _path  # noqa: F401
 
+from dataclasses import asdict
+
 import numpy as np
 import torch
 
@@ -13,51 +15,50 @@ from pipeline.errors import UserError
 from pipeline.explore import (ALPHAS, along_vector, choose_pair, expression_flips, expression_vector, fit_probe,
                               interpolate, prior_samples)
 from pipeline.io import write_json
-from pipeline.params import section
+from pipeline.paths import (DATASET, EXPLORE_METRICS, EXPRESSION_VECTOR, INTERPOLATION, INTERPOLATION_GIF, LATENTS,
+                            MODELS, SAMPLES)
 from pipeline.plots import image_rows, save_gif, save_rows
 from pipeline.preprocess import load_dataset, subset
 from pipeline.tracking import log_stage
 from pipeline.model import load_model
 from pipeline.train import resolve_device
 
-PICTURES = {"samples": "reports/samples.png", "interpolation": "reports/interpolation.png",
-            "expression_vector": "reports/expression_vector.png"}
-GIF, METRICS = "reports/interpolation.gif", "metrics/explore.json"
+PICTURES = {"samples": SAMPLES, "interpolation": INTERPOLATION, "expression_vector": EXPRESSION_VECTOR}
 
 
 def run(params):
-    p = section(params, "explore")
-    model = load_model("models", resolve_device("auto"))
-    ds = load_dataset("data/processed/dataset.pt")
-    frame = read_latents("data/latents/latents.csv")
-    pair = choose_pair(ds["classes"], p["pair"])
+    p = params.explore
+    model = load_model(MODELS, resolve_device("auto"))
+    ds = load_dataset(DATASET)
+    frame = read_latents(LATENTS)
+    pair = choose_pair(ds["classes"], p.pair)
     labels, is_train = frame["label"].to_numpy(), (frame["split"] == "train").to_numpy()
     mu = mu_matrix(frame)
 
     # samples from the prior, at temperature 1 and lower
-    full, cooled = prior_samples(model, p["samples"], p["seed"], p["temperature"])
+    full, cooled = prior_samples(model, p.samples, p.seed, p.temperature)
     save_rows([full, cooled], PICTURES["samples"], label_width=90,
-              labels=["z ~ N(0, I)", f"{p['temperature']} z"])
+              labels=["z ~ N(0, I)", f"{p.temperature} z"])
 
     # straight lines between held-out faces: one of each label of the pair, then two of the first label
     test = subset(ds, "test")  # the held-out faces, in the latents table's order
     if frame["id"][~is_train].tolist() != test["ids"]:
-        raise UserError("data/latents/latents.csv is not of data/processed/dataset.pt; rerun `dvc repro`")
+        raise UserError(f"{LATENTS} is not of {DATASET}; rerun `dvc repro`")
     test_mu, test_labels = torch.from_numpy(mu[~is_train]).float(), labels[~is_train]
     a, b = np.flatnonzero(test_labels == pair[0]), np.flatnonzero(test_labels == pair[1])
     far = a[int(torch.cdist(test_mu[a[:1].tolist()], test_mu[a.tolist()]).argmax())] if len(a) > 1 else a[0]
     lines = [(a[0], b[0], f"{pair[0]} to\n{pair[1]}"), (a[0], far, f"{pair[0]} to\n{pair[0]}")]
-    rows = [torch.cat([test["images"][i:i + 1].float() / 255, interpolate(model, test_mu[i], test_mu[j], p["steps"]),
+    rows = [torch.cat([test["images"][i:i + 1].float() / 255, interpolate(model, test_mu[i], test_mu[j], p.steps),
                        test["images"][j:j + 1].float() / 255]) for i, j, _ in lines]
     save_rows(rows, PICTURES["interpolation"], labels=[t for _, _, t in lines], label_width=70,
-              columns=["original"] + [f"t={t:.2f}" for t in np.linspace(0, 1, p["steps"])] + ["original"])
-    frames = [image_rows([r[[0, k, -1]] for r in rows]) for k in range(1, p["steps"] + 1)]
-    save_gif(frames, GIF)
+              columns=["original"] + [f"t={t:.2f}" for t in np.linspace(0, 1, p.steps)] + ["original"])
+    frames = [image_rows([r[[0, k, -1]] for r in rows]) for k in range(1, p.steps + 1)]
+    save_gif(frames, INTERPOLATION_GIF)
 
     # the expression vector, added to the held-out faces of the pair
     v = expression_vector(mu[is_train], labels[is_train], pair)
     probe = fit_probe(mu[is_train], labels[is_train])
-    shown = np.concatenate([a[:p["faces"] // 2], b[:p["faces"] - p["faces"] // 2]])
+    shown = np.concatenate([a[:p.faces // 2], b[:p.faces - p.faces // 2]])
     steps = along_vector(model, test_mu[shown.tolist()], v)
     save_rows([torch.cat([test["images"][i:i + 1].float() / 255, s]) for i, s in zip(shown, steps)],
               PICTURES["expression_vector"], label_width=70, labels=[str(test_labels[i]) for i in shown],
@@ -66,15 +67,15 @@ def run(params):
     test_probe = float((probe.predict(test_mu.numpy()) == test_labels).mean())
     metrics = {**flips, "expression_vector_norm": float(np.linalg.norm(v)), "probe_test_accuracy": test_probe,
                "pair": list(pair), "alphas": list(ALPHAS)}
-    write_json(METRICS, metrics)
+    write_json(EXPLORE_METRICS, metrics)
 
     logged = {k: metrics[k] for k in ("expression_flip_rate", "unshifted_keep_rate", "expression_vector_norm",
                                       "probe_test_accuracy") if np.isfinite(metrics[k])}
-    log_stage("models", "explore", {f"explore.{k}": v for k, v in p.items()}, logged,
-              [*PICTURES.values(), GIF, METRICS], images={f"explore/{k}": path for k, path in PICTURES.items()})
+    log_stage(MODELS, "explore", {f"explore.{k}": v for k, v in asdict(p).items()}, logged,
+              [*PICTURES.values(), INTERPOLATION_GIF, EXPLORE_METRICS], images={f"explore/{k}": path for k, path in PICTURES.items()})
     print(f"explore: '{pair[0]}' - '{pair[1]}' vector of norm {metrics['expression_vector_norm']:.2f} flips "
           f"{flips['expression_flip_rate']:.0%} of {flips['n_faces']} held-out faces (re-encoded, judged by a "
-          f"linear probe with test accuracy {test_probe:.2f}); {', '.join(PICTURES.values())}, {GIF}")
+          f"linear probe with test accuracy {test_probe:.2f}); {', '.join(PICTURES.values())}, {INTERPOLATION_GIF}")
 
 
 if __name__ == "__main__":

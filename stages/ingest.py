@@ -9,7 +9,7 @@ import yaml
 
 from pipeline.cli import stage_main
 from pipeline.ingest import ingest
-from pipeline.params import section
+from pipeline.paths import RAW
 
 
 def pipeline_outputs(dvc_yaml="dvc.yaml") -> list[str]:
@@ -22,10 +22,9 @@ def pipeline_outputs(dvc_yaml="dvc.yaml") -> list[str]:
 
 
 def run(params):
-    d = section(params, "data")
-    result = ingest(d["source"], "data/raw", per_class=d["per_class"], seed=d["seed"],
-                    identities=d["identities"], labels=d["labels"],
-                    min_size=params["preprocess.min_size"], min_per_label=params["split.test_per_class"] + 1,
+    d = params.data
+    result = ingest(d.source, RAW, per_class=d.per_class, seed=d.seed, identities=d.identities, labels=d.labels,
+                    min_size=params.preprocess.min_size, min_per_label=params.split.test_per_class + 1,
                     outputs=pipeline_outputs())
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)

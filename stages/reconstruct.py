@@ -11,6 +11,7 @@ import torch
 from pipeline.cli import stage_main
 from pipeline.evaluate import image_metrics, reconstruct
 from pipeline.io import write_json
+from pipeline.paths import DATASET, MODELS, RECON_GRID, RECON_METRICS
 from pipeline.plots import save_recon_grid
 from pipeline.preprocess import load_dataset, subset
 from pipeline.tracking import log_stage
@@ -27,21 +28,21 @@ def grid_indices(ds, per_class):
 
 
 def run(params):
-    model = load_model("models", resolve_device("auto"))
-    ds_all = load_dataset("data/processed/dataset.pt")
+    model = load_model(MODELS, resolve_device("auto"))
+    ds_all = load_dataset(DATASET)
     metrics, files = {}, []
     for split in ("train", "test"):
         ds = subset(ds_all, split)
         recon = reconstruct(model, ds["images"])
         metrics[split] = image_metrics(ds["images"].float() / 255.0, recon)
-        idx = grid_indices(ds, params["reconstruct.per_class"])
-        path = f"reports/recon_{split}.png"
+        idx = grid_indices(ds, params.reconstruct.per_class)
+        path = RECON_GRID.format(split=split)
         save_recon_grid(ds["images"][idx], recon[idx], path, per_row=10)
         files.append(path)
-    write_json("metrics/recon.json", metrics)
+    write_json(RECON_METRICS, metrics)
     flat = {f"{s}_{k}": v for s, m in metrics.items() for k, v in m.items() if k != "n"}
-    log_stage("models", "reconstruct", {"reconstruct.per_class": params["reconstruct.per_class"]}, flat,
-              files + ["metrics/recon.json"], images={f"reconstruct/{Path(f).stem}": f for f in files})
+    log_stage(MODELS, "reconstruct", {"reconstruct.per_class": params.reconstruct.per_class}, flat,
+              files + [RECON_METRICS], images={f"reconstruct/{Path(f).stem}": f for f in files})
     print("reconstruct: " + "; ".join(f"{s} PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}, MSE {m['mse']:.5f} "
                                       f"({m['n']} images)" for s, m in metrics.items()))
 

@@ -6,36 +6,37 @@ axes drawn beside the t-SNE map)."""
 import _path  # noqa: F401
 
 import math
+from dataclasses import asdict
 
 from pipeline.cli import stage_main
 from pipeline.embed import PROBE_FOLDS, cluster_metrics, label_axes, mu_matrix, read_latents, tsne_coords
 from pipeline.io import write_json, write_text
-from pipeline.params import section
+from pipeline.paths import LATENTS, MODELS, TSNE_COORDS, TSNE_METRICS, TSNE_PLOT
 from pipeline.plots import save_tsne_plot
 from pipeline.tracking import log_stage
 
 
 def run(params):
-    p = section(params, "tsne")
-    frame = read_latents("data/latents/latents.csv")
+    p = params.tsne
+    frame = read_latents(LATENTS)
     x, is_test = mu_matrix(frame), (frame["split"] == "test").to_numpy()
-    coords = tsne_coords(x, p["perplexity"], p["seed"])
+    coords = tsne_coords(x, p.perplexity, p.seed)
     axes, axes_accuracy = label_axes(x, frame["label"].to_numpy(), is_test)
     out = frame[["id", "label", "split"]].assign(x=coords[:, 0], y=coords[:, 1], axis_1=axes[:, 0], axis_2=axes[:, 1])
-    write_text("reports/tsne_coords.csv", out.to_csv(index=False, float_format="%.6g"))
-    metrics = {**cluster_metrics(frame, p["knn_k"]), "axes_test_accuracy": axes_accuracy}
-    write_json("metrics/tsne.json", metrics)
-    save_tsne_plot(coords, out["label"], out["split"], "reports/tsne.png",
-                   title=f"t-SNE of {x.shape[1]}-d latent means (perplexity {p['perplexity']}): unsupervised\n"
+    write_text(TSNE_COORDS, out.to_csv(index=False, float_format="%.6g"))
+    metrics = {**cluster_metrics(frame, p.knn_k), "axes_test_accuracy": axes_accuracy}
+    write_json(TSNE_METRICS, metrics)
+    save_tsne_plot(coords, out["label"], out["split"], TSNE_PLOT,
+                   title=f"t-SNE of {x.shape[1]}-d latent means (perplexity {p.perplexity}): unsupervised\n"
                          f"linear probe {metrics['probe_accuracy']:.2f}, kNN {metrics.get('knn_accuracy', float('nan')):.2f}, "
                          f"silhouette {metrics['silhouette']:.2f}",
                    axes=axes, axes_title=f"the same latents on the label axis fitted to the training images\n"
                                          f"held-out images (stars) on their label's side: {int(round(axes_accuracy * is_test.sum()))}"
                                          f" of {int(is_test.sum())}")
-    log_stage("models", "tsne", {f"tsne.{k}": v for k, v in p.items()},
+    log_stage(MODELS, "tsne", {f"tsne.{k}": v for k, v in asdict(p).items()},
               {k: metrics[k] for k in ("silhouette", "knn_accuracy", "probe_accuracy", "probe_std", "axes_test_accuracy")
                if k in metrics and math.isfinite(metrics[k])},
-              ["reports/tsne.png", "reports/tsne_coords.csv", "metrics/tsne.json"], images={"tsne/tsne": "reports/tsne.png"})
+              [TSNE_PLOT, TSNE_COORDS, TSNE_METRICS], images={"tsne/tsne": TSNE_PLOT})
     print(f"tsne: linear probe accuracy {metrics['probe_accuracy']:.3f} +- {metrics['probe_std']:.3f} "
           f"({PROBE_FOLDS}-fold, all images), kNN accuracy {metrics.get('knn_accuracy', float('nan')):.3f} "
           f"({metrics['n_test']} test images), silhouette {metrics['silhouette']:.3f}")

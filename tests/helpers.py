@@ -27,6 +27,23 @@ TINY = {
 SMALL = {**TINY, "preprocess": {"size": 32}}  # 32 x 32 images: the train stage in seconds
 
 
+# What a test project runs with: every key of params.yaml at its default (pipeline/params.py), not the values of a
+# developer's working copy, with the machine-dependent ones pinned: a "CPU" test trains on the CPU on a GPU machine.
+PINNED = {"train": {"device": "cpu", "precision": "fp32", "compile": False}}
+
+
+def write_params(project: Path, updates: dict | None = None) -> None:
+    """A complete params.yaml in ``project``: the defaults, PINNED, then ``updates`` ({section: {key: value}})."""
+    from pipeline.params import Params
+
+    params = Params().nested()
+    for section, values in PINNED.items():
+        params[section].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if updates:
+        set_params(project, updates)
+
+
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
@@ -41,8 +58,7 @@ def small_project(path: Path, model: dict | None = None, per_class: int = 6, dro
     from pipeline.preprocess import build_dataset, save_dataset
 
     path.mkdir(parents=True)
-    (path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    set_params(path, {**SMALL, "train": {**SMALL["train"], **train}, **({"model": model} if model else {})})
+    write_params(path, {**SMALL, "train": {**SMALL["train"], **train}, **({"model": model} if model else {})})
     ingest("synthetic", path / "data/raw", per_class=per_class)
     ds = build_dataset(path / "data/raw", 32, 2, 0)[0]
     keep = [i for i in range(len(ds["ids"])) if ds["is_test"][i] or i >= drop]
@@ -103,10 +119,13 @@ def repo_files() -> list[str]:
 
 
 def copy_repo(dst: Path) -> Path:
+    """A copy of the repository's files (what a fresh clone holds, with this working tree's code) whose
+    params.yaml is the pinned defaults (:func:`write_params`)."""
     for rel in repo_files():
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, target)
+    write_params(dst)
     return dst
 
 

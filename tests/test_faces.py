@@ -24,6 +24,58 @@ from pipeline.synthetic import SCENE, face_scenes, in_scene
 HOPPER = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
 NO_FACE = [os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images", n) for n in ("china.jpg", "flower.jpg")]
 HOPPER_FACE_CENTRE = (265, 215)  # x, y of the middle of her face in the 512x600 picture (looked up by eye)
+# her face annotated by eye on a 50 px grid: ear to ear of the face, the cap's brim to the chin (left, top, right,
+# bottom), independently of the detector
+HOPPER_FACE = (170, 150, 355, 330)
+
+
+def _iou(a, b):
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def _box(where):
+    return tuple(where[k] for k in ("left", "top", "right", "bottom"))
+
+
+def test_the_detected_face_is_the_annotated_one_and_the_crop_holds_all_of_it():
+    with Image.open(HOPPER) as img:
+        faces = detect_faces(img.convert("RGB"))
+    assert len(faces) == 1 and _iou(faces[0], HOPPER_FACE) >= 0.5, faces
+    _, where = decode_one(HOPPER, 64, CropSpec(mode="detect", margin=0.25))
+    crop = _box(where)
+    assert crop[0] <= HOPPER_FACE[0] and crop[1] <= HOPPER_FACE[1]  # the whole face, with room around it
+    assert crop[2] >= HOPPER_FACE[2] and crop[3] >= HOPPER_FACE[3]
+    assert (crop[2] - crop[0]) < 2.2 * (HOPPER_FACE[2] - HOPPER_FACE[0])  # not the whole picture
+
+
+def test_detect_on_a_photo_large_enough_for_jpeg_draft_mode(monkeypatch):
+    """A 2048 x 2400 JPEG is decoded at a quarter of its size (JPEG draft mode) to find the face; the crop comes
+    back in the full picture's pixels: four times the box found in the 512 x 600 original, around her face."""
+    from PIL import JpegImagePlugin
+
+    with Image.open(HOPPER) as img:
+        big = img.convert("RGB").resize((2048, 2400), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    big.save(buf, format="JPEG", quality=92)
+    drafted = []
+    original = JpegImagePlugin.JpegImageFile.draft
+
+    def draft(self, mode, size):
+        result = original(self, mode, size)
+        drafted.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", draft)
+    image, where = decode_one(buf.getvalue(), 64, CropSpec(mode="detect", margin=0.25))
+    assert drafted == [(512, 600)]  # decoded at a quarter of each side
+    assert image.shape == (64, 64, 3) and where["crop"] == "face"
+    small = _box(decode_one(HOPPER, 64, CropSpec(mode="detect", margin=0.25))[1])
+    for full, part in zip(_box(where), small):
+        assert abs(full - 4 * part) <= 4 * 12, (_box(where), small)
+    face = tuple(4 * v for v in HOPPER_FACE)
+    assert where["left"] <= face[0] and where["top"] <= face[1] and where["right"] >= face[2] and where["bottom"] >= face[3]
 
 
 def test_square_around_widens_centres_and_stays_inside():

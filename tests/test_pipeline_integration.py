@@ -131,7 +131,7 @@ def test_mlflow_run_holds_params_history_and_artifacts(project, mlflow_client):
     # only what shaped the model: the downstream stages' params are on their child runs
     from pipeline.params import load
 
-    shaping = {k for k in load(proj / "params.yaml") if k.split(".")[0] in ("data", "split", "preprocess", "model",
+    shaping = {k for k in load(proj / "params.yaml").flat() if k.split(".")[0] in ("data", "split", "preprocess", "model",
                                                                              "train", "mlflow")}
     assert set(p) == shaping | {"data.n_train"}
     # MLflow's own source tags (the UI's Source, Version and User columns)
@@ -337,3 +337,18 @@ def test_latents_and_recon_metrics_are_what_the_saved_model_gives(project):
         mse = ((x[keep].double() - recon[keep].double()) ** 2).flatten(1).mean(1)
         assert m[s]["mse"] == pytest.approx(float(mse.mean()), rel=1e-6)
         assert m[s]["psnr"] == pytest.approx(float((10 * torch.log10(1 / mse)).mean()), rel=1e-6)
+
+
+def test_a_preprocess_rerun_that_writes_the_same_bytes_leaves_train_untouched(own_project):
+    """preprocess.face_margin only matters to face_crop: detect. Changing it under the default centre crop reruns
+    preprocess, which writes a byte-identical dataset.pt: DVC then finds train and everything after it up to date."""
+    proj = own_project
+    before = hashlib.sha256((proj / "data/processed/dataset.pt").read_bytes()).hexdigest()
+    model = (proj / "models/vae.pt").read_bytes()
+    set_params(proj, {"preprocess": {"face_margin": 0.5}})
+    assert stale(proj) == {"preprocess"}
+    out = dvc(proj, "repro")
+    assert ran_stages(out.stdout) == ["ingest", "preprocess"], out.stdout
+    assert hashlib.sha256((proj / "data/processed/dataset.pt").read_bytes()).hexdigest() == before
+    assert (proj / "models/vae.pt").read_bytes() == model
+    assert stale(proj) == set()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from helpers import ROOT, run, set_params
+from helpers import ROOT, run, set_params, write_params
 from pipeline.errors import UserError
 from pipeline.ingest import ingest
 from pipeline.params import load
@@ -23,7 +23,7 @@ def _one_line_error(p, *fragments):
 
 @pytest.fixture
 def project(tmp_path):
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    write_params(tmp_path)
     return tmp_path
 
 
@@ -57,7 +57,7 @@ def test_params_file_checks(tmp_path):
     (tmp_path / "params.yaml").write_text("train: [1, 2\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load(tmp_path / "params.yaml")
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace("kl: elbo", "kl: mean"))
+    write_params(tmp_path, {"train": {"kl": "mean"}})
     with pytest.raises(UserError, match=r"train.kl = 'mean' is not valid; expected elbo \| seed_mean"):
         load(tmp_path / "params.yaml")
 
@@ -123,9 +123,10 @@ def test_bad_params_are_one_line_naming_the_key(project, updates, fragment):
 def test_numbers_typed_the_way_dvc_reads_them_are_numbers(project):
     """PyYAML reads `lr: 1e-3` as a string (YAML 1.1 wants a dot); DVC and YAML 1.2 read a number."""
     text = (project / "params.yaml").read_text()
+    assert "lr: 0.001" in text and "beta: 1.0" in text
     (project / "params.yaml").write_text(text.replace("lr: 0.001", "lr: 1e-3").replace("beta: 1.0", "beta: 1E+0"))
     params = load(project / "params.yaml")
-    assert params["train.lr"] == 0.001 and params["train.beta"] == 1.0
+    assert params.train.lr == 0.001 and params.train.beta == 1.0
 
 
 @pytest.mark.integration

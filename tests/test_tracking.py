@@ -134,14 +134,13 @@ def test_a_shared_sqlite_store_keeps_its_artifacts_beside_it_not_in_the_first_pr
 
 
 def test_the_ui_address_opens_the_experiments_runs_in_the_model_training_view(monkeypatch, tmp_path):
-    from helpers import ROOT
+    from helpers import write_params
 
     from pipeline.tracking import ui_url
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace("experiment: facevae",
-                                                                                    "experiment: mine"))
+    write_params(tmp_path, {"mlflow": {"experiment": "mine"}})
     assert ui_url("0.0.0.0", 5001, tmp_path) == "http://127.0.0.1:5001"  # no store yet: the home page
     run = TrainingRun("mine", "z2-e1", {}, {}, root=tmp_path)
     run.finish()

@@ -8,7 +8,7 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.model import load_model, save_model
-from pipeline.train import TrainConfig, Trainer, can_continue, load_checkpoint, resolve_device, train
+from pipeline.train import TrainConfig, Trainer, can_continue, load_checkpoint, train
 
 
 def _images(n=12, size=32, seed=0):
@@ -120,25 +120,6 @@ def test_save_and_load_round_trip(tmp_path):
 def test_missing_model_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="run the train stage first"):
         load_model(tmp_path)
-
-
-@pytest.mark.parametrize("cuda, mps, auto", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
-def test_auto_picks_cuda_then_mps_then_cpu_and_a_missing_device_is_one_line(monkeypatch, cuda, mps, auto):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
-    assert resolve_device("auto") == torch.device(auto)
-    assert resolve_device("cpu") == torch.device("cpu")
-    if not cuda:
-        with pytest.raises(UserError) as e:
-            resolve_device("cuda")
-        assert str(e.value) == "train.device = cuda but no CUDA GPU is visible to PyTorch; set train.device: auto or cpu"
-    if not mps:
-        with pytest.raises(UserError) as e:
-            resolve_device("mps")
-        assert str(e.value) == ("train.device = mps but Apple's MPS backend is not available; set train.device: "
-                                "auto or cpu")
-    else:
-        assert resolve_device("mps") == torch.device("mps")
 
 
 @pytest.mark.parametrize("images", [torch.zeros(4, 3, 32, 32), torch.zeros(3, 32, 32, dtype=torch.uint8)])
@@ -285,26 +266,6 @@ def test_divergence_stops_training_with_one_clear_error(tmp_path, recon, device)
     assert trainer.epoch == 0 and trainer.history == [] and seen == [] and not ckpt.exists()
 
 
-def test_out_of_memory_becomes_one_line_naming_the_fix():
-    from pipeline.train import is_out_of_memory, out_of_memory_as_user_error
-
-    cfg = _cfg(batch_size=256, image_size=128)
-    cpu_oom = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
-                           "memory: you tried to allocate 40000000000000 bytes. Error code 12")
-    for exc in (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), cpu_oom):
-        assert is_out_of_memory(exc)
-        with pytest.raises(UserError) as info:
-            with out_of_memory_as_user_error(torch.device("cuda"), cfg):
-                raise exc
-        assert str(info.value) == ("out of memory on cuda training 128x128 images in batches of 256: "
-                                   "lower train.batch_size (e.g. 128) or preprocess.size")
-    other = RuntimeError("mat1 and mat2 shapes cannot be multiplied")
-    assert not is_out_of_memory(other)
-    with pytest.raises(RuntimeError, match="shapes"):
-        with out_of_memory_as_user_error(torch.device("cpu"), cfg):
-            raise other
-
-
 def test_cosine_schedule_warms_up_then_decays_and_constant_stays():
     from pipeline.train import lr_at
 
@@ -369,7 +330,7 @@ def test_a_cosine_run_is_not_extended_to_more_epochs():
 
 
 def test_augment_auto_is_on_for_a_homework_sized_set_only():
-    from pipeline.train import AUTO_AUGMENT_BELOW
+    from pipeline.params import AUTO_AUGMENT_BELOW
 
     assert Trainer(_images(n=12), _cfg(augment="auto")).augment
     assert not Trainer(_images(n=AUTO_AUGMENT_BELOW), _cfg(augment="auto")).augment
@@ -395,24 +356,8 @@ def test_progress_in_a_log_is_a_line_per_tenth_of_the_run(capsys):
     assert [line.split()[2] for line in capsys.readouterr().err.splitlines()] == ["6/7", "7/7"]
 
 
-def test_a_first_ctrl_c_asks_to_stop_a_second_aborts_and_the_handlers_come_back():
-    import os
-    import signal
-
-    from pipeline.train import GracefulStop
-
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    with GracefulStop() as stop:
-        assert not stop.requested
-        os.kill(os.getpid(), signal.SIGINT)
-        assert stop.requested and stop.signum == signal.SIGINT  # training finishes its epoch, then stops
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGTERM)  # a second signal, of either kind: at once
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
-
-
 def test_a_stop_requested_mid_training_ends_at_the_epoch_boundary_with_a_checkpoint(tmp_path):
-    from pipeline.train import GracefulStop
+    from pipeline.runtime import GracefulStop
 
     trainer = Trainer(_images(), _cfg(epochs=5))
     with GracefulStop() as stop:
@@ -470,82 +415,6 @@ def test_augment_is_the_documented_flip_turn_scale_shift_and_brightness(seed):
         assert got[k] == pytest.approx(_augment_by_hand(x[k].numpy(), r[k]), abs=2e-5), k
 
 
-class _FakeMallopt:
-    def __init__(self, answer=1):
-        self.calls, self.answer = [], answer
-
-    def __call__(self, param, value):
-        self.calls.append((param, value))
-        return self.answer
-
-
-@pytest.mark.parametrize("answer", [1, 0])
-def test_keep_freed_memory_raises_glibcs_mmap_and_trim_thresholds(monkeypatch, answer):
-    """glibc's malloc.h: M_TRIM_THRESHOLD is -1, M_MMAP_THRESHOLD -3; the thresholds 512 MiB and 1 GiB."""
-    import ctypes
-    import platform
-
-    from pipeline.train import keep_freed_memory
-
-    fake = _FakeMallopt(answer)
-    monkeypatch.setattr(platform, "system", lambda: "Linux")
-    monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.36"))
-    monkeypatch.setattr(ctypes, "CDLL", lambda name: type("Libc", (), {"mallopt": fake})() if name == "libc.so.6"
-                        else pytest.fail(name))
-    assert keep_freed_memory() is bool(answer)
-    assert fake.calls == ([(-3, 512 * 2 ** 20), (-1, 2 ** 30)] if answer else [(-3, 512 * 2 ** 20)])
-    assert (fake.argtypes, fake.restype) == ([ctypes.c_int, ctypes.c_int], ctypes.c_int)
-
-
-def test_keep_freed_memory_does_nothing_without_glibc(monkeypatch):
-    import ctypes
-    import platform
-
-    from pipeline.train import keep_freed_memory
-
-    monkeypatch.setattr(ctypes, "CDLL", lambda name: pytest.fail("no C library may be loaded"))
-    monkeypatch.setattr(platform, "system", lambda: "Darwin")
-    assert keep_freed_memory() is False
-    monkeypatch.setattr(platform, "system", lambda: "Linux")
-    monkeypatch.setattr(platform, "libc_ver", lambda: ("musl", "1.2"))
-    assert keep_freed_memory() is False
-
-    def missing(name):
-        raise OSError("libc.so.6: cannot open shared object file")
-
-    monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.36"))
-    monkeypatch.setattr(ctypes, "CDLL", missing)
-    assert keep_freed_memory() is False
-
-
-def test_init_distributed_joins_the_group_only_under_torchrun(monkeypatch):
-    import torch.distributed as dist
-
-    from pipeline import train as train_module
-    from pipeline.train import init_distributed
-
-    joined = []
-    monkeypatch.setattr(dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(dist, "init_process_group", lambda backend: joined.append(backend))
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert init_distributed("cpu") is None
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    assert init_distributed("cpu") is None and joined == []
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert init_distributed("cpu") == torch.device("cpu") and joined == ["gloo"]
-    # on CUDA: this process's GPU is LOCAL_RANK's, and the backend nccl
-    chosen = []
-    monkeypatch.setattr(train_module, "resolve_device", lambda name: torch.device("cuda"))
-    monkeypatch.setattr(torch.cuda, "set_device", lambda i: chosen.append(i))
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    assert init_distributed("auto") == torch.device("cuda", 1) and chosen == [1] and joined == ["gloo", "nccl"]
-    monkeypatch.delenv("LOCAL_RANK")
-    assert init_distributed("auto") == torch.device("cuda", 0) and chosen == [1, 0]
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # already joined: not twice
-    init_distributed("auto")
-    assert joined == ["gloo", "nccl", "nccl"]
-
-
 def test_progress_on_a_terminal_is_one_tqdm_bar(monkeypatch, capsys):
     import types
 
@@ -595,9 +464,15 @@ def test_progress_in_a_log_prints_every_tenth_rounded_and_the_last(monkeypatch, 
 
 
 def test_train_config_from_params_takes_its_fields_and_the_size_and_arch():
-    section = {"latent_dim": 20, "epochs": 3, "lr": 0.01, "resume": True, "checkpoint_every": 5}
-    cfg = TrainConfig.from_params(section, 64, "bn")
-    assert (cfg.latent_dim, cfg.epochs, cfg.lr, cfg.image_size, cfg.arch) == (20, 3, 0.01, 64, "bn")
+    from dataclasses import replace
+
+    from pipeline.params import Params
+
+    p = Params()
+    p = replace(p, train=replace(p.train, latent_dim=20, epochs=3, lr=0.01, resume=True, checkpoint_every=5),
+                preprocess=replace(p.preprocess, size=64), model=replace(p.model, arch="seed"))
+    cfg = TrainConfig.from_params(p)
+    assert (cfg.latent_dim, cfg.epochs, cfg.lr, cfg.image_size, cfg.arch) == (20, 3, 0.01, 64, "seed")
     assert not hasattr(cfg, "checkpoint_every")  # a key of the stage, not of training
 
 

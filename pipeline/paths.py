@@ -1,0 +1,28 @@
+"""Where the stages read and write, relative to the project root: each path named once (dvc.yaml declares the
+same paths as the stages' deps and outs; a test checks that the two agree)."""
+
+RAW = "data/raw"  # ingest: <label>/<image>, manifest.csv, rejected.csv
+DATASET = "data/processed/dataset.pt"  # preprocess: uint8 images, labels, ids, split
+SPLIT = "data/processed/split.csv"
+CROPS = "data/processed/crops.csv"
+PREPROCESS_REJECTED = "data/processed/rejected.csv"
+MODELS = "models"  # train: vae.pt, model_config.json, config.json, checkpoint.pt, mlflow_run.json, loss.png
+CHECKPOINT = f"{MODELS}/checkpoint.pt"
+TRAIN_CONFIG = f"{MODELS}/config.json"
+LOSS_PLOT = f"{MODELS}/loss.png"
+TRAIN_METRICS = "metrics/train.json"
+TRAIN_HISTORY = "metrics/train_history.csv"
+RECON_GRID = "reports/recon_{split}.png"  # reconstruct: .format(split='train' | 'test')
+RECON_METRICS = "metrics/recon.json"
+LATENTS = "data/latents/latents.csv"
+TSNE_PLOT = "reports/tsne.png"
+TSNE_COORDS = "reports/tsne_coords.csv"
+TSNE_METRICS = "metrics/tsne.json"
+SAMPLES = "reports/samples.png"
+INTERPOLATION = "reports/interpolation.png"
+INTERPOLATION_GIF = "reports/interpolation.gif"
+EXPRESSION_VECTOR = "reports/expression_vector.png"
+EXPLORE_METRICS = "metrics/explore.json"
+
+# the folders the stages write into (not data/ as a whole: photos may live there)
+OUTPUT_FOLDERS = (RAW, "data/processed", "data/latents", MODELS, "metrics", "reports")

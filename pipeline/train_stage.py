@@ -1,0 +1,183 @@
+"""The train stage: data/processed/dataset.pt -> models/ (vae.pt + model_config.json: the model; config.json: the
+training config; checkpoint.pt; mlflow_run.json), metrics/train.json and the per-epoch table
+metrics/train_history.csv, with the model's MLflow run.
+
+:func:`train_stage` is its steps, in order:
+
+1. ``training_process``: the device (under torchrun, this process's, in the process group); the tracking store
+   must answer before any work.
+2. ``load_training_data``: the training images and the processed file's hash.
+3. ``decide_resume``: continue the checkpoint only when it is of the same trajectory, code and data, and is
+   unfinished (a crash, a stop) or ``train.resume`` extends it; a stopped run that is not continued is closed.
+4. ``open_model_run``: a new MLflow run, or the continued run reopened.
+5. ``fit``: every epoch logged; a stop request (Ctrl-C, SIGTERM) ends at an epoch boundary with a checkpoint.
+6. ``write_outputs``: the model, its configs, the loss table and metrics/train.json.
+7. ``log_outputs``: those files, the loss picture and the model to the run, which is closed.
+
+Under torchrun only rank 0 opens the run and writes (steps 4, 6, 7); the other ranks train alongside.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+
+from .errors import Stopped
+from .io import write_json, write_text
+from .params import Params
+from .paths import CHECKPOINT, DATASET, LOSS_PLOT, MODELS, TRAIN_CONFIG, TRAIN_HISTORY, TRAIN_METRICS
+from .runtime import GracefulStop, keep_freed_memory, out_of_memory_as_user_error, training_process
+
+# the params sections that shaped the model: logged on its run (the downstream stages' are on their child runs)
+MODEL_SECTIONS = ("data", "split", "preprocess", "model", "train", "mlflow")
+
+
+@dataclass
+class TrainingData:
+    images: object  # uint8 tensor N x C x S x S, the training split
+    labels: object
+    ids: list
+    test: dict  # the held-out split: the run's evaluation dataset
+    digest: str  # sha256 of the processed file: a checkpoint of other data is not continued
+
+
+def train_stage(params: Params) -> None:
+    from .tracking import check_reachable, project_root, tracking_uri
+    from .train import TrainConfig, Trainer
+
+    cfg = TrainConfig.from_params(params)
+    keep_freed_memory()  # no page faults to refill each step's activations (~15 % of a CPU step)
+    with training_process(cfg.device) as device, out_of_memory_as_user_error(device, cfg.batch_size, cfg.image_size):
+        root = project_root()
+        check_reachable(tracking_uri(root))  # refuse in seconds, before training, if the server is down
+        data = load_training_data()
+        trainer = Trainer(data.images, cfg, device)
+        resume = decide_resume(trainer, params, data.digest, root)
+        if trainer.rank != 0:  # only rank 0 writes outputs and talks to MLflow
+            with GracefulStop() as stop:
+                trainer.fit(progress=False, stop=stop)
+            return
+        run = open_model_run(trainer, params, data, resume, root)
+        start_epoch = trainer.epoch
+        seconds = fit(trainer, run, params.train.checkpoint_every)
+        metrics = write_outputs(trainer, run, seconds, start_epoch, len(data.ids))
+        log_outputs(trainer, run, params, data, metrics)
+
+
+def load_training_data() -> TrainingData:
+    from .preprocess import load_dataset, subset
+    from .tracking import file_sha256
+
+    everything = load_dataset(DATASET)
+    train = subset(everything, "train")
+    return TrainingData(train["images"], train["labels"], train["ids"], subset(everything, "test"),
+                        file_sha256(DATASET))
+
+
+def decide_resume(trainer, params: Params, digest: str, root) -> bool:
+    """Load the checkpoint into ``trainer`` when it is to be continued; True if it was."""
+    import json
+
+    from .tracking import close_abandoned_run
+    from .train import can_continue, load_checkpoint
+
+    cfg = trainer.cfg
+    ckpt = load_checkpoint(CHECKPOINT)
+    saved = json.loads(ckpt.get("meta", "{}")) if ckpt else {}
+    resume = can_continue(ckpt, cfg, params.train.resume) and saved.get("data_hash") == digest
+    if params.train.resume and ckpt and not resume and cfg.schedule != "constant":
+        print(f"train: not continuing the saved run: under train.schedule: {cfg.schedule} the learning rate of "
+              f"every epoch depends on train.epochs; training {cfg.epochs} epochs from scratch "
+              f"(train.schedule: constant continues runs)")
+    abandoned = saved.get("mlflow_run_id") if not resume else None
+    if abandoned and trainer.rank == 0 and close_abandoned_run(abandoned, root):
+        print(f"train: MLflow run {abandoned} of the stopped training that is not continued is marked KILLED")
+    if resume:
+        trainer.load_state_dict(ckpt)
+    return resume
+
+
+def open_model_run(trainer, params: Params, data: TrainingData, resume: bool, root):
+    """The model's MLflow run: the params that shaped it, source tags, a description, the datasets; the
+    checkpoint's run reopened when continuing. Its id goes into every checkpoint from here on."""
+    from .tracking import TrainingRun, dataset_inputs, epoch_metrics, git_info, run_description
+
+    cfg = trainer.cfg
+    dvc_exp = os.environ.get("DVC_EXP_NAME", "")  # set by `dvc exp run`
+    tags = {**git_info(root), "device": str(trainer.device), "dvc_exp_name": dvc_exp,
+            "mlflow.note.content": run_description(params, len(data.ids), dvc_exp)}
+    datasets = dataset_inputs({"training": ("facevae-train", data.images.numpy(), data.labels.numpy()),
+                               "evaluation": ("facevae-test", data.test["images"].numpy(), data.test["labels"].numpy())},
+                              data.digest, DATASET)
+    model_params = {k: v for k, v in params.flat().items() if k.split(".")[0] in MODEL_SECTIONS}
+    run = TrainingRun(params.mlflow.experiment, f"z{cfg.latent_dim}-e{cfg.epochs}",
+                      {**model_params, "data.n_train": len(data.ids)}, tags, root,
+                      continue_run_id=trainer.meta.get("mlflow_run_id") if resume else None, datasets=datasets,
+                      epoch_metrics=epoch_metrics(cfg.recon, cfg.kl_warmup_epochs))
+    trainer.meta = {"mlflow_run_id": run.run_id, "data_hash": data.digest}
+    where = f"resuming at epoch {trainer.epoch}" if resume else "from scratch"
+    procs = f" x {trainer.world} processes (DDP)" if trainer.world > 1 else ""
+    aug = " augmented" if trainer.augment else ""
+    print(f"train: {len(data.ids)}{aug} images on {trainer.device}{procs}, latent_dim {cfg.latent_dim}, {cfg.epochs} "
+          f"epochs ({where}); MLflow run {run.run_id}{' (continued)' if run.resumed else ''} in {run.uri}")
+    return run
+
+
+def fit(trainer, run, checkpoint_every: int) -> float:
+    """Train to cfg.epochs, logging every epoch; return the seconds it took. A stop request closes the run as
+    KILLED and raises Stopped (exit 128 + the signal) after the checkpoint; any failure closes it as FAILED."""
+    t0 = time.perf_counter()
+    try:
+        with GracefulStop() as stop:
+            trainer.fit(on_epoch=run.log_epoch, checkpoint=CHECKPOINT, checkpoint_every=checkpoint_every, stop=stop)
+    except BaseException:
+        run.finish("FAILED")
+        raise
+    if stop.requested:
+        run.finish("KILLED")
+        name = signal.Signals(stop.signum).name
+        raise Stopped(f"{name} received: stopped after epoch {trainer.epoch}/{trainer.cfg.epochs}, checkpoint saved "
+                      f"to {CHECKPOINT}; run `dvc repro` to resume", code=128 + stop.signum)
+    return time.perf_counter() - t0
+
+
+def write_outputs(trainer, run, seconds: float, start_epoch: int, n_train: int) -> dict:
+    """models/ (the model, its shape, the training config, the run's id), the loss table and
+    metrics/train.json, whose figures are returned."""
+    import pandas as pd
+
+    from .model import save_model
+
+    save_model(trainer.model, trainer.model_config, MODELS)  # vae.pt + model_config.json: what load_model reads
+    write_json(TRAIN_CONFIG, asdict(trainer.cfg))
+    run.save(MODELS)
+    history = trainer.history
+    write_text(TRAIN_HISTORY, pd.DataFrame(history).to_csv(index=False, float_format="%.6g"))
+    new_epochs = trainer.epoch - start_epoch
+    metrics = {k: history[-1][k] for k in ("loss", "recon", "kl", "neg_elbo", "sse")}
+    metrics.update({"epochs": len(history), "seconds": round(seconds, 2), "resumed_from_epoch": start_epoch,
+                    "images_per_second": round(n_train * new_epochs / seconds, 1) if new_epochs else 0.0})
+    write_json(TRAIN_METRICS, metrics)
+    return metrics
+
+
+def log_outputs(trainer, run, params: Params, data: TrainingData, metrics: dict) -> None:
+    """The run's summary, files, loss picture and logged model (a new version of the registered model); the
+    run is closed as FINISHED."""
+    from .plots import save_loss_plot
+
+    cfg = trainer.cfg
+    run.log_summary({"train_seconds": metrics["seconds"], "images_per_second": metrics["images_per_second"]})
+    for f in (f"{MODELS}/vae.pt", f"{MODELS}/model_config.json", TRAIN_CONFIG, TRAIN_HISTORY):
+        run.log_artifact(f, "model" if f.startswith(f"{MODELS}/") else None)
+    save_loss_plot(trainer.history, LOSS_PLOT, cfg.recon)
+    run.log_artifact(LOSS_PLOT)
+    run.log_image(LOSS_PLOT, "train/loss", step=len(trainer.history))
+    # 2 images: a batch of 1 would fix the batch size in the export
+    run.log_model(trainer.model, data.images[:2], f"vae-z{cfg.latent_dim}", params.mlflow.model_name)
+    run.finish("FINISHED")
+    last = trainer.history[-1]
+    print(f"train: done in {metrics['seconds']:.1f}s; final loss {last['loss']:.1f} (recon {last['recon']:.1f}, "
+          f"kl {last['kl']:.1f}) per image")

@@ -1,0 +1,88 @@
+"""params.yaml read once into typed sections (pipeline/params.py): each key's type, choices, default and meaning in
+one place; every bad key or value is one line."""
+
+import subprocess
+import sys
+from dataclasses import fields
+
+import pytest
+import yaml
+
+from helpers import ROOT
+from pipeline.errors import UserError
+from pipeline.params import KEYS, SECTIONS, Params, choices, from_flat, load
+
+
+def test_params_yaml_holds_the_defaults_of_every_key_and_nothing_else():
+    assert load(ROOT / "params.yaml") == Params()
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert list(raw) == list(SECTIONS) and {f"{s}.{k}" for s, v in raw.items() for k in v} == set(KEYS)
+
+
+def test_sections_are_typed_and_flatten_to_the_names_dvc_and_mlflow_use():
+    p = load(ROOT / "params.yaml")
+    assert p.train.latent_dim == 32 and p.preprocess.size == 128 and p.data.labels == []
+    flat = p.flat()
+    assert flat["train.latent_dim"] == 32 and list(flat) == list(KEYS)
+    assert from_flat(flat) == p
+
+
+def test_every_key_says_what_it_means_and_what_a_good_value_is():
+    for key, (check, hint, doc) in KEYS.items():
+        assert callable(check) and hint and doc, key
+
+
+def test_choices_are_the_literals_the_code_acts_on():
+    from pipeline.faces import CROP_MODES, NO_FACE_MODES
+    from pipeline.losses import KL_MODES, RECON_MODES
+    from pipeline.model import ARCHS
+    from pipeline.params import KL, Arch, Crop, NoFace, Recon
+
+    assert (CROP_MODES, NO_FACE_MODES, KL_MODES, RECON_MODES, ARCHS) == \
+        (choices(Crop), choices(NoFace), choices(KL), choices(Recon), choices(Arch))
+    check = KEYS["train.augment"][0]
+    assert check("auto") and check(True) and check(False) and not check(1) and not check(0) and not check("yes")
+    assert KEYS["train.recon"][1] == "gaussian | mse | bce"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("train.latnet_dim", 20, "params.yaml: unknown key 'train.latnet_dim'; did you mean 'train.latent_dim'?"),
+    ("preprocess.size", 100, "params.yaml: preprocess.size = 100 is not valid; expected a power of two >= 16, e.g. 64 "
+                             "or 128 (the model halves it down to 2)"),
+    ("train.recon", "l1", "params.yaml: train.recon = 'l1' is not valid; expected gaussian | mse | bce"),
+    ("train.compile", "yes", "params.yaml: train.compile = 'yes' is not valid; expected true or false"),
+])
+def test_a_bad_key_or_value_is_one_line(key, value, message):
+    flat = Params().flat()
+    flat[key] = value
+    with pytest.raises(UserError) as e:
+        from_flat(flat)
+    assert str(e.value) == message
+    del flat[key]
+    if key in KEYS:
+        with pytest.raises(UserError, match=f"params.yaml: missing '{key}'; add it"):
+            from_flat(flat)
+
+
+def test_the_sections_are_frozen():
+    p = Params()
+    with pytest.raises(AttributeError):
+        p.train.latent_dim = 3  # one value, read once
+
+
+def test_reading_params_does_not_import_torch():
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pipeline.params import load; "
+            "p = load(sys.argv[1] + '/params.yaml'); print(p.train.latent_dim, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["32", "False"]
+
+
+def test_every_section_field_is_a_key():
+    assert {f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in fields(cls)} == set(KEYS)
+
+
+def test_the_readme_params_reference_is_the_generated_one():
+    """The README's table comes from the sections (`python -m pipeline.params`): defaults and meanings stored once."""
+    from pipeline.params import reference
+
+    assert reference() in (ROOT / "README.md").read_text()
