@@ -70,6 +70,7 @@ def test_the_sections_are_frozen():
         p.train.latent_dim = 3  # one value, read once
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_reading_params_does_not_import_torch():
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from pipeline.params import load; "
             "p = load(sys.argv[1] + '/params.yaml'); print(p.train.latent_dim, 'torch' in sys.modules)")
@@ -86,3 +87,20 @@ def test_the_readme_params_reference_is_the_generated_one():
     from pipeline.params import reference
 
     assert reference() in (ROOT / "README.md").read_text()
+
+
+def test_the_paths_the_stages_use_are_the_ones_dvc_yaml_declares():
+    """pipeline/paths.py names each path once for the code; dvc.yaml declares the same paths to DVC: each is a
+    declared dependency or output, or a file in a declared output folder; every output is in OUTPUT_FOLDERS."""
+    from pipeline import paths
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    entries = lambda kinds: {next(iter(o)) if isinstance(o, dict) else o  # noqa: E731
+                             for st in stages.values() for kind in kinds for o in st.get(kind, [])}
+    declared, outputs = entries(("deps", "outs", "metrics")), entries(("outs", "metrics"))
+    named = {v for k, v in vars(paths).items() if k.isupper() and isinstance(v, str) and k != "RECON_GRID"}
+    named |= {paths.RECON_GRID.format(split=s) for s in ("train", "test")}
+    for path in named:
+        assert path in declared or any(path.startswith(d + "/") for d in declared), path
+    for out in outputs:
+        assert any(out == f or out.startswith(f + "/") for f in paths.OUTPUT_FOLDERS), out

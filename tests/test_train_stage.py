@@ -176,3 +176,44 @@ def test_after_a_kill_the_resumed_run_logs_each_epoch_once(tmp_path):
     assert f"resuming at epoch {saved}" in out.stdout
     steps = sorted(m.step for m in store(p).get_metric_history(run_id, "loss"))
     assert steps == list(range(1, 61))  # every epoch once
+
+
+def test_a_checkpoint_of_other_data_is_not_continued(tmp_path, monkeypatch):
+    """decide_resume (in-process): an unfinished checkpoint of the same trajectory and code is continued only when
+    it was made on the same processed data (its hash in the checkpoint's meta)."""
+    from dataclasses import replace
+
+    from pipeline.params import Params
+    from pipeline.train import TrainConfig, Trainer
+    from pipeline.train_stage import decide_resume
+
+    monkeypatch.chdir(tmp_path)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(latent_dim=4, epochs=3, batch_size=4, device="cpu", image_size=32)
+    first = Trainer(images, cfg)
+    first.meta = {"data_hash": "a" * 64}
+    first.fit(epochs=1, progress=False, checkpoint="models/checkpoint.pt")  # stopped after 1 of 3 epochs
+    params = Params()
+    params = replace(params, train=replace(params.train, resume=False))
+    same = Trainer(images, cfg)
+    assert decide_resume(same, params, "a" * 64, tmp_path) and same.epoch == 1
+    other = Trainer(images, cfg)
+    assert not decide_resume(other, params, "b" * 64, tmp_path) and other.epoch == 0
+
+
+def test_downstream_stages_write_their_outputs_and_warn_when_mlflow_is_down(tmp_path, tiny_project):
+    from helpers import clone, refused_port
+
+    proj = clone(tiny_project[0], tmp_path / "p")
+    for f in ("reports/tsne.png", "metrics/tsne.json", "reports/recon_test.png", "metrics/recon.json"):
+        (proj / f).unlink()
+    with refused_port() as port:
+        for stage in ("reconstruct", "tsne"):
+            out = run([str(BIN / "python"), str(ROOT / f"stages/{stage}.py")], proj,
+                      MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+            warning = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
+            assert warning == [f"warning: '{stage}' not logged to MLflow (MLflow server http://127.0.0.1:{port} is "
+                               f"not usable ([Errno 111] Connection refused); start it (make mlflow-server) or fix "
+                               f"MLFLOW_TRACKING_URI (unset it to log to the local mlflow.db))"], out.stderr
+    for f in ("reports/tsne.png", "metrics/tsne.json", "reports/recon_test.png", "metrics/recon.json"):
+        assert (proj / f).stat().st_size > 0
