@@ -58,7 +58,7 @@ def run_setting(name: str, params: Params, device: str, pictures: Path | None) -
         ingest(d.source, Path(tmp) / "raw", per_class=d.per_class, seed=d.seed, identities=d.identities,
                labels=d.labels, min_size=p.min_size, min_per_label=params.split.test_per_class + 1)
         ds, _ = build_dataset(Path(tmp) / "raw", p.size, params.split.test_per_class, params.split.seed,
-                              CropSpec(p.face_crop, float(p.face_margin), p.no_face))
+                              CropSpec.from_params(p))
     train, test = subset(ds, "train"), subset(ds, "test")
     cfg = replace(TrainConfig.from_params(params), device=device)
     trainer = Trainer(train["images"], cfg)

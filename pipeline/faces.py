@@ -37,6 +37,11 @@ class CropSpec:
     margin: float = 0.25
     no_face: str = "reject"
 
+    @classmethod
+    def from_params(cls, preprocess) -> "CropSpec":
+        """From params.yaml's typed ``preprocess`` section (pipeline.params.Preprocess)."""
+        return cls(preprocess.face_crop, float(preprocess.face_margin), preprocess.no_face)
+
 
 class NoFace(Exception):
     """``detect`` found no face and ``no_face`` is ``reject``."""

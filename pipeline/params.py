@@ -78,11 +78,13 @@ def knob(default, doc: str, check: tuple[Callable[[Any], bool], str] | None = No
 # -- the sections ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Data:
-    source: Source = knob("synthetic", "`synthetic` (built-in faces), a folder with one sub-folder per label, a .zip/.tar.gz of one, a `path,label` CSV or a FER2013 CSV",
+    source: Source = knob("synthetic", "`synthetic` (built-in faces), a folder with one sub-folder per label, a "
+                                       ".zip/.tar.gz of one, a `path,label` CSV or a FER2013 CSV",
                           (_str, "'synthetic', a folder with one sub-folder per label, a .zip/.tar.gz of one, or a CSV"))
     per_class: int = knob(200, "images per class for the synthetic source", POSITIVE)
     seed: int = knob(0, "seed of the synthetic generator (same seed → byte-identical images)", SEED)
-    identities: int = knob(4, "synthetic: how many people, each photographed many times (the held-out faces are new photos of them); 0: every face a new person",
+    identities: int = knob(4, "synthetic: how many people, each photographed many times (the held-out faces are new "
+                              "photos of them); 0: every face a new person",
                            (NON_NEGATIVE[0], "an integer >= 0 (people in the synthetic set; 0: every face new)"))
     labels: list = knob([], "keep only these labels (empty: all)",
                         (_str_list, "a list of label names, e.g. [happy, angry], or [] for all"))
@@ -101,16 +103,19 @@ class Preprocess:
                       "a power of two >= 16, e.g. 64 or 128 (the model halves it down to 2)"))
     min_size: int = knob(32, "ingest rejects images whose shorter side is smaller",
                          (POSITIVE[0], "a positive integer (smaller images are rejected at ingest)"))
-    face_crop: Crop = knob("center", "`center` (centred square) | `detect` (largest face, OpenCV Haar cascade) | `none` (whole picture, squeezed)")
+    face_crop: Crop = knob("center", "`center` (centred square) | `detect` (largest face, OpenCV Haar cascade) | "
+                                     "`none` (whole picture, squeezed)")
     face_margin: float = knob(0.25, "`detect`: share of the face's width added on every side (0–2)",
                               (lambda v: _number(v) and 0 <= v <= 2,
                                "a number from 0 to 2 (share of the face's width added on every side)"))
-    no_face: NoFace = knob("reject", "`detect`, no face found: `reject` (listed in `data/processed/rejected.csv`) | `center`")
+    no_face: NoFace = knob("reject", "`detect`, no face found: `reject` (listed in `data/processed/rejected.csv`) | "
+                                     "`center`")
 
 
 @dataclass(frozen=True)
 class Model:
-    arch: Arch = knob("bn", "`bn`: BatchNorm + LeakyReLU after each of the seed's convolutions | `seed`: the notebook's layers (ReLU)")
+    arch: Arch = knob("bn", "`bn`: BatchNorm + LeakyReLU after each of the seed's convolutions | `seed`: the "
+                            "notebook's layers (ReLU)")
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,8 @@ class Train:
     seed: int = knob(0, "weights init, shuffling and sampling noise (same seed on CPU → same losses)", SEED)
     device: Device = knob("auto", "`auto` | `cpu` | `cuda` | `mps`")
     beta: float = knob(1.0, "weight of the KL term", (lambda v: _number(v) and v >= 0, "a number >= 0"))
-    kl: KL = knob("elbo", "`elbo`: per-image KL, the correct ELBO; `seed_mean`: the notebook's `torch.mean` KL (almost no KL weight)")
+    kl: KL = knob("elbo", "`elbo`: per-image KL, the correct ELBO; `seed_mean`: the notebook's `torch.mean` KL "
+                          "(almost no KL weight)")
     recon: Recon = knob("gaussian", "`gaussian` | `mse` | `bce` (see Loss options)")
     kl_warmup_epochs: int = knob(0, "ramp the KL weight from 0 to β over this many epochs",
                                  (NON_NEGATIVE[0], "an integer >= 0 (0: no warm-up)"))
@@ -135,10 +141,16 @@ class Train:
     optimizer: Optimizer = knob("adamw", "`adamw` | `adam` (the notebook's)")
     weight_decay: float = knob(0.0, "AdamW's decoupled weight decay",
                                (lambda v: _number(v) and v >= 0, "a number >= 0, e.g. 0.0001"))
-    schedule: Schedule = knob("cosine", "`cosine`: linear warm-up over 5 % of the steps, then cosine decay to lr/100 | `constant` (the notebook's)")
-    augment: Augment = knob("auto", "random flips, rotations (±10°), shifts (±5 % of the side), scales (0.9–1.1) and brightness (0.8–1.2) of every training batch, on the device: `auto` (below 100 training images, e.g. the homework's 16 + 16 photos) | `true` | `false`",
+    schedule: Schedule = knob("cosine", "`cosine`: linear warm-up over 5 % of the steps, then cosine decay to lr/100 "
+                                        "| `constant` (the notebook's)")
+    augment: Augment = knob("auto", "random flips, rotations (±10°), shifts (±5 % of the side), scales (0.9–1.1) "
+                                    "and brightness (0.8–1.2) of every training batch, on the device: `auto` (below "
+                                    f"{AUTO_AUGMENT_BELOW} training images, e.g. the homework's 16 + 16 photos) | "
+                                    "`true` | `false`",
                             hint=f"auto (on below {AUTO_AUGMENT_BELOW} training images), true or false")
-    resume: bool = knob(False, "raising `train.epochs` continues the saved run instead of restarting (with `train.schedule: constant`; a cosine schedule is fixed by its total, so a longer run starts over)", BOOL)
+    resume: bool = knob(False, "raising `train.epochs` continues the saved run instead of restarting (with "
+                               "`train.schedule: constant`; a cosine schedule is fixed by its total, so a longer run "
+                               "starts over)", BOOL)
     checkpoint_every: int = knob(10, "epochs between checkpoints (also written on Ctrl-C / SIGTERM and at the end)",
                                  (NON_NEGATIVE[0], "an integer >= 0 (0: only at the end)"))
 
@@ -167,7 +179,8 @@ class Explore:
     faces: int = knob(8, "held-out faces shown along the expression vector (half of each label)",
                       (lambda v: _int(v) and 0 < v <= 40, "a positive integer up to 40"))
     seed: int = knob(0, "seed of the prior samples", SEED)
-    pair: list = knob([], "the two labels whose difference of mean latents is the expression vector (`[]`: the first two)",
+    pair: list = knob([], "the two labels whose difference of mean latents is the expression vector (`[]`: the first "
+                          "two)",
                       (lambda v: _str_list(v) and len(v) in (0, 2), "two labels, e.g. [happy, angry], or [] for the "
                                                                      "first two"))
 
@@ -175,7 +188,8 @@ class Explore:
 @dataclass(frozen=True)
 class Mlflow:
     experiment: str = knob("facevae", "MLflow experiment name", (_str, "an experiment name"))
-    model_name: str = knob("facevae", "registered model: every training adds a version; `make compare` moves its `champion` alias", (_str, "a registered model name, e.g. facevae"))
+    model_name: str = knob("facevae", "registered model: every training adds a version; `make compare` moves its "
+                                      "`champion` alias", (_str, "a registered model name, e.g. facevae"))
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ def train_stage(params: Params) -> None:
         start_epoch = trainer.epoch
         seconds = fit(trainer, run, params.train.checkpoint_every)
         metrics = write_outputs(trainer, run, seconds, start_epoch, len(data.ids))
-        log_outputs(trainer, run, params, data, metrics)
+        log_outputs(trainer, run, params, data, seconds, metrics["images_per_second"])
 
 
 def load_training_data() -> TrainingData:
@@ -163,13 +163,13 @@ def write_outputs(trainer, run, seconds: float, start_epoch: int, n_train: int) 
     return metrics
 
 
-def log_outputs(trainer, run, params: Params, data: TrainingData, metrics: dict) -> None:
+def log_outputs(trainer, run, params: Params, data: TrainingData, seconds: float, images_per_second: float) -> None:
     """The run's summary, files, loss picture and logged model (a new version of the registered model); the
     run is closed as FINISHED."""
     from .plots import save_loss_plot
 
     cfg = trainer.cfg
-    run.log_summary({"train_seconds": metrics["seconds"], "images_per_second": metrics["images_per_second"]})
+    run.log_summary({"train_seconds": seconds, "images_per_second": images_per_second})
     for f in (f"{MODELS}/vae.pt", f"{MODELS}/model_config.json", TRAIN_CONFIG, TRAIN_HISTORY):
         run.log_artifact(f, "model" if f.startswith(f"{MODELS}/") else None)
     save_loss_plot(trainer.history, LOSS_PLOT, cfg.recon)
@@ -179,5 +179,5 @@ def log_outputs(trainer, run, params: Params, data: TrainingData, metrics: dict)
     run.log_model(trainer.model, data.images[:2], f"vae-z{cfg.latent_dim}", params.mlflow.model_name)
     run.finish("FINISHED")
     last = trainer.history[-1]
-    print(f"train: done in {metrics['seconds']:.1f}s; final loss {last['loss']:.1f} (recon {last['recon']:.1f}, "
+    print(f"train: done in {seconds:.1f}s; final loss {last['loss']:.1f} (recon {last['recon']:.1f}, "
           f"kl {last['kl']:.1f}) per image")

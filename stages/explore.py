@@ -21,7 +21,7 @@ from pipeline.plots import image_rows, save_gif, save_rows
 from pipeline.preprocess import load_dataset, subset
 from pipeline.tracking import log_stage
 from pipeline.model import load_model
-from pipeline.train import resolve_device
+from pipeline.runtime import resolve_device
 
 PICTURES = {"samples": SAMPLES, "interpolation": INTERPOLATION, "expression_vector": EXPRESSION_VECTOR}
 
@@ -72,7 +72,8 @@ def run(params):
     logged = {k: metrics[k] for k in ("expression_flip_rate", "unshifted_keep_rate", "expression_vector_norm",
                                       "probe_test_accuracy") if np.isfinite(metrics[k])}
     log_stage(MODELS, "explore", {f"explore.{k}": v for k, v in asdict(p).items()}, logged,
-              [*PICTURES.values(), INTERPOLATION_GIF, EXPLORE_METRICS], images={f"explore/{k}": path for k, path in PICTURES.items()})
+              [*PICTURES.values(), INTERPOLATION_GIF, EXPLORE_METRICS],
+              images={f"explore/{k}": path for k, path in PICTURES.items()})
     print(f"explore: '{pair[0]}' - '{pair[1]}' vector of norm {metrics['expression_vector_norm']:.2f} flips "
           f"{flips['expression_flip_rate']:.0%} of {flips['n_faces']} held-out faces (re-encoded, judged by a "
           f"linear probe with test accuracy {test_probe:.2f}); {', '.join(PICTURES.values())}, {INTERPOLATION_GIF}")

@@ -10,7 +10,7 @@ from pipeline.paths import DATASET, LATENTS, MODELS
 from pipeline.preprocess import load_dataset
 from pipeline.tracking import log_stage
 from pipeline.model import load_model
-from pipeline.train import resolve_device
+from pipeline.runtime import resolve_device
 
 def run(params):
     model = load_model(MODELS, resolve_device("auto"))

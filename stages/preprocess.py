@@ -18,7 +18,7 @@ CROP_COLUMNS = ["id", "label", "source", "crop", "left", "top", "right", "bottom
 def run(params):
     p = params.preprocess
     ds, report = build_dataset(RAW, p.size, params.split.test_per_class, params.split.seed,
-                               CropSpec(p.face_crop, float(p.face_margin), p.no_face))
+                               CropSpec.from_params(p))
     save_dataset(ds, DATASET)
     split = pd.DataFrame({"id": ds["ids"], "label": [ds["classes"][y] for y in ds["labels"].tolist()],
                           "split": ["test" if t else "train" for t in ds["is_test"].tolist()]})

@@ -16,7 +16,7 @@ from pipeline.plots import save_recon_grid
 from pipeline.preprocess import load_dataset, subset
 from pipeline.tracking import log_stage
 from pipeline.model import load_model
-from pipeline.train import resolve_device
+from pipeline.runtime import resolve_device
 
 
 def grid_indices(ds, per_class):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,10 +45,6 @@ def write_params(project: Path, updates: dict | None = None) -> None:
         set_params(project, updates)
 
 
-def read_json(path: Path):
-    return json.loads(Path(path).read_text())
-
-
 def small_project(path: Path, model: dict | None = None, per_class: int = 6, drop: int = 0, **train) -> Path:
     """A project folder (params.yaml and data/processed/dataset.pt, no code) for running the train stage in:
     per_class synthetic 32 x 32 images a label (2 of each held out), less the first ``drop`` training images;
@@ -80,9 +77,9 @@ def start_train_stage(project: Path, **extra_env) -> tuple[subprocess.Popen, "Li
     return proc, Lines(proc.stderr)
 
 
-def epoch_line(epoch: int, epochs: int) -> str:
-    """The progress line training prints (in a log, every tenth of the run) after ``epoch`` was logged and,
-    when due, checkpointed."""
+def epoch_line(epoch: int | str, epochs: int) -> str:
+    """A regex of the progress line training prints (in a log, every tenth of the run) once ``epoch`` (a number or
+    a regex) is logged; that epoch's checkpoint, when one is due, is written just after the line."""
     return rf"^train: epoch {epoch}/{epochs} "
 
 
@@ -156,16 +153,12 @@ def dvc(project: Path, *args, check=True, **extra_env) -> subprocess.CompletedPr
 def stale(project: Path) -> set[str]:
     """The stages `dvc status` says must rerun, but ingest: it always runs (always_changed: a photo folder
     is read again), and only what it writes decides whether anything after it reruns."""
-    import json
-
     status = json.loads(dvc(project, "status", "--json").stdout)
     assert status.pop("ingest", None) == ["always changed"]
     return set(status)
 
 
 def ran_stages(output: str) -> list[str]:
-    import re
-
     return re.findall(r"Running stage '([^']+)'", output)
 
 
@@ -216,7 +209,6 @@ class Lines:
     def wait_for(self, pattern: str, timeout: float = 180, after: int = 0) -> "re.Match":
         """The first line from index ``after`` on that matches the regex ``pattern``; fails when the stream
         ends or ``timeout`` seconds pass first. ``self.seen`` is then the number of lines read through it."""
-        import re
         import time
 
         deadline = time.time() + timeout

@@ -6,8 +6,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from helpers import (BIN, ROOT, TINY, MlflowServer, copy_repo, dvc, epoch_line, git_init, read_json, refused_port, run,
+from helpers import (BIN, ROOT, TINY, MlflowServer, copy_repo, dvc, epoch_line, git_init, refused_port, run,
                      set_params, small_project, start_train_stage, train_stage)
+from pipeline.io import read_json
 
 pytestmark = pytest.mark.integration
 

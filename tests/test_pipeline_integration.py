@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import TINY, clone, copy_repo, dvc, git_init, ran_stages, run, set_params, stale
+from helpers import TINY, clone, copy_repo, dvc, git_init, ran_stages, run, set_params, stale, store
 
 STAGES = ["ingest", "preprocess", "train", "reconstruct", "latents", "tsne", "explore"]
 pytestmark = pytest.mark.integration
@@ -29,10 +29,7 @@ def own_project(tiny_project, tmp_path):
 
 @pytest.fixture
 def mlflow_client(project):
-    from mlflow.tracking import MlflowClient
-
-    proj, _ = project
-    return MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlflow.db'}")
+    return store(project[0])
 
 
 def _json(path):
@@ -239,10 +236,8 @@ def test_each_stage_depends_only_on_its_params(own_project):
 
 
 def test_exp_run_with_new_perplexity_reruns_only_tsne_and_keeps_history(own_project):
-    from mlflow.tracking import MlflowClient
-
     proj = own_project
-    mlflow_client = MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlflow.db'}")
+    mlflow_client = store(proj)
     parent = _json(proj / "models/mlflow_run.json")["run_id"]
     before = _json(proj / "metrics/tsne.json")
     coords = (proj / "reports/tsne_coords.csv").read_text()

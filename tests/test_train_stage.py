@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
-from helpers import (BIN, ROOT, SMALL, Lines, copy_repo, dvc, env, epoch_line, git_init, read_json, run, set_params,
-                     small_project, start_train_stage, store, train_stage)
+from helpers import (BIN, ROOT, SMALL, Lines, clone, copy_repo, dvc, env, epoch_line, git_init, refused_port, run,
+                     set_params, small_project, start_train_stage, store, train_stage)
+from pipeline.io import read_json
 
 pytestmark = pytest.mark.integration  # the stage under DVC, torchrun and signals: subprocesses
 
@@ -202,8 +202,6 @@ def test_a_checkpoint_of_other_data_is_not_continued(tmp_path, monkeypatch):
 
 
 def test_downstream_stages_write_their_outputs_and_warn_when_mlflow_is_down(tmp_path, tiny_project):
-    from helpers import clone, refused_port
-
     proj = clone(tiny_project[0], tmp_path / "p")
     for f in ("reports/tsne.png", "metrics/tsne.json", "reports/recon_test.png", "metrics/recon.json"):
         (proj / f).unlink()
