@@ -10,6 +10,7 @@ from .errors import Stopped, UserError
 from .io import remove_stale_temps
 from .params import Params, load
 from .paths import OUTPUT_FOLDERS
+from .tracking.store import mlflow_settings
 
 
 def stage_main(fn: Callable[[Params], None], params_path: str = "params.yaml") -> None:
@@ -22,6 +23,7 @@ def stage_main(fn: Callable[[Params], None], params_path: str = "params.yaml") -
 def run_cli(fn: Callable[[], None]) -> None:
     """Run ``fn``; a UserError is one line and exit 2, a Stopped its line and code, Ctrl-C exit 130."""
     name = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    mlflow_settings()  # before MLflow is imported
     try:
         fn()
     except UserError as e:

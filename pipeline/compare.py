@@ -29,7 +29,8 @@ from pathlib import Path
 
 from .errors import UserError
 from .io import atomic_dir, atomic_path, read_json, write_text
-from .tracking import RUN_FILE, check_reachable, open_store, tracking_uri
+from .tracking.runs import RUN_FILE
+from .tracking.store import check_reachable, open_store, tracking_uri
 
 # key, title, the range its bars are drawn on
 METRICS = [("test_psnr", "test PSNR (dB)", (0.0, 40.0)), ("test_ssim", "test SSIM", (0.0, 1.0)),

@@ -1,6 +1,11 @@
 """Where the stages read and write, relative to the project root: each path named once (dvc.yaml declares the
 same paths as the stages' deps and outs; a test checks that the two agree)."""
 
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
 RAW = "data/raw"  # ingest: <label>/<image>, manifest.csv, rejected.csv
 DATASET = "data/processed/dataset.pt"  # preprocess: uint8 images, labels, ids, split
 SPLIT = "data/processed/split.csv"
@@ -26,3 +31,16 @@ EXPLORE_METRICS = "metrics/explore.json"
 
 # the folders the stages write into (not data/ as a whole: photos may live there)
 OUTPUT_FOLDERS = (RAW, "data/processed", "data/latents", MODELS, "metrics", "reports")
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The project folder (the one with dvc.yaml). Under DVC it is ``DVC_ROOT``, which DVC sets for every
+    stage: in a queued or temporary experiment (run in a copy under ``.dvc/tmp/exps``) the original project,
+    so all runs share one store. Outside DVC, the nearest folder up from ``start`` (or here) with dvc.yaml."""
+    if start is None and os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path(start or os.getcwd()).resolve()
+    for p in (here, *here.parents):
+        if (p / "dvc.yaml").exists():
+            return p
+    return here

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .tracking import RUN_FILE, tracking_uri
+from .tracking.runs import RUN_FILE
+from .tracking.store import tracking_uri
 
 
 def _load(path: Path) -> dict:

@@ -44,7 +44,8 @@ class TrainingData:
 
 
 def train_stage(params: Params) -> None:
-    from .tracking import check_reachable, project_root, tracking_uri
+    from .paths import project_root
+    from .tracking.store import check_reachable, tracking_uri
     from .train import TrainConfig, Trainer
 
     cfg = TrainConfig.from_params(params)
@@ -68,7 +69,7 @@ def train_stage(params: Params) -> None:
 
 def load_training_data() -> TrainingData:
     from .preprocess import load_dataset, subset
-    from .tracking import file_sha256
+    from .tracking.provenance import file_sha256
 
     everything = load_dataset(DATASET)
     train = subset(everything, "train")
@@ -80,7 +81,7 @@ def decide_resume(trainer, params: Params, digest: str, root) -> bool:
     """Load the checkpoint into ``trainer`` when it is to be continued; True if it was."""
     import json
 
-    from .tracking import close_abandoned_run
+    from .tracking.runs import close_abandoned_run
     from .train import can_continue, load_checkpoint
 
     cfg = trainer.cfg
@@ -102,7 +103,8 @@ def decide_resume(trainer, params: Params, digest: str, root) -> bool:
 def open_model_run(trainer, params: Params, data: TrainingData, resume: bool, root):
     """The model's MLflow run: the params that shaped it, source tags, a description, the datasets; the
     checkpoint's run reopened when continuing. Its id goes into every checkpoint from here on."""
-    from .tracking import TrainingRun, dataset_inputs, epoch_metrics, git_info, run_description
+    from .tracking.provenance import dataset_inputs, git_info, run_description
+    from .tracking.runs import TrainingRun, epoch_metrics
 
     cfg = trainer.cfg
     dvc_exp = os.environ.get("DVC_EXP_NAME", "")  # set by `dvc exp run`
@@ -112,10 +114,11 @@ def open_model_run(trainer, params: Params, data: TrainingData, resume: bool, ro
                                "evaluation": ("facevae-test", data.test["images"].numpy(), data.test["labels"].numpy())},
                               data.digest, DATASET)
     model_params = {k: v for k, v in params.flat().items() if k.split(".")[0] in MODEL_SECTIONS}
-    run = TrainingRun(params.mlflow.experiment, f"z{cfg.latent_dim}-e{cfg.epochs}",
-                      {**model_params, "data.n_train": len(data.ids)}, tags, root,
-                      continue_run_id=trainer.meta.get("mlflow_run_id") if resume else None, datasets=datasets,
-                      epoch_metrics=epoch_metrics(cfg.recon, cfg.kl_warmup_epochs))
+    name, run_params = f"z{cfg.latent_dim}-e{cfg.epochs}", {**model_params, "data.n_train": len(data.ids)}
+    curves = epoch_metrics(cfg.recon, cfg.kl_warmup_epochs)
+    # the continued training's run, if this store holds it; else a new one
+    run = (resume and TrainingRun.reopen(trainer.meta.get("mlflow_run_id"), name, run_params, tags, root, curves)
+           or TrainingRun.create(params.mlflow.experiment, name, run_params, tags, root, datasets, curves))
     trainer.meta = {"mlflow_run_id": run.run_id, "data_hash": data.digest}
     where = f"resuming at epoch {trainer.epoch}" if resume else "from scratch"
     procs = f" x {trainer.world} processes (DDP)" if trainer.world > 1 else ""

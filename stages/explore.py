@@ -19,7 +19,7 @@ from pipeline.paths import (DATASET, EXPLORE_METRICS, EXPRESSION_VECTOR, INTERPO
                             MODELS, SAMPLES)
 from pipeline.plots import image_rows, save_gif, save_rows
 from pipeline.preprocess import load_dataset, subset
-from pipeline.tracking import log_stage
+from pipeline.tracking.runs import log_stage
 from pipeline.model import load_model
 from pipeline.runtime import resolve_device
 

@@ -8,7 +8,7 @@ from pipeline.embed import latents_frame
 from pipeline.io import write_text
 from pipeline.paths import DATASET, LATENTS, MODELS
 from pipeline.preprocess import load_dataset
-from pipeline.tracking import log_stage
+from pipeline.tracking.runs import log_stage
 from pipeline.model import load_model
 from pipeline.runtime import resolve_device
 

@@ -14,7 +14,7 @@ from pipeline.io import write_json
 from pipeline.paths import DATASET, MODELS, RECON_GRID, RECON_METRICS
 from pipeline.plots import save_recon_grid
 from pipeline.preprocess import load_dataset, subset
-from pipeline.tracking import log_stage
+from pipeline.tracking.runs import log_stage
 from pipeline.model import load_model
 from pipeline.runtime import resolve_device
 

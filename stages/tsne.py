@@ -13,7 +13,7 @@ from pipeline.embed import PROBE_FOLDS, cluster_metrics, label_axes, mu_matrix, 
 from pipeline.io import write_json, write_text
 from pipeline.paths import LATENTS, MODELS, TSNE_COORDS, TSNE_METRICS, TSNE_PLOT
 from pipeline.plots import save_tsne_plot
-from pipeline.tracking import log_stage
+from pipeline.tracking.runs import log_stage
 
 
 def run(params):

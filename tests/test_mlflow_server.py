@@ -106,7 +106,7 @@ def test_a_server_that_refuses_this_host_is_caught_before_training(tmp_path):
     """MLflow 3 answers /health to any host but 403 to the API from hosts outside --allowed-hosts: the check
     makes a real API call and names the fix."""
     from pipeline.errors import UserError
-    from pipeline.tracking import check_reachable
+    from pipeline.tracking.store import check_reachable
 
     server = MlflowServer(tmp_path / "server", extra=("--allowed-hosts", "mlflow.example.invalid")).start()
     try:

@@ -3,7 +3,10 @@
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.tracking import TrainingRun, project_root, tracking_uri
+from pipeline.io import read_json
+from pipeline.paths import project_root
+from pipeline.tracking.runs import TrainingRun
+from pipeline.tracking.store import tracking_uri
 
 
 @pytest.mark.parametrize("uri", ["http//x", "ftp://x", "localhost:5000", "mlruns"])
@@ -34,7 +37,7 @@ def test_the_local_store_stays_inside_a_project_with_spaces_and_unicode(monkeypa
     project = tmp_path / "my faces é"
     project.mkdir()
     (project / "dvc.yaml").write_text("stages: {}\n")
-    run = TrainingRun("facevae", "z2-e1", {"train.epochs": 1}, {}, root=project)
+    run = TrainingRun.create("facevae", "z2-e1", {"train.epochs": 1}, {}, root=project)
     run.log_metrics({"loss": 1.0}, 1)
     (project / "f.txt").write_text("x")
     run.log_artifact(project / "f.txt")
@@ -49,7 +52,7 @@ def test_a_damaged_local_store_is_one_line_naming_the_fix(monkeypatch, tmp_path)
     (tmp_path / "mlflow.db").write_bytes(bytes(range(256)) * 20)  # not a database
     with pytest.raises(UserError, match=r"mlflow.db is not a readable MLflow store \(.*file is not a database\); "
                                         r"move it away .* and rerun"):
-        TrainingRun("facevae", "z2-e1", {}, {}, root=tmp_path)
+        TrainingRun.create("facevae", "z2-e1", {}, {}, root=tmp_path)
 
 
 @pytest.mark.integration
@@ -62,8 +65,8 @@ def test_two_projects_creating_one_shared_store_at_once_both_succeed(tmp_path):
     from helpers import ROOT, env
 
     store = tmp_path / "shared" / "mlflow.db"
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pipeline.tracking import TrainingRun; "
-            "r = TrainingRun('facevae', 'z2-e1', {'train.epochs': 1}, {}); r.finish(); print(r.run_id)")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pipeline.tracking.runs import TrainingRun; "
+            "r = TrainingRun.create('facevae', 'z2-e1', {'train.epochs': 1}, {}); r.finish(); print(r.run_id)")
     procs = []
     for i in range(3):
         project = tmp_path / f"clone{i}"
@@ -95,14 +98,14 @@ def test_a_moved_or_copied_project_writes_its_artifacts_under_itself(monkeypatch
     old.mkdir()
     (old / "dvc.yaml").write_text("stages: {}\n")
     (old / "f.txt").write_text("first")
-    first = TrainingRun("facevae", "z2-e1", {}, {}, root=old)
+    first = TrainingRun.create("facevae", "z2-e1", {}, {}, root=old)
     first.log_artifact(old / "f.txt")
     first.finish()
     new = tmp_path / "new"
     (shutil.move if how == "move" else shutil.copytree)(old, new)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "new" not in p.parts)
     (new / "g.txt").write_text("second")
-    second = TrainingRun("facevae", "z2-e2", {}, {}, root=new)
+    second = TrainingRun.create("facevae", "z2-e2", {}, {}, root=new)
     second.log_artifact(new / "g.txt")
     second.finish()
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "new" not in p.parts) == before
@@ -126,7 +129,7 @@ def test_a_shared_sqlite_store_keeps_its_artifacts_beside_it_not_in_the_first_pr
         project.mkdir()
         (project / "dvc.yaml").write_text("stages: {}\n")
         (project / f"{name}.txt").write_text(name)
-        run = TrainingRun("facevae", "z2-e1", {}, {}, root=project)
+        run = TrainingRun.create("facevae", "z2-e1", {}, {}, root=project)
         run.log_artifact(project / f"{name}.txt")
         run.finish()
         assert not (project / "mlartifacts").exists()
@@ -136,13 +139,13 @@ def test_a_shared_sqlite_store_keeps_its_artifacts_beside_it_not_in_the_first_pr
 def test_the_ui_address_opens_the_experiments_runs_in_the_model_training_view(monkeypatch, tmp_path):
     from helpers import write_params
 
-    from pipeline.tracking import ui_url
+    from pipeline.tracking.view import ui_url
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     write_params(tmp_path, {"mlflow": {"experiment": "mine"}})
     assert ui_url("0.0.0.0", 5001, tmp_path) == "http://127.0.0.1:5001"  # no store yet: the home page
-    run = TrainingRun("mine", "z2-e1", {}, {}, root=tmp_path)
+    run = TrainingRun.create("mine", "z2-e1", {}, {}, root=tmp_path)
     run.finish()
     assert ui_url("127.0.0.1", 5000, tmp_path) == (f"http://127.0.0.1:5000/#/experiments/{run.experiment_id}/runs"
                                                    f"?viewStateShareKey=facevae&workflowType=machine_learning")
@@ -183,3 +186,106 @@ def test_the_project_root_is_dvcs_root_under_dvc_else_the_nearest_folder_with_dv
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "proj"))
     assert project_root() == (tmp_path / "proj").resolve()
     assert tracking_uri() == f"sqlite:///{(tmp_path / 'proj').resolve()}/mlflow.db"
+
+
+def test_importing_the_tracking_modules_imports_no_mlflow_and_sets_no_environment_variable():
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); before = dict(os.environ); "
+            "import pipeline.tracking.runs, pipeline.tracking.store, pipeline.tracking.outbox, "
+            "pipeline.tracking.view, pipeline.tracking.provenance, pipeline.tracking.__main__; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'), "
+            "sorted(k for k in os.environ if os.environ.get(k) != before.get(k)))")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] []"
+
+
+def test_a_run_this_store_does_not_hold_is_not_reopened_and_a_reopened_run_keeps_its_params(monkeypatch, tmp_path):
+    from helpers import store
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    assert TrainingRun.reopen("0" * 32, "z2-e4", {}, {}, root=tmp_path) is None
+    first = TrainingRun.create("facevae", "z2-e2", {"train.epochs": 2}, {}, root=tmp_path)
+    first.log_epoch(1, {"loss": 3.0, "recon": 2.0})
+    first.finish("KILLED")
+    again = TrainingRun.reopen(first.run_id, "z2-e4", {"train.epochs": 4, "data.n_train": 8}, {"device": "cpu"},
+                               root=tmp_path)
+    assert (again.run_id, again.resumed, again.logged_through) == (first.run_id, True, 1)
+    again.log_epoch(1, {"loss": 9.0})  # already logged before the stop: not twice
+    again.log_epoch(2, {"loss": 2.5})
+    again.finish()
+    run = store(tmp_path).get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "z2-e4"
+    assert run.data.params == {"train.epochs": "2", "data.n_train": "8"}
+    assert run.data.tags["resumed.train.epochs"] == "4" and run.data.tags["device"] == "cpu"
+    assert [(m.step, m.value) for m in store(tmp_path).get_metric_history(first.run_id, "loss")] == [(1, 3.0), (2, 2.5)]
+
+
+class GoneAfter:
+    """An MLflow client whose server stops answering after ``calls`` logging calls."""
+
+    def __init__(self, client, calls):
+        self.client, self.calls = client, calls
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            self.calls -= 1
+            if self.calls < 0:
+                raise ConnectionError("Connection refused\nmore")
+            return getattr(self.client, name)(*args, **kwargs)
+        return call
+
+
+def test_what_a_run_cannot_send_is_kept_in_order_and_resend_delivers_it(monkeypatch, tmp_path, capsys):
+    from helpers import store
+
+    from pipeline.tracking.outbox import OUTBOX, resend
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "f.txt").write_text("x")
+    run = TrainingRun.create("facevae", "z2-e3", {}, {}, root=tmp_path)
+    run.outbox.client = GoneAfter(run.outbox.client, calls=1)
+    for epoch in (1, 2, 3):
+        run.log_epoch(epoch, {"loss": 10.0 - epoch})
+    run.log_artifact(tmp_path / "f.txt")
+    run.log_model(object(), None, "vae")  # skipped once the server is gone: nothing raised
+    run.finish()
+    kept = read_json(tmp_path / OUTBOX / f"{run.run_id}.json")
+    assert [(i["kind"], i.get("step")) for i in kept["items"]] == [("metrics", 2), ("metrics", 3), ("artifact", None),
+                                                                    ("status", None)]
+    err = capsys.readouterr().err
+    assert "stopped answering at metrics (ConnectionError: Connection refused); 2 metric steps and 2 other" in err
+    assert store(tmp_path).get_run(run.run_id).info.status == "RUNNING"
+    assert resend(tmp_path / OUTBOX) == (1, 4)
+    client = store(tmp_path)
+    assert [m.value for m in client.get_metric_history(run.run_id, "loss")] == [9.0, 8.0, 7.0]
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(run.run_id)] == ["f.txt"]
+    assert not list((tmp_path / OUTBOX).iterdir())
+
+
+def test_logging_the_model_leaves_the_callers_model_as_it_was_and_loads_back(monkeypatch, tmp_path):
+    import mlflow.pytorch
+    import torch
+
+    from pipeline.model import ConvVAE
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    model = ConvVAE(3, 16, arch="bn").to(memory_format=torch.channels_last).train()
+    weights = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    run = TrainingRun.create("facevae", "z3-e1", {}, {}, root=tmp_path)
+    run.log_model(model, images, "vae-z3")
+    run.finish()
+    assert model.training and model.encoder[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(v.data_ptr() == weights[k][0] and torch.equal(v, weights[k][1]) for k, v in model.state_dict().items())
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    loaded = mlflow.pytorch.load_model(f"runs:/{run.run_id}/vae-z3")
+    assert loaded(images.float() / 255).shape == (2, 3, 16, 16)

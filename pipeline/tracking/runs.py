@@ -1,0 +1,263 @@
+"""The MLflow runs: one run per trained model (:class:`TrainingRun`, opened by the train stage) and a nested
+child run per execution of a downstream stage (:func:`log_stage`).
+
+* The model's run holds all params that shaped the model (flattened, e.g. ``train.latent_dim``), the git
+  commit, the processed data as dataset inputs, and loss / recon / kl / neg_elbo at step = epoch. Its id is
+  saved in ``models/mlflow_run.json`` so downstream stages find it.
+* Every execution of reconstruct, latents, tsne or explore creates a child run (tag ``mlflow.parentRunId``)
+  with that stage's params, metrics and artifacts, and appends its metrics to the parent run too
+  (``test_psnr``, ``knn_accuracy`` ...). MLflow params are immutable, so a rerun with new params never
+  touches the parent's params: it gets a new child, and the parent's metric history keeps every value.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ..io import read_json, write_json
+from ..paths import project_root
+from .outbox import Outbox, log_image, log_metrics
+from .provenance import source_tags
+from .store import check_reachable, client, experiment_id, open_store, tracking_uri
+
+RUN_FILE = "mlflow_run.json"
+EPOCH_METRICS = ("loss", "recon", "kl", "neg_elbo", "sse", "beta")
+# Summary metrics (one value per model: test PSNR, accuracies, ...) are logged at step 0, where the MLflow
+# UI draws runs side by side as bars, rounded to what their precision means.
+SUMMARY_STEP = 0
+
+
+def epoch_metrics(recon: str, kl_warmup_epochs: int) -> tuple[str, ...]:
+    """The per-epoch curves worth a chart: ``sse`` only when the reconstruction term is not already the
+    summed squared error (train.recon: mse), ``beta`` only when it changes (a KL warm-up)."""
+    return tuple(k for k in EPOCH_METRICS
+                 if not (k == "sse" and recon == "mse") and not (k == "beta" and kl_warmup_epochs == 0))
+
+
+def rounded(metrics: dict) -> dict:
+    """Summary metrics rounded to what their precision means: PSNR to 0.01 dB, MSE to 1e-6, seconds to 0.1,
+    the rest (accuracies, SSIM, silhouette, ...) to 0.001."""
+    def digits(key):
+        return 2 if key.endswith("psnr") else 6 if key.endswith("mse") else 1 if "second" in key else 3
+
+    return {k: round(float(v), digits(k)) for k, v in metrics.items()}
+
+
+def log_params(client, run_id: str, params: dict) -> None:
+    """Log params in batches of 100 (MLflow's limit per call), values cut to its 6000 characters."""
+    from mlflow.entities import Param
+
+    items = [Param(k, param_str(v)) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def param_str(v) -> str:
+    s = str(v)
+    return s if len(s) <= 6000 else s[:5997] + "..."
+
+
+class TrainingRun:
+    """The MLflow run of one trained model, driven by the train stage: :meth:`create` a new one or
+    :meth:`reopen` a resumed training's. Each epoch logs ``epoch_metrics`` of its row (:func:`epoch_metrics`);
+    what cannot be sent while the server is away goes through the run's :class:`~.outbox.Outbox`."""
+
+    def __init__(self, store, uri: str, root: Path, run_id: str, experiment_id: str, run_name: str,
+                 epoch_metrics: tuple[str, ...] = EPOCH_METRICS, logged_through: int = 0, resumed: bool = False):
+        self.client, self.uri, self.root = store, uri, root
+        self.run_id, self.experiment_id, self.run_name = run_id, experiment_id, run_name
+        self.epoch_metrics = epoch_metrics
+        self.logged_through = logged_through  # the last epoch this run already holds
+        self.resumed = resumed
+        self.outbox = Outbox(store, run_id)
+
+    @staticmethod
+    def _store(root: Path | None):
+        root = root or project_root()
+        uri = tracking_uri(root)
+        return open_store(uri, root), uri, root
+
+    @classmethod
+    def create(cls, experiment: str, run_name: str, params: dict, tags: dict, root: Path | None = None,
+               datasets: list | None = None, epoch_metrics: tuple[str, ...] = EPOCH_METRICS) -> TrainingRun:
+        """A new run in ``experiment`` (created if needed) with MLflow's source tags, ``params`` and
+        ``datasets`` (:func:`~.provenance.dataset_inputs`) as its inputs."""
+        store, uri, root = cls._store(root)
+        exp_id = experiment_id(store, experiment, uri, root)
+        run_id = store.create_run(exp_id, run_name=run_name,
+                                  tags=source_tags({**tags, "facevae.kind": "model"})).info.run_id
+        log_params(store, run_id, params)
+        if datasets:
+            store.log_inputs(run_id, datasets)
+        return cls(store, uri, root, run_id, exp_id, run_name, epoch_metrics)
+
+    @classmethod
+    def reopen(cls, run_id: str, run_name: str, params: dict, tags: dict, root: Path | None = None,
+               epoch_metrics: tuple[str, ...] = EPOCH_METRICS) -> TrainingRun | None:
+        """The resumed training's run set RUNNING again, or None when this store does not hold it. It keeps
+        its params (MLflow params are immutable): new keys are added, a changed value (train.epochs when
+        training is extended) is recorded as the tag ``resumed.<key>``. Epochs it already holds (logged
+        after the checkpoint, before the stop) are not logged twice."""
+        store, uri, root = cls._store(root)
+        try:
+            run = store.get_run(run_id)
+        except Exception:  # not in this store
+            return None
+        logged_through = max((m.step for m in store.get_metric_history(run_id, "loss")), default=0)
+        store.update_run(run_id, status="RUNNING", name=run_name)
+        old, new = run.data.params, {k: param_str(v) for k, v in params.items()}
+        changed = {f"resumed.{k}": v for k, v in new.items() if k in old and old[k] != v}
+        for k, v in {**tags, **changed}.items():
+            store.set_tag(run_id, k, v)
+        log_params(store, run_id, {k: v for k, v in new.items() if k not in old})
+        return cls(store, uri, root, run_id, run.info.experiment_id, run_name, epoch_metrics, logged_through,
+                   resumed=True)
+
+    def log_epoch(self, epoch: int, row: dict) -> None:
+        if epoch > self.logged_through:
+            self.log_metrics({k: float(row[k]) for k in self.epoch_metrics if k in row}, epoch)
+
+    def log_summary(self, metrics: dict) -> None:
+        """One value per run (seconds, speed): at step 0, rounded (:func:`rounded`)."""
+        self.log_metrics(rounded(metrics), SUMMARY_STEP)
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self.outbox.send({"kind": "metrics", "metrics": metrics, "step": step, "timestamp": int(time.time() * 1000)})
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.outbox.send({"kind": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
+
+    def log_image(self, path: str | Path, key: str, step: int) -> None:
+        """A PNG as an MLflow image at ``step``: the experiment's Chart view shows each run's side by side."""
+        self.outbox.send({"kind": "image", "path": str(Path(path).resolve()), "key": key, "step": step})
+
+    def log_model(self, model, example, name: str, registered_name: str | None = None) -> None:
+        """The model as an MLflow PyTorch model named ``name`` (signature and input example):
+        ``mlflow.pytorch.load_model("runs:/<run id>/<name>")`` gives it back. Skipped, with the weights
+        still logged as artifacts, when the server is gone."""
+        if self.outbox.lost:
+            return
+        try:
+            log_pytorch_model(self.uri, self.run_id, model, example, name, registered_name)
+        except Exception as e:
+            print(f"warning: could not log the model to MLflow ({type(e).__name__}: {e}); "
+                  f"models/vae.pt is logged as an artifact", file=sys.stderr)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.outbox.send({"kind": "status", "status": status})
+        self.outbox.close(self.root, self.uri)
+
+    def save(self, model_dir: str | Path) -> None:
+        write_json(Path(model_dir) / RUN_FILE, {"run_id": self.run_id, "experiment_id": self.experiment_id,
+                                                "run_name": self.run_name, "tracking_uri": self.uri})
+
+
+def close_abandoned_run(run_id: str, root: Path | None = None) -> bool:
+    """Mark a model run that was stopped and will not be continued (its checkpoint is discarded) KILLED,
+    if it is still RUNNING; True if it was. A store without it, or a server that does not answer, is left
+    as it is."""
+    try:
+        store = client(tracking_uri(root or project_root()))
+        if store.get_run(run_id).info.status != "RUNNING":
+            return False
+        store.set_terminated(run_id, status="KILLED")
+        return True
+    except Exception:
+        return False
+
+
+def log_pytorch_model(uri: str, run_id: str, model, example, name: str, registered_name: str | None = None) -> None:
+    """A copy of ``model`` on the CPU (the caller's stays on its device, in its memory format), wrapped to
+    map images in [0, 1] to reconstructions, logged with its signature and an input example."""
+    import copy
+
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    from ..model import Reconstructor
+
+    model = Reconstructor(copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format)).eval()
+    x = example.float().div(255.0) if example.dtype == torch.uint8 else example.float()
+    with torch.no_grad():
+        y = model(x)
+    signature = infer_signature(x.numpy().astype(np.float32), y.numpy().astype(np.float32))
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(model, name=name, signature=signature,
+                                 input_example=x.numpy().astype(np.float32),
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                                 registered_model_name=registered_name)
+    # start_run(run_id=...) marks the run FINISHED on exit; training may still be going on
+    client(uri).update_run(run_id, status="RUNNING")
+
+
+def log_stage(model_dir: str | Path, stage: str, params: dict, metrics: dict, artifacts: list,
+              images: dict | None = None) -> str:
+    """Record one downstream stage execution as a child run of the model's run; return its run id.
+
+    ``artifacts`` is a list of paths (files) logged at the root of the child run, so two children's
+    pictures compare side by side. ``metrics`` go to the child and to the parent run at step 0, rounded
+    (:func:`rounded`): the UI's bar charts. ``images`` ({key: PNG path}) are logged to the parent
+    with ``mlflow.log_image`` at step = epochs trained, so the experiment's Chart view shows each model's
+    pictures side by side.
+    """
+    root = project_root()
+    uri = tracking_uri(root)
+    try:
+        check_reachable(uri)
+        return _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, images or {})
+    except Exception as e:  # the stage's outputs are written: MLflow being away must not undo them
+        print(f"warning: '{stage}' not logged to MLflow ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+              file=sys.stderr)
+        return None
+
+
+def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, images):
+    store = open_store(uri, root)
+    info = read_json(Path(model_dir) / RUN_FILE)
+    cfg = read_json(Path(model_dir) / "config.json")
+    step = int(cfg.get("epochs", 0))
+    parent_id = info["run_id"]
+    try:
+        parent = store.get_run(parent_id)
+        exp_id = parent.info.experiment_id
+    except Exception:  # the store that holds the model's run is not this one (e.g. data pulled from DVC)
+        from ..params import load
+
+        parent = None
+        exp_id = experiment_id(store, load(root / "params.yaml").mlflow.experiment, uri, root)
+        print(f"warning: MLflow run {parent_id} of this model is not in {uri}; logging '{stage}' as a "
+              f"standalone run", file=sys.stderr)
+    # named after its model ("z32-e80 tsne perplexity=30 ..."), and carrying the model's size and epochs,
+    # so children of different models compare side by side
+    model_name = parent.info.run_name if parent is not None else info.get("run_name", "")
+    name = " ".join(filter(None, [model_name, stage, *(f"{k.split('.')[-1]}={v}" for k, v in sorted(params.items()))]))
+    params = {**params, "train.latent_dim": cfg.get("latent_dim"), "train.epochs": step}
+    tags = {"facevae.stage": stage, "facevae.model_run": parent_id}
+    if parent is not None:
+        tags["mlflow.parentRunId"] = parent_id
+    child = store.create_run(exp_id, run_name=name, tags=tags)
+    cid = child.info.run_id
+    try:
+        log_params(store, cid, params)
+        summary = rounded(metrics)
+        log_metrics(store, cid, summary, SUMMARY_STEP)
+        for path in artifacts:
+            store.log_artifact(cid, str(path))
+        if parent is not None:
+            log_metrics(store, parent_id, summary, SUMMARY_STEP)
+            for key, path in images.items():
+                log_image(store, parent_id, path, key, step)
+            store.set_tag(parent_id, f"facevae.latest_{stage}_run", cid)
+    except BaseException:
+        store.set_terminated(cid, status="FAILED")
+        raise
+    store.set_terminated(cid, status="FINISHED")
+    return cid
+
+

@@ -1,0 +1,207 @@
+"""Where the MLflow store is and opening it: the tracking URI (``MLFLOW_TRACKING_URI``, else the project's
+``mlflow.db`` with artifacts in ``mlartifacts/``), a server checked before any work, a damaged or moved
+local store, the experiment by name."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+from ..paths import project_root
+
+# fail in seconds, not minutes, when a tracking server is gone (MLflow's defaults: 7 retries, 120 s timeout),
+# and no telemetry (no network at run time): defaults the user's own environment overrides
+MLFLOW_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+def mlflow_settings() -> None:
+    """Set :data:`MLFLOW_ENV`'s defaults for this process. Called by the entry points (:mod:`pipeline.cli`)
+    before MLflow is imported (it reads the telemetry switch at import) and by :func:`client`."""
+    for key, value in MLFLOW_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI if set (and of a kind MLflow stores runs in), else the project's mlflow.db. A
+    project path with '%', '?' or '#' cannot be written into a sqlite URI that both MLflow and SQLAlchemy
+    read alike (the store would land beside the project): that is one line asking for another path."""
+    import urllib.parse
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
+        scheme = urllib.parse.urlsplit(uri).scheme.split("+")[0]
+        if scheme not in TRACKING_SCHEMES or "://" not in uri:
+            raise UserError(f"MLFLOW_TRACKING_URI={uri!r} is not a tracking URI MLflow can use; set it to "
+                            f"http://host:port (a tracking server) or sqlite:////path/to/mlflow.db, or unset it "
+                            f"to log to this project's mlflow.db")
+        return uri
+    db = (root or project_root()) / "mlflow.db"
+    odd = sorted(set("%?#") & set(str(db)))
+    if odd:
+        raise UserError(f"the project path {str(db.parent)!r} contains {' '.join(odd)}, which a sqlite tracking URI "
+                        f"cannot hold; move the project to a path without them, or set MLFLOW_TRACKING_URI")
+    return f"sqlite:///{db}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Refuse at once, with one line naming the URI and the fix, when an HTTP tracking server does not answer
+    a real API call: down, refusing this host (MLflow 3's Host-header check answers /health but 403 to the
+    API), or asking for credentials."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import base64
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    fix = "start it (make mlflow-server) or fix MLFLOW_TRACKING_URI (unset it to log to the local mlflow.db)"
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            if r.status == 200:
+                return
+            problem = f"HTTP {r.status}"
+    except urllib.error.HTTPError as e:
+        body = e.read(300).decode("utf-8", "replace").strip().splitlines()
+        problem = f"HTTP {e.code}{': ' + body[0][:120] if body else ''}"
+        if e.code == 403:
+            fix = ("the server refuses this host: start it with --allowed-hosts naming the address teammates use "
+                   "(make mlflow-server HOST=0.0.0.0 ALLOWED_HOSTS=<name or ip>:<port>)")
+        elif e.code == 401:
+            fix = "the server asks for a login: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    except (urllib.error.URLError, OSError) as e:
+        problem = str(getattr(e, "reason", e))
+    raise UserError(f"MLflow server {uri} is not usable ({problem}); {fix}")
+
+
+def client(uri: str):
+    """An MlflowClient of ``uri`` with this pipeline's settings (:func:`mlflow_settings`); see :func:`open_store`
+    for the checked one."""
+    mlflow_settings()
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def sqlite_path(uri: str) -> str:
+    return uri[len("sqlite:///"):]
+
+
+@contextlib.contextmanager
+def _creating(uri: str):
+    """While a local sqlite store is opened, hold an exclusive lock on '<db>.lock' beside it: two projects
+    sharing one new store both ran MLflow's table creation at once, and one of them failed."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    db = Path(sqlite_path(uri))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def open_store(uri: str, root: Path | None = None):
+    """A client of the store at ``uri``, tried once: a local database that is not an MLflow store (damaged,
+    or another program's file) is one line naming it and the fix. The store of project ``root`` that
+    moved with it is pointed at its new artifact folder first (:func:`relocate_moved_store`)."""
+    try:
+        with _creating(uri):
+            store = client(uri)
+            store.search_experiments(max_results=1)
+            moved_from = relocate_moved_store(uri, root) if root is not None else None
+    except Exception as e:
+        if not uri.startswith("sqlite:"):
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        db = sqlite_path(uri)
+        raise UserError(f"{db} is not a readable MLflow store ({first}); move it away (e.g. `mv {db} {db}.broken`) "
+                        f"and rerun: a new store is created") from None
+    if moved_from:
+        print(f"MLflow: the project moved from {moved_from}; the artifact locations in {sqlite_path(uri)} now "
+              f"point to {artifact_root(uri)}", file=sys.stderr)
+    return store
+
+
+# where the artifacts of a sqlite store live: the 'mlartifacts' folder beside the store
+ARTIFACT_FOLDER = "mlartifacts"
+# the store's columns that hold artifact locations (MLflow 3's schema); a table or column missing is skipped
+ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                    ("logged_models", "artifact_location"), ("model_versions", "source"),
+                    ("model_versions", "storage_location"))
+
+
+def artifact_root(uri: str) -> Path:
+    return Path(sqlite_path(uri)).parent / ARTIFACT_FOLDER
+
+
+def relocate_moved_store(uri: str, root: Path) -> str | None:
+    """A project's own store (``<root>/mlflow.db``) keeps, for each experiment, the artifact folder it was
+    created with: after the project is moved or copied, MLflow would go on writing (and creating folders)
+    under the old path. Rewrite every artifact location under ``<old project>/mlartifacts`` to
+    ``<root>/mlartifacts``, where the moved folder is, in one transaction. Returns the old project path
+    when something was rewritten. Stores elsewhere (shared, a server) are left as they are."""
+    import sqlite3
+
+    if not uri.startswith("sqlite:///") or Path(sqlite_path(uri)).parent != root:
+        return None
+    db = sqlite_path(uri)
+    if not Path(db).exists():
+        return None
+    new = artifact_root(uri).as_uri()
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con, con:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "experiments" not in tables:
+            return None
+        columns = [(table, column) for table, column in ARTIFACT_COLUMNS if table in tables
+                   and column in {r[1] for r in con.execute(f"PRAGMA table_info({table})")}]
+        olds = {loc for (loc,) in con.execute("SELECT artifact_location FROM experiments")
+                if loc and loc.startswith("file://") and loc.rstrip("/").endswith("/" + ARTIFACT_FOLDER)
+                and loc.rstrip("/") != new}
+        for old in sorted(olds):
+            old = old.rstrip("/")
+            for table, column in columns:
+                con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                            f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                            (new, len(old) + 1, old, len(old) + 1, old + "/"))
+    if not olds:
+        return None
+    from urllib.parse import unquote, urlsplit
+
+    return str(Path(unquote(urlsplit(sorted(olds)[0]).path)).parent)
+
+
+def experiment_id(store, name: str, uri: str, root: Path) -> str:
+    exp = store.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            store.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    # a sqlite store's artifacts beside it: in the project for its own store, beside a shared one
+    artifact_location = artifact_root(uri).as_uri() if uri.startswith("sqlite:") else None
+    try:
+        return store.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # created by another project sharing the store at the same moment
+        exp = store.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
