@@ -33,6 +33,23 @@ SMALL = {**TINY, "preprocess": {"size": 32}}  # 32 x 32 images: the train stage 
 PINNED = {"train": {"device": "cpu", "precision": "fp32", "compile": False}}
 
 
+def noise(seed: int, size: tuple[int, int] = (64, 64)):
+    """A PIL image of random RGB noise, ``size`` = (width, height): every seed a different photo."""
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def png(image, size: tuple[int, int] = (64, 64)) -> bytes:
+    """PNG bytes of a PIL ``image``, or of :func:`noise` when ``image`` is a seed."""
+    import io
+
+    buf = io.BytesIO()
+    (noise(image, size) if isinstance(image, int) else image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def write_params(project: Path, updates: dict | None = None) -> None:
     """A complete params.yaml in ``project``: the defaults, PINNED, then ``updates`` ({section: {key: value}})."""
     from pipeline.params import Params

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import noise, png
+
 from pipeline.errors import UserError
 from pipeline.ingest import ingest, inspect_image, Rejected
 from pipeline.preprocess import load_image
@@ -17,17 +19,6 @@ def _jpeg(size=(64, 48), colour=(120, 90, 60), mode="RGB", **kw):
     buf = io.BytesIO()
     Image.new(mode, size, colour if mode == "RGB" else None).save(buf, format="JPEG", **kw)
     return buf.getvalue()
-
-
-def _png(img):
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _noise(seed, size=(64, 64)):
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
 
 
 def _snapshot(root):
@@ -40,7 +31,7 @@ def source(tmp_path):
     for label in ("happy", "angry"):
         for i in range(3):
             (src / label).mkdir(parents=True, exist_ok=True)
-            _noise((0 if label == "happy" else 10) + i).save(src / label / f"ok {i}.png")
+            noise((0 if label == "happy" else 10) + i).save(src / label / f"ok {i}.png")
     return src
 
 
@@ -52,11 +43,11 @@ def test_each_hostile_file_gets_one_reason_and_the_rest_goes_on(source, tmp_path
     h = source / "happy"
     (h / "empty.jpg").write_bytes(b"")
     (h / "text.jpg").write_text("I am not a JPEG")
-    (h / "truncated.jpg").write_bytes(_png(_noise(7, (200, 200)))[:300])
+    (h / "truncated.jpg").write_bytes(png(7, (200, 200))[:300])
     (h / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
-    (h / "tiny.png").write_bytes(_png(_noise(8, (20, 20))))
+    (h / "tiny.png").write_bytes(png(8, (20, 20)))
     (h / "notes.txt").write_text("stray")
-    (h / "naïve café ☺.png").write_bytes(_png(_noise(9)))  # unicode with spaces: accepted
+    (h / "naïve café ☺.png").write_bytes(png(9))  # unicode with spaces: accepted
     (source / "angry" / "same as happy.png").write_bytes((h / "ok 0.png").read_bytes())  # across labels
     (h / "copy of ok 1.png").write_bytes((h / "ok 1.png").read_bytes())  # within a label
     before = _snapshot(source)
@@ -83,7 +74,7 @@ def test_each_hostile_file_gets_one_reason_and_the_rest_goes_on(source, tmp_path
 
 
 def test_decompression_bomb_is_reported_as_such(monkeypatch):
-    data = _png(Image.new("L", (400, 400)))
+    data = png(Image.new("L", (400, 400)))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 160,000 pixels > 2 x limit: Pillow's error
     with pytest.raises(Rejected, match="decompression bomb"):
         inspect_image(data)
@@ -114,7 +105,7 @@ def test_unusual_modes_are_accepted_and_converted(make, tmp_path):
 def test_symlink_outside_the_source_is_not_followed(source, tmp_path):
     secret = tmp_path / "elsewhere"
     secret.mkdir()
-    _noise(99).save(secret / "private.png")
+    noise(99).save(secret / "private.png")
     os.symlink(secret / "private.png", source / "happy" / "link.png")
     os.symlink(secret, source / "angry" / "linked_dir")
     os.symlink(source / "happy" / "ok 2.png", source / "angry" / "inside.png")  # inside the source: fine
@@ -150,7 +141,7 @@ def test_a_label_left_too_small_by_rejections_stops_ingest(tmp_path):
     for label in ("happy", "angry"):
         (src / label).mkdir(parents=True)
         for i in range(3):
-            (src / label / f"{i}.png").write_bytes(_png(_noise(i + (0 if label == "happy" else 10))))
+            (src / label / f"{i}.png").write_bytes(png(i + (0 if label == "happy" else 10)))
     (src / "angry" / "1.png").write_bytes(b"")
     (src / "angry" / "2.png").write_text("not a picture")
     assert ingest(str(src), tmp_path / "ok", min_per_label=1).counts() == {"angry": 1, "happy": 3}
@@ -170,7 +161,7 @@ def test_a_label_in_data_labels_that_the_source_lacks_is_named(source, tmp_path)
 
 def test_every_image_of_a_label_refused_says_which_and_why(source, tmp_path):
     for p in (source / "angry").iterdir():
-        p.write_bytes(_png(_noise(int(p.stem[-1]) + 60, (20, 20))))  # every angry photo below min_size
+        p.write_bytes(png(int(p.stem[-1]) + 60, (20, 20)))  # every angry photo below min_size
     with pytest.raises(UserError, match=r"every image of 'angry' in .* was refused \(3 too small\), leaving only "
                                         r"'happy'; the pipeline compares at least two labels"):
         ingest(str(source), tmp_path / "raw", min_size=32)

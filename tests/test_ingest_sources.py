@@ -9,15 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import png
+
 from pipeline.errors import UserError
 from pipeline.ingest import ingest
-
-
-def _png(seed, size=64):
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _add_tar(tf, name, data):
@@ -30,10 +25,10 @@ def test_zip_of_a_folder_with_unsafe_members(tmp_path):
     z = tmp_path / "faces.zip"
     with zipfile.ZipFile(z, "w") as zf:
         for i in range(2):
-            zf.writestr(f"faces/happy/h{i}.png", _png(i))
-            zf.writestr(f"faces/angry/nested/a{i}.png", _png(10 + i))
-        zf.writestr("faces/../../evil.png", _png(20))
-        zf.writestr("/abs/evil.png", _png(21))
+            zf.writestr(f"faces/happy/h{i}.png", png(i))
+            zf.writestr(f"faces/angry/nested/a{i}.png", png(10 + i))
+        zf.writestr("faces/../../evil.png", png(20))
+        zf.writestr("/abs/evil.png", png(21))
         zf.writestr("faces/happy/readme.txt", "hi")
     result = ingest(str(z), tmp_path / "out" / "raw")
     assert result.counts() == {"angry": 2, "happy": 2}
@@ -51,13 +46,13 @@ def test_tar_gz_with_links_is_handled(tmp_path):
     t = tmp_path / "faces.tar.gz"
     with tarfile.open(t, "w:gz") as tf:
         for i in range(2):
-            _add_tar(tf, f"happy/h{i}.png", _png(i))
-            _add_tar(tf, f"angry/a{i}.png", _png(10 + i))
+            _add_tar(tf, f"happy/h{i}.png", png(i))
+            _add_tar(tf, f"angry/a{i}.png", png(10 + i))
         link = tarfile.TarInfo("happy/link.png")
         link.type = tarfile.SYMTYPE
         link.linkname = "/etc/passwd"
         tf.addfile(link)
-        _add_tar(tf, "../escape.png", _png(30))
+        _add_tar(tf, "../escape.png", png(30))
     result = ingest(str(t), tmp_path / "raw", labels=["happy", "angry"])
     assert result.counts() == {"angry": 2, "happy": 2}
     reasons = sorted(r["reason"] for r in result.rejected)
@@ -79,7 +74,7 @@ def test_csv_manifest_relative_to_the_csv(tmp_path):
     rows = []
     for i in range(2):
         for label, off in (("happy", 0), ("angry", 10)):
-            (photos / f"{label}{i}.png").write_bytes(_png(off + i))
+            (photos / f"{label}{i}.png").write_bytes(png(off + i))
             rows.append({"path": f"shoot/{label}{i}.png", "label": label})
     rows.append({"path": "shoot/missing.png", "label": "happy"})
     with open(tmp_path / "faces.csv", "w", newline="") as f:
@@ -119,7 +114,7 @@ def _folder(root, n=3):
     for label, offset in (("happy", 0), ("angry", 100)):
         (root / label).mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            (root / label / f"{i}.png").write_bytes(_png(offset + i))
+            (root / label / f"{i}.png").write_bytes(png(offset + i))
 
 
 def test_ingest_rereads_a_changed_folder_and_keeps_an_unchanged_synthetic_set(tmp_path):
@@ -128,7 +123,7 @@ def test_ingest_rereads_a_changed_folder_and_keeps_an_unchanged_synthetic_set(tm
     src, out = tmp_path / "photos", tmp_path / "raw"
     _folder(src)
     assert len(ingest(str(src), out).accepted) == 6
-    (src / "happy" / "new.png").write_bytes(_png(50))
+    (src / "happy" / "new.png").write_bytes(png(50))
     again = ingest(str(src), out)
     assert not again.kept and len(again.accepted) == 7 and (out / "happy" / "new.png").exists()
 
@@ -142,9 +137,9 @@ def test_ingest_rereads_a_changed_folder_and_keeps_an_unchanged_synthetic_set(tm
     # other settings, an edited image or a stray file: generated again
     assert not ingest("synthetic", syn, per_class=4).kept
     victim = next((syn / "happy").iterdir())
-    victim.write_bytes(_png(7))
-    assert not ingest("synthetic", syn, per_class=4).kept and victim.read_bytes() != _png(7)
-    (syn / "happy" / "stray.png").write_bytes(_png(8))
+    victim.write_bytes(png(7))
+    assert not ingest("synthetic", syn, per_class=4).kept and victim.read_bytes() != png(7)
+    (syn / "happy" / "stray.png").write_bytes(png(8))
     assert not ingest("synthetic", syn, per_class=4).kept and not (syn / "happy" / "stray.png").exists()
 
 
@@ -164,3 +159,34 @@ def test_a_source_not_on_this_machine_keeps_the_pulled_data_with_a_warning(tmp_p
                              f"params (by dvc pull or an earlier run) and read again once '{src}' is back"]
     with pytest.raises(UserError, match=r"^data.source: '.*photos' not found"):
         ingest(str(src), out, min_size=8)
+
+
+def test_every_source_names_a_nested_photo_alike_and_filters_file_types_alike(tmp_path):
+    """One flat-name rule and one file-type filter for folders, archives and manifests: a photo in a
+    sub-folder keeps its folder in its name with a lower-case extension; a HEIC photo is refused with the same
+    hint everywhere; a stray text file is ignored in a folder or archive and judged by its bytes when a
+    manifest names it."""
+    import pandas as pd
+
+    files = {"happy/trip/Beach0.JPG": png(1), "happy/x.heic": b"heic", "happy/notes.txt": b"notes",
+             "angry/a.png": png(2)}
+    folder = tmp_path / "folder"
+    for rel, data in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+    with zipfile.ZipFile(tmp_path / "faces.zip", "w") as z:
+        for rel, data in files.items():
+            z.writestr(f"faces/{rel}", data)
+    (folder / "list.csv").write_text("path,label\n" + "".join(f"{rel},{rel.split('/')[0]}\n" for rel in files))
+
+    stored, refused = {}, {}
+    for name, source in (("folder", folder), ("zip", tmp_path / "faces.zip"), ("manifest", folder / "list.csv")):
+        out = tmp_path / f"raw-{name}"
+        result = ingest(str(source), out)
+        stored[name] = sorted(r["relpath"] for r in result.accepted)
+        refused[name] = sorted(r["reason"].split(" (")[0] for r in result.rejected)
+        assert pd.read_csv(out / "manifest.csv")["relpath"].tolist() == stored[name]
+    assert stored["folder"] == stored["zip"] == ["angry/a.png", "happy/trip__Beach0.jpg"]
+    assert stored["manifest"] == ["angry/000005_angry__a.png", "happy/000002_happy__trip__Beach0.jpg"]
+    assert refused["folder"] == refused["zip"] == ["unsupported format"]
+    assert refused["manifest"] == ["not an image", "unsupported format"]

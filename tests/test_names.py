@@ -3,26 +3,18 @@ safe name inside data/raw (or is refused with a reason), and no two images share
 
 import csv
 import hashlib
-import io
 import os
 import string
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from PIL import Image
+
+from helpers import png
 
 from pipeline.errors import UserError
 from pipeline.ingest import ingest, read_manifest
 from pipeline.names import MAX_COMPONENT_BYTES, UniqueNames, label_problem, safe_component
-
-
-def _png(seed: int, size=(16, 16)) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _tree(root: Path) -> set[str]:
@@ -86,7 +78,7 @@ def _manifest_source(tmp_path: Path, rows: list[tuple[str, str]]) -> Path:
         w = csv.writer(f)
         w.writerow(["path", "label"])
         for i, (label, _) in enumerate(rows):
-            (src / f"img{i}.png").write_bytes(_png(i))
+            (src / f"img{i}.png").write_bytes(png(i))
             w.writerow([f"img{i}.png", label])
     return src / "list.csv"
 
@@ -136,13 +128,13 @@ def test_names_that_meet_after_flattening_or_case_folding_keep_their_own_files(t
     src = tmp_path / "photos"
     (src / "angry").mkdir(parents=True)
     (src / "happy" / "x").mkdir(parents=True)
-    (src / "angry" / "CASE.JPG").write_bytes(_png(1))
-    (src / "angry" / "CASE.jpg").write_bytes(_png(2))
-    (src / "happy" / "x" / "y0.png").write_bytes(_png(3))
-    (src / "happy" / "x__y0.png").write_bytes(_png(4))
+    (src / "angry" / "CASE.JPG").write_bytes(png(1))
+    (src / "angry" / "CASE.jpg").write_bytes(png(2))
+    (src / "happy" / "x" / "y0.png").write_bytes(png(3))
+    (src / "happy" / "x__y0.png").write_bytes(png(4))
     for i in range(3):
-        (src / "angry" / f"a{i}.png").write_bytes(_png(10 + i))
-        (src / "happy" / f"h{i}.png").write_bytes(_png(20 + i))
+        (src / "angry" / f"a{i}.png").write_bytes(png(10 + i))
+        (src / "happy" / f"h{i}.png").write_bytes(png(20 + i))
     result = ingest(str(src), tmp_path / "raw")
     assert result.counts() == {"angry": 5, "happy": 5}
     _check_store(tmp_path / "raw", result)
@@ -167,7 +159,7 @@ def test_any_labels_and_names_from_an_archive_land_inside_data_raw(tmp_path_fact
     archive = tmp / "src.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for i, (label, name) in enumerate(rows):
-            zf.writestr(f"{label}/{name}{i}.png", _png(i))
+            zf.writestr(f"{label}/{name}{i}.png", png(i))
     out = tmp / "project" / "raw"
     try:
         result = ingest(str(archive), out)
@@ -184,7 +176,7 @@ def test_any_labels_and_names_from_an_archive_land_inside_data_raw(tmp_path_fact
 def test_a_source_inside_a_pipeline_output_is_refused_before_anything_is_read(tmp_path):
     raw = tmp_path / "data" / "raw"
     (raw / "happy").mkdir(parents=True)
-    (raw / "happy" / "me.png").write_bytes(_png(1))
+    (raw / "happy" / "me.png").write_bytes(png(1))
     before = _tree(tmp_path)
     with pytest.raises(UserError, match=r"inside the pipeline output .* move the photos elsewhere"):
         ingest(str(raw), raw)
@@ -209,7 +201,7 @@ def test_photos_put_in_data_raw_survive_dvc_repro(tmp_path):
         (project / "data" / "raw" / label).mkdir(parents=True, exist_ok=True)
         for i in range(3):
             p = project / "data" / "raw" / label / f"{i}.png"
-            p.write_bytes(_png(i + (0 if label == "happy" else 10)))
+            p.write_bytes(png(i + (0 if label == "happy" else 10)))
             photos[p] = p.read_bytes()
     r = dvc(project, "repro", "ingest", check=False)
     assert r.returncode != 0

@@ -5,15 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import png
+
 from pipeline.errors import UserError
 from pipeline.preprocess import build_dataset, load_image, stratified_split, subset
 from pipeline.ingest import ingest
-
-
-def _png(img):
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def test_odd_size_is_centre_cropped_then_resized():
@@ -22,14 +18,14 @@ def test_odd_size_is_centre_cropped_then_resized():
     arr[:, :50] = (255, 0, 0)
     arr[:, 250:] = (255, 0, 0)
     arr[:, 50:250] = (0, 255, 0)
-    out = load_image(_png(Image.fromarray(arr)), 128)
+    out = load_image(png(Image.fromarray(arr)), 128)
     assert out.shape == (128, 128, 3) and out.dtype == np.uint8
     assert out[..., 0].max() <= 2 and out[..., 1].min() >= 253
 
 
 def test_tall_and_tiny_images_work():
-    assert load_image(_png(Image.new("RGB", (37, 301), (10, 20, 30))), 128).shape == (128, 128, 3)
-    assert load_image(_png(Image.new("RGB", (5, 7), (10, 20, 30))), 16).shape == (16, 16, 3)
+    assert load_image(png(Image.new("RGB", (37, 301), (10, 20, 30))), 128).shape == (128, 128, 3)
+    assert load_image(png(Image.new("RGB", (5, 7), (10, 20, 30))), 16).shape == (16, 16, 3)
 
 
 def test_exif_orientation_is_applied():
@@ -47,14 +43,14 @@ def test_exif_orientation_is_applied():
 
 
 def test_grayscale_becomes_three_equal_channels():
-    out = load_image(_png(Image.new("L", (64, 64), 77)), 32)
+    out = load_image(png(Image.new("L", (64, 64), 77)), 32)
     assert out.shape == (32, 32, 3)
     assert (out == 77).all()
 
 
 def test_transparency_is_composited_on_white():
     img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
-    out = load_image(_png(img), 16)
+    out = load_image(png(img), 16)
     assert (out == 255).all()
 
 
@@ -62,7 +58,7 @@ def test_sixteen_bit_grayscale():
     arr = np.full((40, 40), 65535, np.uint16)
     img = Image.fromarray(arr)
     assert img.mode.startswith("I")
-    out = load_image(_png(img), 16)
+    out = load_image(png(img), 16)
     assert (out == 255).all()
 
 
