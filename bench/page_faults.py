@@ -28,7 +28,7 @@ if {keep}:
     assert keep_freed_memory()
 import torch
 images = torch.randint(0, 256, (64, 3, 128, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-trainer = Trainer(images, TrainConfig(latent_dim=8, batch_size=16, device="cpu", image_size=128))
+trainer = Trainer(images, TrainConfig.from_params(latent_dim=8, batch_size=16, device="cpu", image_size=128))
 trainer.train_epoch()  # warm-up: the first steps fault their memory in whatever the setting
 faults, step = [], trainer._step
 def counted(*args):

@@ -19,10 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .params import Crop, NoFace, choices
 
-CROP_MODES = choices(Crop)
-NO_FACE_MODES = choices(NoFace)
 CASCADE = "haarcascade_frontalface_default.xml"
 DETECT_SIDES = (640, 1024)  # the cascade runs on a copy this large; the larger only when the smaller finds nothing
 MIN_FACE_FRACTION = 0.08  # ignore "faces" smaller than this share of the picture's shorter side

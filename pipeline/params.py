@@ -63,7 +63,6 @@ POSITIVE = (lambda v: _int(v) and v > 0, "a positive integer")
 NON_NEGATIVE = (lambda v: _int(v) and v >= 0, "an integer >= 0")
 SEED = (lambda v: _int(v) and 0 <= v < 2 ** 32, SEED_HINT)
 BOOL = (lambda v: isinstance(v, bool), "true or false")
-TEXT = (_str, "a name")
 
 
 def knob(default, doc: str, check: tuple[Callable[[Any], bool], str] | None = None, hint: str | None = None):
@@ -209,10 +208,6 @@ class Params:
         return {f"{s.name}.{k}": v for s in dataclasses.fields(self)
                 for k, v in dataclasses.asdict(getattr(self, s.name)).items()}
 
-    def nested(self) -> dict[str, dict[str, Any]]:
-        """As params.yaml holds them: {'train': {'latent_dim': 32, ...}, ...}."""
-        return dataclasses.asdict(self)
-
 
 SECTIONS: dict[str, type] = get_type_hints(Params)  # {'data': Data, ...}
 
@@ -304,5 +299,29 @@ def reference() -> str:
     return "\n".join(rows) + "\n"
 
 
-if __name__ == "__main__":  # python -m pipeline.params: the table for the README
-    print(reference(), end="")
+PARAMS_YAML_HEADER = """\
+# Every knob of the pipeline, at its default, each with its meaning (written by `python -m pipeline.params yaml`
+# from pipeline/params.py). dvc.yaml names the exact keys each stage depends on, so changing one key reruns only
+# the stages that use it (e.g. `dvc exp run -S tsne.perplexity=5` reruns only tsne).
+"""
+
+
+def params_yaml() -> str:
+    """params.yaml as committed: every key at its default, its meaning as a comment above it."""
+    import textwrap
+
+    lines = [PARAMS_YAML_HEADER.rstrip("\n")]
+    for section, values in dataclasses.asdict(Params()).items():
+        lines += ["", f"{section}:"]
+        for key, value in values.items():
+            doc = KEYS[f"{section}.{key}"][2].replace("`", "")
+            lines += textwrap.wrap(doc, 116, initial_indent="  # ", subsequent_indent="  # ")
+            text = yaml.safe_dump({key: value}, default_flow_style=True, allow_unicode=True, width=1000)
+            lines.append("  " + text.strip()[1:-1])
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m pipeline.params [yaml]: the README's table, or params.yaml
+    import sys
+
+    print(params_yaml() if sys.argv[1:] == ["yaml"] else reference(), end="")

@@ -22,6 +22,7 @@ import math
 import signal
 import sys
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,40 +33,46 @@ from .errors import UserError
 from .io import save_torch
 from .losses import vae_loss
 from .model import ModelConfig, to_float
-from .params import AUTO_AUGMENT_BELOW, Params
+from .params import (AUTO_AUGMENT_BELOW, KL, Arch, Augment, Device, Optimizer, Params, Precision, Recon,
+                     Schedule)
 from .runtime import GracefulStop, distributed_world, resolve_device
 
 WARMUP_SHARE = 0.05  # cosine: the learning rate climbs from lr / 25 to lr over this share of the steps
 CODE_FILES = ("model.py", "losses.py", "train.py")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    latent_dim: int = 32
-    epochs: int = 100
-    batch_size: int = 16
-    lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
-    beta: float = 1.0
-    kl: str = "elbo"
-    recon: str = "mse"
-    kl_warmup_epochs: int = 0
-    precision: str = "auto"
-    compile: bool = False
-    arch: str = "seed"
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    augment: bool | str = False  # True | False | "auto": on below AUTO_AUGMENT_BELOW training images
-    image_size: int = 128
+    """What the trainer needs: the keys of params.yaml's train section that shape the weights (their meaning
+    and default live in :mod:`pipeline.params`, nowhere else), the model's arch and the images' size. Saved as
+    models/config.json and in every checkpoint."""
+
+    latent_dim: int
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    device: Device
+    beta: float
+    kl: KL
+    recon: Recon
+    kl_warmup_epochs: int
+    precision: Precision
+    compile: bool
+    arch: Arch
+    optimizer: Optimizer
+    weight_decay: float
+    schedule: Schedule
+    augment: Augment  # True | False | "auto": on below AUTO_AUGMENT_BELOW training images
+    image_size: int
 
     @classmethod
-    def from_params(cls, params: Params) -> "TrainConfig":
-        """params.yaml's train section with the model's arch and the images' size."""
-        fields = cls.__dataclass_fields__
-        return cls(image_size=params.preprocess.size, arch=params.model.arch,
-                   **{k: v for k, v in asdict(params.train).items() if k in fields})
+    def from_params(cls, params: Params | None = None, **overrides) -> TrainConfig:
+        """From ``params`` (the typed defaults when None), with ``overrides`` (tests, benchmarks) on top."""
+        params = params or Params()
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in asdict(params.train).items() if k in fields}
+        return cls(**{**values, "image_size": params.preprocess.size, "arch": params.model.arch, **overrides})
 
     def trajectory(self) -> dict:
         """Everything that shapes the sequence of weights except how many epochs are run (which does
@@ -267,35 +274,48 @@ class Trainer:
         """
         target = self.cfg.epochs if epochs is None else epochs
         bar = Progress(target, self.epoch) if progress and target > self.epoch else None
+        stopping = False
         try:
-            while self.epoch < target:
+            while self.epoch < target and not stopping:
+                # 1. one epoch over the shuffled data
                 row = self.train_epoch()
+                # 2. report it: the caller (MLflow), the progress bar
                 if on_epoch is not None:
                     on_epoch(row["epoch"], row)
                 if bar is not None:
                     bar.update(row)
-                stopping = stop is not None and stop.requested
-                if self.world > 1:  # stop together: a signal seen by one process stops them all
-                    import torch.distributed as dist
-
-                    flag = torch.tensor([float(stopping)], device=self.device)
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    stopping = bool(flag.item())
-                    if stopping and stop is not None and stop.signum is None:
-                        stop.signum = signal.SIGTERM
-                if checkpoint and self.rank == 0 and (stopping or (checkpoint_every and self.epoch % checkpoint_every == 0)):
+                # 3. a stop request (Ctrl-C, SIGTERM), agreed by every process
+                stopping = self._stop_requested(stop)
+                # 4. a checkpoint when one is due or the run stops here
+                if checkpoint and (stopping or (checkpoint_every and self.epoch % checkpoint_every == 0)):
                     self.save_checkpoint(checkpoint)
-                if stopping:
-                    break
         finally:
             if bar is not None:
                 bar.close()
-        if checkpoint and self.rank == 0 and (stop is None or not stop.requested):
+        # 5. the final checkpoint of a run that was not stopped
+        if checkpoint and not stopping:
             self.save_checkpoint(checkpoint)
         self.net.eval()
         return self.history
 
+    def _stop_requested(self, stop: GracefulStop | None) -> bool:
+        """Whether to stop after this epoch: under torchrun a signal seen by one process stops them all."""
+        stopping = stop is not None and stop.requested
+        if self.world > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(stopping)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stopping = bool(flag.item())
+            if stopping and stop is not None and stop.signum is None:
+                stop.signum = signal.SIGTERM
+        return stopping
+
     def save_checkpoint(self, path: str | Path) -> None:
+        """Everything to continue exactly (:meth:`state_dict`), and whether the run is finished; only the
+        first process writes."""
+        if self.rank != 0:
+            return
         state = self.state_dict()
         state["finished"] = self.epoch >= self.cfg.epochs
         save_torch(state, path)
@@ -346,7 +366,10 @@ def can_continue(ckpt: dict | None, cfg: TrainConfig, resume: bool) -> bool:
     only if it is unfinished (a crash or a stop) or ``resume`` asks to extend a finished run."""
     if not ckpt:
         return False
-    saved = TrainConfig(**json.loads(ckpt["config"]))
+    try:
+        saved = TrainConfig(**json.loads(ckpt["config"]))
+    except TypeError:  # a config with other keys: other code wrote it
+        return False
     same = saved.trajectory() == cfg.trajectory() and ckpt.get("code") == code_fingerprint()
     return same and int(ckpt["epoch"]) <= cfg.epochs and (resume or not ckpt.get("finished", False))
 

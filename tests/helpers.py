@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -54,7 +55,7 @@ def write_params(project: Path, updates: dict | None = None) -> None:
     """A complete params.yaml in ``project``: the defaults, PINNED, then ``updates`` ({section: {key: value}})."""
     from pipeline.params import Params
 
-    params = Params().nested()
+    params = dataclasses.asdict(Params())  # as params.yaml holds them
     for section, values in PINNED.items():
         params[section].update(values)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

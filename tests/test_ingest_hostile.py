@@ -15,12 +15,6 @@ from pipeline.ingest import ingest, inspect_image, Rejected
 from pipeline.preprocess import load_image
 
 
-def _jpeg(size=(64, 48), colour=(120, 90, 60), mode="RGB", **kw):
-    buf = io.BytesIO()
-    Image.new(mode, size, colour if mode == "RGB" else None).save(buf, format="JPEG", **kw)
-    return buf.getvalue()
-
-
 def _snapshot(root):
     return sorted((str(p), p.lstat().st_mtime_ns, p.lstat().st_size) for p in root.rglob("*"))
 

@@ -32,14 +32,29 @@ def test_every_key_says_what_it_means_and_what_a_good_value_is():
         assert callable(check) and hint and doc, key
 
 
-def test_choices_are_the_literals_the_code_acts_on():
-    from pipeline.faces import CROP_MODES, NO_FACE_MODES
-    from pipeline.losses import KL_MODES, RECON_MODES
-    from pipeline.model import ARCHS
-    from pipeline.params import KL, Arch, Crop, NoFace, Recon
+def test_the_code_acts_on_every_choice_params_allow_and_refuses_others():
+    import torch
 
-    assert (CROP_MODES, NO_FACE_MODES, KL_MODES, RECON_MODES, ARCHS) == \
-        (choices(Crop), choices(NoFace), choices(KL), choices(Recon), choices(Arch))
+    from pipeline.losses import vae_loss
+    from pipeline.model import ConvVAE
+    from pipeline.params import KL, Arch, Recon
+
+    x = torch.rand(2, 3, 16, 16)
+    for arch in choices(Arch):
+        assert ConvVAE(2, 16, arch=arch)(x)[0].shape == x.shape
+    for kl in choices(KL):
+        for recon in choices(Recon):
+            assert torch.isfinite(vae_loss(x * 0.9, x, torch.zeros(2, 2), torch.zeros(2, 2), kl=kl,
+                                           recon_mode=recon)["loss"])
+    with pytest.raises(ValueError, match="unknown architecture"):
+        ConvVAE(2, 16, arch="resnet")
+    with pytest.raises(ValueError, match="unknown reconstruction loss"):
+        vae_loss(x, x, torch.zeros(2, 2), torch.zeros(2, 2), recon_mode="l1")
+    with pytest.raises(ValueError, match="unknown KL variant"):
+        vae_loss(x, x, torch.zeros(2, 2), torch.zeros(2, 2), kl="sum")
+
+
+def test_a_boolean_or_auto_knob_refuses_numbers_and_words():
     check = KEYS["train.augment"][0]
     assert check("auto") and check(True) and check(False) and not check(1) and not check(0) and not check("yes")
     assert KEYS["train.recon"][1] == "gaussian | mse | bce"
@@ -87,6 +102,15 @@ def test_the_readme_params_reference_is_the_generated_one():
     from pipeline.params import reference
 
     assert reference() in (ROOT / "README.md").read_text()
+
+
+def test_params_yaml_is_the_generated_one_with_each_meaning_above_its_key():
+    """params.yaml's comments come from the sections too (`python -m pipeline.params yaml`)."""
+    from pipeline.params import params_yaml
+
+    text = (ROOT / "params.yaml").read_text()
+    assert text == params_yaml()
+    assert "  # size of the latent vector, 1–1024 (the homework: 20, 30, 50)\n  latent_dim: 32\n" in text
 
 
 def test_the_paths_the_stages_use_are_the_ones_dvc_yaml_declares():

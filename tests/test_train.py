@@ -18,9 +18,13 @@ def _images(n=12, size=32, seed=0):
     return (torch.nn.functional.interpolate(base, size=size, mode="bilinear") * 255).to(torch.uint8)
 
 
+# the lecture notebook's recipe (the pipeline's defaults are measured better: pipeline/params.py), small
+NOTEBOOK = {"arch": "seed", "recon": "mse", "optimizer": "adam", "schedule": "constant", "augment": False}
+
+
 def _cfg(**kw):
-    return TrainConfig(**{"latent_dim": 4, "epochs": 2, "batch_size": 4, "lr": 1e-3, "seed": 0, "device": "cpu",
-                          "image_size": 32, **kw})
+    return TrainConfig.from_params(**{**NOTEBOOK, "latent_dim": 4, "epochs": 2, "batch_size": 4, "lr": 1e-3,
+                                      "seed": 0, "device": "cpu", "precision": "auto", "image_size": 32, **kw})
 
 
 def test_same_seed_same_losses_on_cpu():
@@ -474,6 +478,29 @@ def test_train_config_from_params_takes_its_fields_and_the_size_and_arch():
     cfg = TrainConfig.from_params(p)
     assert (cfg.latent_dim, cfg.epochs, cfg.lr, cfg.image_size, cfg.arch) == (20, 3, 0.01, 64, "seed")
     assert not hasattr(cfg, "checkpoint_every")  # a key of the stage, not of training
+
+
+def test_the_train_config_states_no_default_of_its_own_and_misses_no_train_key():
+    """A default lives in pipeline/params.py only; every train key but the stage's own reaches the trainer."""
+    import dataclasses
+
+    from pipeline.params import Train
+
+    fields = dataclasses.fields(TrainConfig)
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)
+    stage_only = {"resume", "checkpoint_every"}
+    assert {f.name for f in fields} == {f.name for f in dataclasses.fields(Train)} - stage_only | {"arch", "image_size"}
+
+
+def test_a_checkpoint_whose_config_has_other_keys_is_not_continued(tmp_path):
+    import json
+
+    trainer = Trainer(_images(), _cfg(epochs=2))
+    trainer.fit(epochs=1, progress=False, checkpoint=tmp_path / "c.pt")
+    ckpt = load_checkpoint(tmp_path / "c.pt")
+    assert can_continue(ckpt, _cfg(epochs=2), resume=False)
+    ckpt["config"] = json.dumps({**json.loads(ckpt["config"]), "dropout": 0.1})
+    assert not can_continue(ckpt, _cfg(epochs=2), resume=False)
 
 
 def test_a_checkpoint_holds_everything_to_resume_and_names_its_code():

@@ -189,12 +189,12 @@ def test_a_checkpoint_of_other_data_is_not_continued(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    cfg = TrainConfig(latent_dim=4, epochs=3, batch_size=4, device="cpu", image_size=32)
+    params = Params()
+    params = replace(params, train=replace(params.train, resume=False))
+    cfg = TrainConfig.from_params(params, latent_dim=4, epochs=3, batch_size=4, device="cpu", image_size=32)
     first = Trainer(images, cfg)
     first.meta = {"data_hash": "a" * 64}
     first.fit(epochs=1, progress=False, checkpoint="models/checkpoint.pt")  # stopped after 1 of 3 epochs
-    params = Params()
-    params = replace(params, train=replace(params.train, resume=False))
     same = Trainer(images, cfg)
     assert decide_resume(same, params, "a" * 64, tmp_path) and same.epoch == 1
     other = Trainer(images, cfg)
