@@ -15,13 +15,13 @@ from pipeline.errors import UserError
 from pipeline.explore import (ALPHAS, along_vector, choose_pair, expression_flips, expression_vector, fit_probe,
                               interpolate, prior_samples)
 from pipeline.io import write_json
+from pipeline.model import load_model
 from pipeline.paths import (DATASET, EXPLORE_METRICS, EXPRESSION_VECTOR, INTERPOLATION, INTERPOLATION_GIF, LATENTS,
                             MODELS, SAMPLES)
 from pipeline.plots import image_rows, save_gif, save_rows
 from pipeline.preprocess import load_dataset, subset
-from pipeline.tracking.runs import log_stage
-from pipeline.model import load_model
 from pipeline.runtime import resolve_device
+from pipeline.tracking.runs import log_stage
 
 PICTURES = {"samples": SAMPLES, "interpolation": INTERPOLATION, "expression_vector": EXPRESSION_VECTOR}
 

@@ -6,11 +6,12 @@ import _path  # noqa: F401
 from pipeline.cli import stage_main
 from pipeline.embed import latents_frame
 from pipeline.io import write_text
+from pipeline.model import load_model
 from pipeline.paths import DATASET, LATENTS, MODELS
 from pipeline.preprocess import load_dataset
-from pipeline.tracking.runs import log_stage
-from pipeline.model import load_model
 from pipeline.runtime import resolve_device
+from pipeline.tracking.runs import log_stage
+
 
 def run(params):
     model = load_model(MODELS, resolve_device("auto"))

@@ -11,12 +11,12 @@ import torch
 from pipeline.cli import stage_main
 from pipeline.evaluate import image_metrics, reconstruct
 from pipeline.io import write_json
+from pipeline.model import load_model
 from pipeline.paths import DATASET, MODELS, RECON_GRID, RECON_METRICS
 from pipeline.plots import save_recon_grid
 from pipeline.preprocess import load_dataset, subset
-from pipeline.tracking.runs import log_stage
-from pipeline.model import load_model
 from pipeline.runtime import resolve_device
+from pipeline.tracking.runs import log_stage
 
 
 def grid_indices(ds, per_class):
