@@ -573,3 +573,18 @@ def test_train_reports_progress_unless_asked_not_to(capsys, monkeypatch):
     assert "train: epoch 2/2" in capsys.readouterr().err
     train(_images(), _cfg(epochs=2), progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_fit_checkpoints_every_n_epochs_and_at_the_end_and_reports_each_epochs_row(tmp_path, monkeypatch):
+    trainer = Trainer(_images(), _cfg(epochs=5))
+    saved, rows = [], []
+    monkeypatch.setattr(trainer, "save_checkpoint", lambda path: saved.append((str(path), trainer.epoch)))
+    trainer.fit(on_epoch=lambda epoch, row: rows.append((epoch, row)), progress=False,
+                checkpoint=tmp_path / "c.pt", checkpoint_every=2)
+    assert saved == [(str(tmp_path / "c.pt"), e) for e in (2, 4, 5)]
+    assert [e for e, _ in rows] == [1, 2, 3, 4, 5] and [r for _, r in rows] == trainer.history
+    saved.clear()
+    more = Trainer(_images(), _cfg(epochs=2))
+    monkeypatch.setattr(more, "save_checkpoint", lambda path: saved.append(path))
+    more.fit(progress=False, checkpoint=None, checkpoint_every=1)  # no path: nothing written
+    assert saved == [] and more.epoch == 2
