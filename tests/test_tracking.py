@@ -270,13 +270,25 @@ def test_what_a_run_cannot_send_is_kept_in_order_and_resend_delivers_it(monkeypa
     assert not list((tmp_path / OUTBOX).iterdir())
 
 
-def test_logging_the_model_leaves_the_callers_model_as_it_was_and_loads_back(monkeypatch, tmp_path):
+@pytest.mark.parametrize("env", [False, True])
+def test_logging_the_model_leaves_the_callers_model_and_the_process_as_they_were(monkeypatch, tmp_path, env):
+    """A CPU copy is logged: the caller's model keeps its memory format, tensors and mode. MLflow's
+    set_tracking_uri (which its fluent log_model needs) also wrote MLFLOW_TRACKING_URI into the process
+    environment: the next tracking_uri() of the process pointed at this store."""
+    import os
+
     import mlflow.pytorch
     import torch
+    from mlflow.tracking._tracking_service import utils
 
     from pipeline.model import ConvVAE
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setattr(utils, "_tracking_uri", None)
+    if env:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    else:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     model = ConvVAE(3, 16, arch="bn").to(memory_format=torch.channels_last).train()
     weights = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
@@ -286,6 +298,7 @@ def test_logging_the_model_leaves_the_callers_model_as_it_was_and_loads_back(mon
     run.finish()
     assert model.training and model.encoder[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert all(v.data_ptr() == weights[k][0] and torch.equal(v, weights[k][1]) for k, v in model.state_dict().items())
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    loaded = mlflow.pytorch.load_model(f"runs:/{run.run_id}/vae-z3")
+    assert os.environ.get("MLFLOW_TRACKING_URI") == (uri if env else None) and utils._tracking_uri is None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    loaded = mlflow.pytorch.load_model(f"runs:/{run.run_id}/vae-z3", dst_path=str(tmp_path / "loaded"))
     assert loaded(images.float() / 255).shape == (2, 3, 16, 16)

@@ -12,6 +12,8 @@ child run per execution of a downstream stage (:func:`log_stage`).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -168,6 +170,26 @@ def close_abandoned_run(run_id: str, root: Path | None = None) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def fluent_tracking_uri(uri: str):
+    """MLflow's fluent API (``mlflow.start_run``, ``mlflow.pytorch.log_model``) pointed at ``uri`` for the
+    block only: ``mlflow.set_tracking_uri`` changes the whole process and also writes MLFLOW_TRACKING_URI
+    into its environment, which :func:`~.store.tracking_uri` would read afterwards. Both are put back."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    before, env = getattr(utils, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
 def log_pytorch_model(uri: str, run_id: str, model, example, name: str, registered_name: str | None = None) -> None:
     """A copy of ``model`` on the CPU (the caller's stays on its device, in its memory format), wrapped to
     map images in [0, 1] to reconstructions, logged with its signature and an input example."""
@@ -186,8 +208,7 @@ def log_pytorch_model(uri: str, run_id: str, model, example, name: str, register
     with torch.no_grad():
         y = model(x)
     signature = infer_signature(x.numpy().astype(np.float32), y.numpy().astype(np.float32))
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
+    with fluent_tracking_uri(uri), mlflow.start_run(run_id=run_id):
         mlflow.pytorch.log_model(model, name=name, signature=signature,
                                  input_example=x.numpy().astype(np.float32),
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
