@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .params import Preprocess
 
 CASCADE = "haarcascade_frontalface_default.xml"
 DETECT_SIDES = (640, 1024)  # the cascade runs on a copy this large; the larger only when the smaller finds nothing
@@ -30,9 +31,11 @@ Box = tuple[int, int, int, int]
 
 @dataclass(frozen=True)
 class CropSpec:
-    mode: str = "center"
-    margin: float = 0.25
-    no_face: str = "reject"
+    """How a picture becomes a square; the defaults are the preprocess section's (pipeline.params)."""
+
+    mode: str = Preprocess.face_crop
+    margin: float = Preprocess.face_margin
+    no_face: str = Preprocess.no_face
 
     @classmethod
     def from_params(cls, preprocess) -> "CropSpec":

@@ -203,9 +203,10 @@ class Params:
     explore: Explore = field(default_factory=Explore)
     mlflow: Mlflow = field(default_factory=Mlflow)
 
-    def flat(self) -> dict[str, Any]:
-        """{'train.latent_dim': 32, ...}: the names DVC (``-S train.latent_dim=20``) and MLflow use."""
-        return {f"{s.name}.{k}": v for s in dataclasses.fields(self)
+    def flat(self, *sections: str) -> dict[str, Any]:
+        """{'train.latent_dim': 32, ...}: the names DVC (``-S train.latent_dim=20``) and MLflow use; only the
+        keys of ``sections`` when named (``flat('tsne')``: what a stage logs)."""
+        return {f"{s.name}.{k}": v for s in dataclasses.fields(self) if not sections or s.name in sections
                 for k, v in dataclasses.asdict(getattr(self, s.name)).items()}
 
 

@@ -110,15 +110,16 @@ def open_model_run(trainer, params: Params, data: TrainingData, resume: bool, ro
     dvc_exp = os.environ.get("DVC_EXP_NAME", "")  # set by `dvc exp run`
     tags = {**git_info(root), "device": str(trainer.device), "dvc_exp_name": dvc_exp,
             "mlflow.note.content": run_description(params, len(data.ids), dvc_exp)}
-    datasets = dataset_inputs({"training": ("facevae-train", data.images.numpy(), data.labels.numpy()),
-                               "evaluation": ("facevae-test", data.test["images"].numpy(), data.test["labels"].numpy())},
-                              data.digest, DATASET)
-    model_params = {k: v for k, v in params.flat().items() if k.split(".")[0] in MODEL_SECTIONS}
-    name, run_params = f"z{cfg.latent_dim}-e{cfg.epochs}", {**model_params, "data.n_train": len(data.ids)}
+    name = f"z{cfg.latent_dim}-e{cfg.epochs}"
+    run_params = {**params.flat(*MODEL_SECTIONS), "data.n_train": len(data.ids)}
     curves = epoch_metrics(cfg.recon, cfg.kl_warmup_epochs)
-    # the continued training's run, if this store holds it; else a new one
-    run = (resume and TrainingRun.reopen(trainer.meta.get("mlflow_run_id"), name, run_params, tags, root, curves)
-           or TrainingRun.create(params.mlflow.experiment, name, run_params, tags, root, datasets, curves))
+    # the continued training's run, if this store holds it; else a new one with the data as its inputs
+    run = resume and TrainingRun.reopen(trainer.meta.get("mlflow_run_id"), name, run_params, tags, root, curves)
+    if not run:
+        datasets = dataset_inputs({"training": ("facevae-train", data.images.numpy(), data.labels.numpy()),
+                                   "evaluation": ("facevae-test", data.test["images"].numpy(),
+                                                  data.test["labels"].numpy())}, data.digest, DATASET)
+        run = TrainingRun.create(params.mlflow.experiment, name, run_params, tags, root, datasets, curves)
     trainer.meta = {"mlflow_run_id": run.run_id, "data_hash": data.digest}
     where = f"resuming at epoch {trainer.epoch}" if resume else "from scratch"
     procs = f" x {trainer.world} processes (DDP)" if trainer.world > 1 else ""

@@ -4,8 +4,6 @@ reports/interpolation.png (+ .gif), reports/expression_vector.png and metrics/ex
 
 import _path  # noqa: F401
 
-from dataclasses import asdict
-
 import numpy as np
 import torch
 
@@ -71,7 +69,7 @@ def run(params):
 
     logged = {k: metrics[k] for k in ("expression_flip_rate", "unshifted_keep_rate", "expression_vector_norm",
                                       "probe_test_accuracy") if np.isfinite(metrics[k])}
-    log_stage(MODELS, "explore", {f"explore.{k}": v for k, v in asdict(p).items()}, logged,
+    log_stage(MODELS, "explore", params.flat("explore"), logged,
               [*PICTURES.values(), INTERPOLATION_GIF, EXPLORE_METRICS],
               images={f"explore/{k}": path for k, path in PICTURES.items()})
     print(f"explore: '{pair[0]}' - '{pair[1]}' vector of norm {metrics['expression_vector_norm']:.2f} flips "

@@ -41,7 +41,7 @@ def run(params):
         files.append(path)
     write_json(RECON_METRICS, metrics)
     flat = {f"{s}_{k}": v for s, m in metrics.items() for k, v in m.items() if k != "n"}
-    log_stage(MODELS, "reconstruct", {"reconstruct.per_class": params.reconstruct.per_class}, flat,
+    log_stage(MODELS, "reconstruct", params.flat("reconstruct"), flat,
               files + [RECON_METRICS], images={f"reconstruct/{Path(f).stem}": f for f in files})
     print("reconstruct: " + "; ".join(f"{s} PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}, MSE {m['mse']:.5f} "
                                       f"({m['n']} images)" for s, m in metrics.items()))

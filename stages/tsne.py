@@ -6,7 +6,6 @@ axes drawn beside the t-SNE map)."""
 import _path  # noqa: F401
 
 import math
-from dataclasses import asdict
 
 from pipeline.cli import stage_main
 from pipeline.embed import PROBE_FOLDS, cluster_metrics, label_axes, mu_matrix, read_latents, tsne_coords
@@ -33,7 +32,7 @@ def run(params):
                    axes=axes, axes_title=f"the same latents on the label axis fitted to the training images\n"
                                          f"held-out images (stars) on their label's side: {int(round(axes_accuracy * is_test.sum()))}"
                                          f" of {int(is_test.sum())}")
-    log_stage(MODELS, "tsne", {f"tsne.{k}": v for k, v in asdict(p).items()},
+    log_stage(MODELS, "tsne", params.flat("tsne"),
               {k: metrics[k] for k in ("silhouette", "knn_accuracy", "probe_accuracy", "probe_std", "axes_test_accuracy")
                if k in metrics and math.isfinite(metrics[k])},
               [TSNE_PLOT, TSNE_COORDS, TSNE_METRICS], images={"tsne/tsne": TSNE_PLOT})

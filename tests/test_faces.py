@@ -16,7 +16,7 @@ import pytest
 import sklearn
 from PIL import Image, ImageOps
 
-from helpers import copy_repo, dvc, git_init, ran_stages, set_params
+from helpers import copy_repo, dvc, git_init, png, ran_stages, set_params
 from pipeline.faces import CropSpec, NoFace, choose_crop, detect_faces, on_face, square_around
 from pipeline.preprocess import decode_one, load_image
 from pipeline.synthetic import SCENE, face_scenes, in_scene
@@ -155,10 +155,8 @@ def test_none_keeps_the_whole_picture():
     arr[:, 200:] = (0, 0, 255)
     img = Image.fromarray(arr)
     assert choose_crop(img, CropSpec(mode="none")) == ("none", (0, 0, 300, 100))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    whole = load_image(buf.getvalue(), 30, CropSpec(mode="none"))
-    centre = load_image(buf.getvalue(), 30, CropSpec(mode="center"))
+    whole = load_image(png(img), 30, CropSpec(mode="none"))
+    centre = load_image(png(img), 30, CropSpec(mode="center"))
     assert tuple(whole[15, 2]) == (255, 0, 0) and tuple(whole[15, 27]) == (0, 0, 255)
     assert tuple(centre[15, 2]) == (0, 0, 0) and tuple(centre[15, 27]) == (0, 0, 0)
 
