@@ -86,8 +86,10 @@ remote: $(VENV)/.installed
 push: $(VENV)/.installed  ## upload the cached data, models and reports to the DVC remote
 	dvc push
 
-pull: $(VENV)/.installed  ## fetch them on another clone, then check that nothing needs recomputing
-	dvc pull
+# Not `dvc pull`: DVC writes a folder's files where the remote's listing says, even ../stages/x.py;
+# pipeline.pull checks every listing dvc.lock names before `dvc fetch` and again before `dvc checkout`.
+pull: $(VENV)/.installed  ## fetch them on another clone (listings checked first), then check that nothing needs recomputing
+	@$(BIN)/python -m pipeline.pull $(if $(REMOTE),--remote $(REMOTE))
 	dvc repro
 	@$(BIN)/python -m pipeline.summary
 
