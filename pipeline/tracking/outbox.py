@@ -87,7 +87,9 @@ class Outbox:
                 pass
         if not self.unsent:
             return None
-        path = Path(root) / OUTBOX / f"{self.run_id}.json"
+        from .store import checked_run_id
+
+        path = Path(root) / OUTBOX / f"{checked_run_id(self.run_id, 'the tracking store')}.json"
         write_json(path, {"tracking_uri": uri, "run_id": self.run_id, "items": self.unsent})
         steps = sum(1 for i in self.unsent if i["kind"] == "metrics")
         print(f"warning: MLflow server {uri} stopped answering at {self.lost_at}; {steps} metric steps and "
@@ -102,7 +104,7 @@ def resend(outbox: str | Path) -> tuple[int, int]:
     import os
 
     from ..paths import project_root
-    from .store import check_reachable, open_store, tracking_uri
+    from .store import check_reachable, checked_run, checked_run_id, open_store, tracking_uri
 
     files = sorted(Path(outbox).glob("*.json"))
     if not files:
@@ -114,9 +116,11 @@ def resend(outbox: str | Path) -> tuple[int, int]:
             run_id, entries = data["run_id"], data["items"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"{path} is not an outbox file ({type(e).__name__}: {e}); move it away and rerun") from None
+        checked_run_id(run_id, str(path))
         uri = os.environ.get("MLFLOW_TRACKING_URI") or data.get("tracking_uri") or tracking_uri()
         check_reachable(uri)
         client = open_store(uri, project_root())
+        checked_run(client.get_run(run_id), uri, f"the tracking store {uri}")
         for item in entries:
             send(client, run_id, item)
         path.unlink()

@@ -22,7 +22,8 @@ from ..io import read_json, write_json
 from ..paths import project_root
 from .outbox import Outbox, log_image, log_metrics
 from .provenance import source_tags
-from .store import check_reachable, client, experiment_id, open_store, tracking_uri
+from .store import (check_artifact_location, check_reachable, checked_run, checked_run_id, client,
+                    experiment_id, open_store, tracking_uri)
 
 RUN_FILE = "mlflow_run.json"
 EPOCH_METRICS = ("loss", "recon", "kl", "neg_elbo", "sse", "beta")
@@ -88,8 +89,8 @@ class TrainingRun:
         ``datasets`` (:func:`~.provenance.dataset_inputs`) as its inputs."""
         store, uri, root = cls._store(root)
         exp_id = experiment_id(store, experiment, uri, root)
-        run_id = store.create_run(exp_id, run_name=run_name,
-                                  tags=source_tags({**tags, "facevae.kind": "model"})).info.run_id
+        run = store.create_run(exp_id, run_name=run_name, tags=source_tags({**tags, "facevae.kind": "model"}))
+        run_id = checked_run(run, uri, f"the tracking store {uri}", store).info.run_id
         log_params(store, run_id, params)
         if datasets:
             store.log_inputs(run_id, datasets)
@@ -102,11 +103,14 @@ class TrainingRun:
         its params (MLflow params are immutable): new keys are added, a changed value (train.epochs when
         training is extended) is recorded as the tag ``resumed.<key>``. Epochs it already holds (logged
         after the checkpoint, before the stop) are not logged twice."""
+        if not _looks_like_run_id(run_id):  # a damaged or crafted checkpoint: not a run of any store
+            return None
         store, uri, root = cls._store(root)
         try:
             run = store.get_run(run_id)
         except Exception:  # not in this store
             return None
+        checked_run(run, uri, f"the tracking store {uri}")
         logged_through = max((m.step for m in store.get_metric_history(run_id, "loss")), default=0)
         store.update_run(run_id, status="RUNNING", name=run_name)
         old, new = run.data.params, {k: param_str(v) for k, v in params.items()}
@@ -156,10 +160,19 @@ class TrainingRun:
                                                 "run_name": self.run_name, "tracking_uri": self.uri})
 
 
+def _looks_like_run_id(run_id) -> bool:
+    try:
+        return bool(checked_run_id(run_id, ""))
+    except Exception:
+        return False
+
+
 def close_abandoned_run(run_id: str, root: Path | None = None) -> bool:
     """Mark a model run that was stopped and will not be continued (its checkpoint is discarded) KILLED,
     if it is still RUNNING; True if it was. A store without it, or a server that does not answer, is left
     as it is."""
+    if not _looks_like_run_id(run_id):
+        return False
     try:
         store = client(tracking_uri(root or project_root()))
         if store.get_run(run_id).info.status != "RUNNING":
@@ -208,13 +221,20 @@ def log_pytorch_model(uri: str, run_id: str, model, example, name: str, register
     with torch.no_grad():
         y = model(x)
     signature = infer_signature(x.numpy().astype(np.float32), y.numpy().astype(np.float32))
+    # the logged model created here, not inside log_model, so that its artifact location is checked before
+    # anything is written there
+    store = client(uri)
+    run = store.get_run(run_id)
+    logged = store.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id,
+                                       params=dict(run.data.params))
+    check_artifact_location(logged.artifact_location, uri, f"the logged model {logged.model_id}")
     with fluent_tracking_uri(uri), mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(model, name=name, signature=signature,
+        mlflow.pytorch.log_model(model, name=name, signature=signature, model_id=logged.model_id,
                                  input_example=x.numpy().astype(np.float32),
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                                  registered_model_name=registered_name)
     # start_run(run_id=...) marks the run FINISHED on exit; training may still be going on
-    client(uri).update_run(run_id, status="RUNNING")
+    store.update_run(run_id, status="RUNNING")
 
 
 def log_stage(model_dir: str | Path, stage: str, params: dict, metrics: dict, artifacts: list,
@@ -243,7 +263,7 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, images):
     info = read_json(Path(model_dir) / RUN_FILE)
     cfg = read_json(Path(model_dir) / "config.json")
     step = int(cfg.get("epochs", 0))
-    parent_id = info["run_id"]
+    parent_id = checked_run_id(info.get("run_id"), f"{Path(model_dir) / RUN_FILE}")
     try:
         parent = store.get_run(parent_id)
         exp_id = parent.info.experiment_id
@@ -262,8 +282,10 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, images):
     tags = {"facevae.stage": stage, "facevae.model_run": parent_id}
     if parent is not None:
         tags["mlflow.parentRunId"] = parent_id
+    if parent is not None:
+        checked_run(parent, uri, f"the tracking store {uri}")
     child = store.create_run(exp_id, run_name=name, tags=tags)
-    cid = child.info.run_id
+    cid = checked_run(child, uri, f"the tracking store {uri}", store).info.run_id
     try:
         log_params(store, cid, params)
         summary = rounded(metrics)

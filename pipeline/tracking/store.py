@@ -83,6 +83,61 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     raise UserError(f"MLflow server {uri} is not usable ({problem}); {fix}")
 
 
+# What a tracking server answers is data, checked before it names a file: a run id becomes the outbox's file
+# name, an artifact location is where the client writes the model, configs and pictures.
+RUN_ID_DIGITS = 32
+TRUSTED_ARTIFACT_ROOT = "FACEVAE_TRUSTED_ARTIFACT_ROOT"  # a local folder a server may send artifacts to
+
+
+def checked_run_id(run_id, source: str) -> str:
+    """``run_id`` when it is 32 lowercase hex digits (what MLflow makes), else one line naming ``source``."""
+    import re
+
+    if isinstance(run_id, str) and re.fullmatch(f"[0-9a-f]{{{RUN_ID_DIGITS}}}", run_id):
+        return run_id
+    raise UserError(f"{source} gave the MLflow run id {str(run_id)[:80]!r}, not {RUN_ID_DIGITS} hex digits: "
+                    f"refusing to use it; point MLFLOW_TRACKING_URI at a real MLflow server (or unset it)")
+
+
+def check_artifact_location(location, uri: str, what: str) -> None:
+    """A tracking server's artifacts go through its own API (``mlflow-artifacts:``) or to a remote store it
+    names (``s3://`` ...), never to a path on this machine that the user did not name: a ``file:`` location
+    (or a bare path) from an HTTP server is refused unless it lies under $FACEVAE_TRUSTED_ARTIFACT_ROOT (a
+    shared folder the user chose). Local stores (sqlite, file) are the user's own choice and not checked."""
+    from urllib.parse import unquote, urlsplit
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    parts = urlsplit(str(location or ""))
+    scheme = parts.scheme.lower()
+    if scheme not in ("", "file") and len(scheme) > 1:  # a one-letter scheme is a Windows drive
+        return
+    trusted = os.environ.get(TRUSTED_ARTIFACT_ROOT, "").strip()
+    if trusted and scheme == "file" and not parts.netloc:
+        path = os.path.realpath(unquote(parts.path))
+        if os.path.commonpath([path, os.path.realpath(trusted)]) == os.path.realpath(trusted):
+            return
+    raise UserError(f"MLflow server {uri} gave {what} the artifact location {str(location)[:200]!r}, a path on this "
+                    f"machine: nothing is written there. A server should serve its artifacts itself "
+                    f"(`mlflow server --artifacts-destination ...`, as `make mlflow-server` does); to write to a "
+                    f"shared folder you trust, set {TRUSTED_ARTIFACT_ROOT}=<that folder>")
+
+
+def checked_run(run, uri: str, source: str, store=None):
+    """``run`` (an MLflow Run) once its id and artifact location pass :func:`checked_run_id` and
+    :func:`check_artifact_location`. A new run refused for its location is marked FAILED through ``store``
+    (when given), so a misconfigured server does not keep it RUNNING."""
+    checked_run_id(run.info.run_id, source)
+    try:
+        check_artifact_location(run.info.artifact_uri, uri, f"run {run.info.run_id}")
+    except UserError:
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    return run
+
+
 def client(uri: str):
     """An MlflowClient of ``uri`` with this pipeline's settings (:func:`mlflow_settings`); see :func:`open_store`
     for the checked one."""

@@ -1,0 +1,160 @@
+"""A hostile or misconfigured tracking server: what it answers never names a file this project writes.
+
+The fake server on 127.0.0.1 answers the few MLflow REST calls a run makes before its first artifact, with a
+run id and an artifact location of its choosing, and records every call it gets."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from helpers import small_project, train_stage
+from pipeline.errors import UserError
+
+GOOD_ID = "0123456789abcdef0123456789abcdef"
+
+
+class FakeServer:
+    def __init__(self, run_id=GOOD_ID, artifact_uri="mlflow-artifacts:/1/x/artifacts",
+                 model_location="mlflow-artifacts:/1/models/m-1/artifacts"):
+        self.run_id, self.artifact_uri, self.calls = run_id, artifact_uri, []
+        self.model_location = model_location
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self):
+                path = self.path.split("?")[0]
+                fake.calls.append(path)
+                if self.command == "POST":
+                    self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                experiment = {"experiment_id": "1", "name": "facevae", "artifact_location": "mlflow-artifacts:/1",
+                              "lifecycle_stage": "active"}
+                info = {"run_id": fake.run_id, "run_uuid": fake.run_id, "experiment_id": "1", "run_name": "r",
+                        "status": "RUNNING", "start_time": int(time.time() * 1000),
+                        "artifact_uri": fake.artifact_uri, "lifecycle_stage": "active"}
+                now = int(time.time() * 1000)
+                model = {"info": {"model_id": "m-1", "experiment_id": "1", "name": "vae", "source_run_id": fake.run_id,
+                                  "artifact_location": fake.model_location, "creation_timestamp_ms": now,
+                                  "last_updated_timestamp_ms": now, "status": "LOGGED_MODEL_PENDING"}, "data": {}}
+                body = ({"model": model} if path.endswith("/logged-models") else
+                        {"experiments": [experiment]} if path.endswith("/experiments/search") else
+                        {"experiment": experiment} if "/experiments/get" in path else
+                        {"run": {"info": info, "data": {}}} if path.endswith(("/runs/create", "/runs/get")) else {})
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = _answer
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    made = []
+
+    def make(**kw):
+        made.append(FakeServer(**kw))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+HOSTILE = [
+    {"run_id": "../../../../x"}, {"run_id": "/tmp/x"}, {"run_id": GOOD_ID + "/../../x"}, {"run_id": GOOD_ID.upper()},
+    {"run_id": ""}, {"artifact_uri": "file:///{outside}"}, {"artifact_uri": "{outside}"},
+    {"artifact_uri": "file://localhost/{outside}"}, {"artifact_uri": "C:/Users/x"},
+]
+
+
+@pytest.mark.parametrize("answer", HOSTILE, ids=lambda a: f"{next(iter(a))}={next(iter(a.values()))}")
+def test_a_hostile_answer_is_refused_before_anything_is_written(server, monkeypatch, tmp_path, answer):
+    from pipeline.tracking.runs import TrainingRun
+
+    outside = tmp_path / "outside"
+    project = tmp_path / "project"
+    project.mkdir()
+    fake = server(**{k: v.format(outside=outside) for k, v in answer.items()})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fake.uri)
+    with pytest.raises(UserError, match=f"{fake.uri}|the tracking store") as e:
+        TrainingRun.create("facevae", "z8-e2", {"train.latent_dim": 8}, {}, project)
+    assert "\n" not in str(e.value)
+    assert ("run id" in str(e.value)) == ("run_id" in answer)
+    assert not any("log-batch" in c or "artifacts" in c for c in fake.calls)  # no params sent to such a run
+    assert not outside.exists() and list(project.iterdir()) == []
+
+
+@pytest.mark.parametrize("location,ok", [
+    ("mlflow-artifacts:/1/abc/artifacts", True), ("s3://bucket/mlruns/1", True), ("gs://b/x", True),
+    ("https://host/x", True), ("file:///srv/mlruns/1", False), ("/srv/mlruns/1", False), ("", False),
+    ("file:///shared/runs/1/a", True), ("file:///shared/runs/../etc", False), ("file:///shared/runsx/1", False),
+    ("file://otherhost/shared/runs/1", False),
+])
+def test_artifact_locations_of_a_server(monkeypatch, location, ok):
+    from pipeline.tracking.store import check_artifact_location
+
+    monkeypatch.setenv("FACEVAE_TRUSTED_ARTIFACT_ROOT", "/shared/runs")
+    if ok:
+        check_artifact_location(location, "http://server:5000", "run x")
+    else:
+        with pytest.raises(UserError, match="a path on this machine: nothing is written there"):
+            check_artifact_location(location, "http://server:5000", "run x")
+    check_artifact_location("/anything", "sqlite:////tmp/mlflow.db", "run x")  # a store the user named
+
+
+def test_a_logged_model_placed_on_this_machine_is_refused_before_it_is_written(server, tmp_path):
+    import torch
+
+    from pipeline.model import ConvVAE
+    from pipeline.tracking.runs import log_pytorch_model
+
+    outside = tmp_path / "outside"
+    fake = server(model_location=f"file://{outside}")
+    with pytest.raises(UserError, match="gave the logged model m-1 the artifact location"):
+        log_pytorch_model(fake.uri, GOOD_ID, ConvVAE(8, 32), torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "vae")
+    assert not outside.exists() and not any("artifacts" in c for c in fake.calls)
+
+
+def test_a_crafted_run_id_in_pulled_files_names_no_file(monkeypatch, tmp_path):
+    """models/mlflow_run.json and the checkpoint travel through DVC: their run id is checked too."""
+    from pipeline.tracking.runs import TrainingRun, close_abandoned_run
+    from pipeline.tracking.store import checked_run_id
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert TrainingRun.reopen("../../x", "r", {}, {}, tmp_path) is None
+    assert close_abandoned_run("../../x", tmp_path) is False
+    assert checked_run_id(GOOD_ID, "x") == GOOD_ID
+    with pytest.raises(UserError, match=r"models/mlflow_run.json gave the MLflow run id '\.\./x'"):
+        checked_run_id("../x", "models/mlflow_run.json")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("answer", [{"run_id": "../../../../x"}, {"artifact_uri": "file://{outside}"}])
+def test_the_train_stage_refuses_a_hostile_server_in_one_line_before_training(server, tmp_path, answer):
+    outside = tmp_path / "outside"
+    fake = server(**{k: v.format(outside=outside) for k, v in answer.items()})
+    project = small_project(tmp_path / "a" / "b" / "c" / "project")
+    p = train_stage(project, check=False, MLFLOW_TRACKING_URI=fake.uri)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.startswith("error: ") and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    assert not outside.exists() and not (tmp_path / "x.json").exists()
+    # no outbox file, no run file anywhere (ingest.json: the small project's own data)
+    assert sorted(f.name for f in tmp_path.rglob("*.json")) == ["ingest.json"]
+    assert not (project / ".mlflow-outbox").exists()
+    assert not (project / "models").exists() and "epoch" not in p.stdout  # refused before training
