@@ -81,8 +81,9 @@ def run_setting(name: str, params: Params, device: str, pictures: Path | None) -
                 "device": str(trainer.device)})
     if pictures is not None:
         pictures.mkdir(parents=True, exist_ok=True)
-        save_recon_grid(test["images"][:20], reconstruct(model, test["images"][:20]), pictures / f"{name}_recon_test.png")
-        coords = tsne_coords(x, min(30, len(frame) - 1), 0)
+        save_recon_grid(test["images"][:20], reconstruct(model, test["images"][:20]),
+                        path=pictures / f"{name}_recon_test.png")
+        coords = tsne_coords(x, "auto", 0)
         save_tsne_plot(coords, frame["label"], frame["split"], pictures / f"{name}_tsne.png", title=name,
                        axes=axes, axes_title=f"{name}: label axes, held-out accuracy {c['axes_test_accuracy']:.2f}")
     return out

@@ -53,11 +53,22 @@ def mu_matrix(frame: pd.DataFrame) -> np.ndarray:
     return frame[cols].to_numpy(dtype=np.float64)
 
 
-def tsne_coords(x: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
-    n = x.shape[0]
+AUTO_PERPLEXITY = 30  # tsne.perplexity auto: sklearn's default, or a third of the images on a smaller set
+
+
+def perplexity_for(perplexity: float | str, n: int) -> float:
+    """tsne.perplexity for ``n`` images: ``auto`` is 30, or (n - 1) / 3 below 91 images (at least 1), so that
+    each point has about three times that many neighbours; a number is checked against ``n``."""
+    if perplexity == "auto":
+        return float(min(AUTO_PERPLEXITY, max(1.0, round((n - 1) / 3, 1))))
     if perplexity >= n:
         raise UserError(f"tsne.perplexity = {perplexity} must be smaller than the number of images ({n}); "
-                        f"lower tsne.perplexity in params.yaml")
+                        f"lower tsne.perplexity in params.yaml, or set it to auto")
+    return perplexity
+
+
+def tsne_coords(x: np.ndarray, perplexity: float | str, seed: int) -> np.ndarray:
+    perplexity = perplexity_for(perplexity, x.shape[0])
     return TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca",
                 learning_rate="auto").fit_transform(x)
 

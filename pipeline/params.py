@@ -161,8 +161,10 @@ class Reconstruct:
 
 @dataclass(frozen=True)
 class Tsne:
-    perplexity: float = knob(30, "t-SNE perplexity (must be below the number of images)",
-                             (lambda v: _number(v) and v > 0, "a positive number smaller than the number of images"))
+    perplexity: float | str = knob("auto", "t-SNE perplexity: `auto` (30, or a third of the images on a smaller set) "
+                                           "or a number below the number of images",
+                                   (lambda v: v == "auto" or (_number(v) and v > 0),
+                                    "auto, or a positive number smaller than the number of images"))
     seed: int = knob(0, "t-SNE random state", SEED)
     knn_k: int = knob(5, "neighbours for `knn_accuracy` (test latents classified from train latents)", POSITIVE)
 

@@ -20,6 +20,7 @@ TRAIN_HISTORY = "metrics/train_history.csv"
 RECON_GRID = "reports/recon_{split}.png"  # reconstruct: .format(split='train' | 'test')
 RECON_METRICS = "metrics/recon.json"
 LATENTS = "data/latents/latents.csv"
+PCA_CODES = "data/latents/pca.csv"  # the PCA yardstick's coefficients, in the latents table's layout
 TSNE_PLOT = "reports/tsne.png"
 TSNE_COORDS = "reports/tsne_coords.csv"
 TSNE_METRICS = "metrics/tsne.json"

@@ -24,31 +24,33 @@ def _to_uint8(img: torch.Tensor) -> np.ndarray:
     return (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def recon_grid(original: torch.Tensor, recon: torch.Tensor, per_row: int = 10, pad: int = 2) -> np.ndarray:
-    """An H x W x 3 uint8 picture: each row of originals sits above the row of their reconstructions.
+def recon_grid(original: torch.Tensor, *recons: torch.Tensor, per_row: int = 10, pad: int = 2) -> np.ndarray:
+    """An H x W x 3 uint8 picture: each row of originals sits above the rows of their reconstructions, one row
+    per tensor of ``recons`` in the order given (the VAE's, then PCA's).
 
-    ``original`` and ``recon`` are N x 3 x S x S floats in [0, 1] (or uint8 for ``original``).
+    ``original`` and each of ``recons`` are N x 3 x S x S floats in [0, 1] (or uint8 for ``original``).
     """
     if original.dtype == torch.uint8:
         original = original.float() / 255.0
     n, _, s, _ = original.shape
     cols = min(per_row, n)
     rows = (n + cols - 1) // cols
+    band = 1 + len(recons)
     cell = s + pad
-    canvas = np.full((rows * 2 * cell + pad, cols * cell + pad, 3), 255, dtype=np.uint8)
+    canvas = np.full((rows * band * cell + pad, cols * cell + pad, 3), 255, dtype=np.uint8)
     for i in range(n):
         r, c = divmod(i, cols)
-        for k, img in enumerate((original[i], recon[i])):
-            y, x = pad + (2 * r + k) * cell, pad + c * cell
+        for k, img in enumerate((original[i], *(recon[i] for recon in recons))):
+            y, x = pad + (band * r + k) * cell, pad + c * cell
             canvas[y:y + s, x:x + s] = _to_uint8(img)
     return canvas
 
 
-def save_recon_grid(original, recon, path, per_row: int = 10) -> None:
+def save_recon_grid(original, *recons, path, per_row: int = 10) -> None:
     from PIL import Image
 
     with atomic_path(path) as tmp:
-        Image.fromarray(recon_grid(original, recon, per_row)).save(tmp, format="PNG")
+        Image.fromarray(recon_grid(original, *recons, per_row=per_row)).save(tmp, format="PNG")
 
 
 def _scatter_labels(ax, coords: np.ndarray, labels: np.ndarray, splits: np.ndarray, colours) -> None:

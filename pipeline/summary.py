@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .tracking.runs import RUN_FILE
 from .tracking.store import tracking_uri
+from .yardstick import versus
 
 
 def _load(path: Path) -> dict:
@@ -39,6 +40,13 @@ def summary(root: Path = Path(".")) -> str:
 
         lines.append(f"  latents    linear probe {num('probe_accuracy'):.3f}, kNN accuracy {num('knn_accuracy'):.2f}, "
                      f"silhouette {num('silhouette'):.3f}   reports/tsne.png, data/latents/latents.csv")
+    pca = recon.get("pca") or {}
+    if pca.get("test") and recon.get("test"):
+        line = (f"  VAE vs PCA test PSNR {versus(recon['test']['psnr'], pca['test']['psnr'], unit=' dB')}, "
+                f"SSIM {versus(recon['test']['ssim'], pca['test']['ssim'], 3)}")
+        if tsne.get("pca_probe_accuracy") is not None and tsne.get("probe_accuracy") is not None:
+            line += f", linear probe {versus(tsne['probe_accuracy'], tsne['pca_probe_accuracy'], 3)}"
+        lines.append(line + f"   (PCA: {pca.get('k')} eigenfaces of the training images)")
     explore = _load(root / "metrics/explore.json")
     if explore.get("expression_flip_rate") is not None:
         pair = " - ".join(explore.get("pair", []))

@@ -6,7 +6,9 @@ metrics/train_history.csv, with the model's MLflow run.
 
 1. ``training_process``: the device (under torchrun, this process's, in the process group); the tracking store
    must answer before any work.
-2. ``load_training_data``: the training images and the processed file's hash.
+2. ``load_training_data``: the training images and the processed file's hash; ``check_downstream``: what the
+   stages after training would refuse (t-SNE perplexity, the explore pair, labels) is refused now, before
+   minutes of training.
 3. ``decide_resume``: continue the checkpoint only when it is of the same trajectory, code and data, and is
    unfinished (a crash, a stop) or ``train.resume`` extends it; a stopped run that is not continued is closed.
 4. ``open_model_run``: a new MLflow run, or the continued run reopened.
@@ -53,7 +55,7 @@ def train_stage(params: Params) -> None:
     with training_process(cfg.device) as device, out_of_memory_as_user_error(device, cfg.batch_size, cfg.image_size):
         root = project_root()
         check_reachable(tracking_uri(root))  # refuse in seconds, before training, if the server is down
-        data = load_training_data()
+        data = load_training_data(params)
         trainer = Trainer(data.images, cfg, device)
         resume = decide_resume(trainer, params, data.digest, root)
         if trainer.rank != 0:  # only rank 0 writes outputs and talks to MLflow
@@ -67,14 +69,38 @@ def train_stage(params: Params) -> None:
         log_outputs(trainer, run, params, data, seconds, metrics["images_per_second"])
 
 
-def load_training_data() -> TrainingData:
+def load_training_data(params: Params) -> TrainingData:
     from .preprocess import load_dataset, subset
     from .tracking.provenance import file_sha256
 
     everything = load_dataset(DATASET)
+    check_downstream(params, everything)
     train = subset(everything, "train")
     return TrainingData(train["images"], train["labels"], train["ids"], subset(everything, "test"),
                         file_sha256(DATASET))
+
+
+def check_downstream(params: Params, ds: dict) -> None:
+    """The checks of tsne and explore that depend only on params and the dataset, run before training."""
+    from .embed import perplexity_for
+    from .errors import UserError
+    from .explore import choose_pair
+
+    n, classes = len(ds["ids"]), list(ds["classes"])
+    perplexity_for(params.tsne.perplexity, n)
+    train_labels = ds["labels"][~ds["is_test"]]
+    present = [c for i, c in enumerate(classes) if int((train_labels == i).sum()) > 0]
+    if len(present) < 2:
+        raise UserError(f"the training images hold {len(present)} label(s) ({', '.join(present) or 'none'}); comparing "
+                        f"expressions needs two: add photos of a second label (data.source) or check data.labels")
+    if len(train_labels) < 3:
+        raise UserError(f"{len(train_labels)} training images: the label axes and the probe need at least 3; add photos "
+                        f"or lower split.test_per_class")
+    pair = choose_pair(classes, list(params.explore.pair))
+    missing = [c for c in pair if c not in present]
+    if missing:
+        raise UserError(f"explore.pair: no training image is labelled '{missing[0]}'; name two labels of {present} or "
+                        f"use [] for the first two")
 
 
 def decide_resume(trainer, params: Params, digest: str, root) -> bool:

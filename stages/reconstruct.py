@@ -1,6 +1,7 @@
 """DVC stage reconstruct: models/ + data/processed -> reports/recon_train.png, reports/recon_test.png
-(originals in a row above their reconstructions) and metrics/recon.json (MSE, PSNR, SSIM per split; on the model's
-MLflow run they are test_psnr, train_ssim ...)."""
+(originals in a row above the VAE's reconstructions, PCA's below them) and metrics/recon.json (MSE, PSNR, SSIM per
+split, and the same for PCA with k = latent_dim fitted on the training images in its `pca` section; on the model's
+MLflow run they are test_psnr, train_ssim, pca_test_psnr ...)."""
 
 import _path  # noqa: F401
 
@@ -17,6 +18,7 @@ from pipeline.plots import save_recon_grid
 from pipeline.preprocess import load_dataset, subset
 from pipeline.runtime import resolve_device
 from pipeline.tracking.runs import log_stage
+from pipeline.yardstick import fit_eigenfaces, versus
 
 
 def grid_indices(ds, per_class):
@@ -30,21 +32,28 @@ def grid_indices(ds, per_class):
 def run(params):
     model = load_model(MODELS, resolve_device("auto"))
     ds_all = load_dataset(DATASET)
-    metrics, files = {}, []
+    eigen = fit_eigenfaces(ds_all, model.latent_dim)
+    metrics, pca, files = {}, {"k": eigen.k}, []
     for split in ("train", "test"):
         ds = subset(ds_all, split)
-        recon = reconstruct(model, ds["images"])
-        metrics[split] = image_metrics(ds["images"].float() / 255.0, recon)
+        original = ds["images"].float() / 255.0
+        recon, pca_recon = reconstruct(model, ds["images"]), eigen.reconstruct(ds["images"])
+        metrics[split], pca[split] = image_metrics(original, recon), image_metrics(original, pca_recon)
         idx = grid_indices(ds, params.reconstruct.per_class)
         path = RECON_GRID.format(split=split)
-        save_recon_grid(ds["images"][idx], recon[idx], path, per_row=10)
+        save_recon_grid(ds["images"][idx], recon[idx], pca_recon[idx], path=path, per_row=10)
         files.append(path)
-    write_json(RECON_METRICS, metrics)
-    flat = {f"{s}_{k}": v for s, m in metrics.items() for k, v in m.items() if k != "n"}
-    log_stage(MODELS, "reconstruct", params.flat("reconstruct"), flat,
+    write_json(RECON_METRICS, {**metrics, "pca": pca})
+    flat = {f"{who}{s}_{k}": v for who, part in (("", metrics), ("pca_", pca)) for s, m in part.items()
+            if isinstance(m, dict) for k, v in m.items() if k != "n"}
+    log_stage(MODELS, "reconstruct", params.flat("reconstruct"), {**flat, "pca_k": eigen.k},
               files + [RECON_METRICS], images={f"reconstruct/{Path(f).stem}": f for f in files})
     print("reconstruct: " + "; ".join(f"{s} PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}, MSE {m['mse']:.5f} "
                                       f"({m['n']} images)" for s, m in metrics.items()))
+    print(f"reconstruct: VAE vs PCA (k = {eigen.k}, fitted on the training images): test PSNR "
+          f"{versus(metrics['test']['psnr'], pca['test']['psnr'], unit=' dB')}, test SSIM "
+          f"{versus(metrics['test']['ssim'], pca['test']['ssim'], 3)}; train PSNR "
+          f"{versus(metrics['train']['psnr'], pca['train']['psnr'], unit=' dB')}")
 
 
 if __name__ == "__main__":

@@ -99,6 +99,17 @@ def test_recon_grid_puts_originals_above_reconstructions():
     assert (grid[19:27, 1:9] == 0).all()      # third original starts the second pair
 
 
+def test_recon_grid_stacks_one_row_per_reconstruction_under_the_originals():
+    orig = torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
+    vae, pca = torch.ones(3, 3, 8, 8), torch.full((3, 3, 8, 8), 0.5)
+    grid = recon_grid(orig, vae, pca, per_row=2, pad=1)
+    assert grid.shape == (2 * 3 * 9 + 1, 2 * 9 + 1, 3)  # 2 bands of 3 rows
+    assert (grid[1:9, 10:18] == 0).all() and (grid[10:18, 10:18] == 255).all()
+    assert (grid[19:27, 1:9] == 128).all()    # PCA's row under the VAE's (0.5 rounds to 128)
+    assert (grid[28:36, 1:9] == 0).all()      # the third original starts the second band
+    assert (grid[28:36, 10:18] == 255).all()  # no fourth image: white
+
+
 def test_atomic_write_leaves_nothing_on_failure_and_normal_permissions(tmp_path):
     import os
     import stat
@@ -336,3 +347,18 @@ def test_reconstructions_in_batches_are_the_models_of_the_whole_batch():
     assert got.dtype == torch.float32 and got.device.type == "cpu"
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert reconstruct(model, images[:0]).numel() == 0
+
+
+@pytest.mark.parametrize("n,want", [(400, 30.0), (91, 30.0), (90, 29.7), (32, 10.3), (12, 3.7), (4, 1.0), (2, 1.0)])
+def test_auto_perplexity_follows_the_number_of_images(n, want):
+    from pipeline.embed import perplexity_for
+
+    assert perplexity_for("auto", n) == want and perplexity_for("auto", n) < n
+    assert perplexity_for(5, n + 5) == 5
+
+
+def test_auto_perplexity_maps_a_small_set():
+    from pipeline.embed import mu_matrix
+
+    x = mu_matrix(_frame(1.0))
+    assert tsne_coords(x[:9], "auto", 0).shape == (9, 2)

@@ -186,3 +186,19 @@ def test_ctrl_c_in_a_stage_is_one_line_and_exit_130(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     name = os.path.splitext(os.path.basename(sys.argv[0]))[0]
     assert err == [f"{name}: interrupted; nothing half-written was kept. Rerun `dvc repro` to start over."]
+
+
+def test_summary_puts_the_vae_beside_pca_in_one_line(tmp_path):
+    from pipeline.summary import summary
+
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/vae.pt").write_bytes(b"weights")
+    (tmp_path / "metrics/train.json").write_text('{"epochs": 2, "loss": 1.0, "recon": 1.0, "kl": 0.0}')
+    (tmp_path / "metrics/recon.json").write_text(
+        '{"train": {"psnr": 27.0, "ssim": 0.8}, "test": {"psnr": 20.23, "ssim": 0.61},'
+        ' "pca": {"k": 32, "train": {"psnr": 24.0, "ssim": 0.7}, "test": {"psnr": 21.24, "ssim": 0.655}}}')
+    (tmp_path / "metrics/tsne.json").write_text('{"probe_accuracy": 0.78, "pca_probe_accuracy": 0.74}')
+    lines = [x for x in summary(tmp_path).splitlines() if "VAE vs PCA" in x]
+    assert lines == ["  VAE vs PCA test PSNR 20.23 vs 21.24 dB (-1.01), SSIM 0.610 vs 0.655 (-0.045), linear probe "
+                     "0.780 vs 0.740 (+0.040)   (PCA: 32 eigenfaces of the training images)"]

@@ -215,3 +215,18 @@ def test_downstream_stages_write_their_outputs_and_warn_when_mlflow_is_down(tmp_
                                f"MLFLOW_TRACKING_URI (unset it to log to the local mlflow.db))"], out.stderr
     for f in ("reports/tsne.png", "metrics/tsne.json", "reports/recon_test.png", "metrics/recon.json"):
         assert (proj / f).stat().st_size > 0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("params,says", [
+    ({"tsne": {"perplexity": 50}}, "tsne.perplexity = 50 must be smaller than the number of images (12)"),
+    ({"explore": {"pair": ["happy", "sad"]}}, "explore.pair = ['happy', 'sad'] must name two different labels"),
+])
+def test_what_a_later_stage_would_refuse_is_refused_before_training(tmp_path, params, says):
+    from helpers import set_params
+
+    project = small_project(tmp_path / "p")
+    set_params(project, params)
+    p = train_stage(project, check=False)
+    assert p.returncode == 2 and p.stderr.strip() == f"error: {p.stderr.strip()[7:]}" and says in p.stderr
+    assert "epoch" not in p.stdout + p.stderr and not (project / "models").exists()

@@ -1,0 +1,82 @@
+"""The yardstick every run is measured against: PCA ("eigenfaces", Turk & Pentland 1991) with as many
+components as the VAE has latent dimensions, fitted on the same training images. Its reconstructions are
+scored like the VAE's (:func:`pipeline.evaluate.image_metrics`) and its coefficients are probed like the
+latent means (:func:`pipeline.embed.cluster_metrics`): a VAE that does no better has not earned its training."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# PCA is fitted on at most this many training images (a seeded random draw): 20,000 faces of 128 x 128 are
+# 3.9 GB of float32, more than the fit needs to find 20-64 components
+MAX_FIT_IMAGES = 20_000
+
+
+def components(latent_dim: int, n_train: int) -> int:
+    """k = latent_dim, capped by the number of training images (PCA finds at most that many)."""
+    return max(1, min(latent_dim, n_train))
+
+
+class Eigenfaces:
+    """PCA of uint8 images N x C x S x S seen as vectors in [0, 1]: :meth:`fit`, then :meth:`codes` (N x k)
+    and :meth:`reconstruct` (N x C x S x S floats in [0, 1], clipped)."""
+
+    def __init__(self, k: int, seed: int = 0):
+        self.k, self.seed = k, seed
+        self.mean = self.basis = None  # D, k x D (orthonormal rows)
+
+    @staticmethod
+    def _flat(images: torch.Tensor) -> np.ndarray:
+        return images.reshape(len(images), -1).numpy().astype(np.float32) / 255.0
+
+    def fit(self, images: torch.Tensor) -> "Eigenfaces":
+        from sklearn.decomposition import PCA
+
+        n = len(images)
+        if n > MAX_FIT_IMAGES:
+            keep = np.sort(np.random.default_rng(self.seed).choice(n, MAX_FIT_IMAGES, replace=False))
+            images = images[torch.from_numpy(keep)]
+        x = self._flat(images)
+        k = min(self.k, len(x))
+        # the exact SVD for small sets (deterministic, and exact where k reaches the number of images);
+        # randomized SVD (seeded) for large ones, as sklearn's 'auto' would choose
+        solver = "full" if len(x) <= 1000 else "randomized"
+        pca = PCA(n_components=k, svd_solver=solver, random_state=self.seed).fit(x)
+        self.k, self.mean, self.basis = k, pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
+        return self
+
+    def codes(self, images: torch.Tensor, batch: int = 1024) -> np.ndarray:
+        return np.concatenate([(self._flat(images[i:i + batch]) - self.mean) @ self.basis.T
+                               for i in range(0, len(images), batch)] or [np.zeros((0, self.k), np.float32)])
+
+    def reconstruct(self, images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+        out = []
+        for i in range(0, len(images), batch):
+            part = images[i:i + batch]
+            flat = (self._flat(part) - self.mean) @ self.basis.T @ self.basis + self.mean
+            out.append(torch.from_numpy(np.clip(flat, 0.0, 1.0)).reshape(part.shape))
+        return torch.cat(out) if out else torch.empty(0)
+
+
+def fit_eigenfaces(ds: dict, latent_dim: int, seed: int = 0) -> Eigenfaces:
+    """PCA with k = :func:`components` fitted on ``ds``'s training images (a dataset dict of
+    :func:`pipeline.preprocess.load_dataset`)."""
+    train = ds["images"][~ds["is_test"]]
+    return Eigenfaces(components(latent_dim, len(train)), seed).fit(train)
+
+
+def codes_frame(eigen: Eigenfaces, ds: dict):
+    """The PCA coefficients of every image in the latents table's layout (id, label, split, mu_0..mu_{k-1}), so
+    the t-SNE stage's probe and kNN read them as they read the latent means."""
+    import pandas as pd
+
+    codes = eigen.codes(ds["images"])
+    frame = pd.DataFrame({"id": ds["ids"], "label": [ds["classes"][i] for i in ds["labels"].tolist()],
+                          "split": np.where(ds["is_test"].numpy(), "test", "train")})
+    return pd.concat([frame, pd.DataFrame(codes, columns=[f"mu_{j}" for j in range(codes.shape[1])])], axis=1)
+
+
+def versus(vae: float, pca: float, digits: int = 2, unit: str = "") -> str:
+    """'25.92 vs 24.45 dB (+1.47)': the VAE's figure, PCA's, and the difference, for one-line comparisons."""
+    return f"{vae:.{digits}f} vs {pca:.{digits}f}{unit} ({vae - pca:+.{digits}f})"

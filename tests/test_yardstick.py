@@ -1,0 +1,65 @@
+"""The PCA yardstick against an independent computation: numpy's SVD of the centred training images."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.evaluate import image_metrics
+from pipeline.yardstick import Eigenfaces, codes_frame, components, fit_eigenfaces, versus
+
+
+def _images(n, seed=0, size=16):
+    """Faces of a few smooth patterns plus noise: a low-rank set PCA can learn, in uint8."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(3, 3, size, size, generator=g)
+    w = torch.rand(n, 3, generator=g)
+    x = torch.einsum("nk,kchw->nchw", w, base) / 3 + 0.05 * torch.rand(n, 3, size, size, generator=g)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _oracle(train, images, k):
+    a = train.reshape(len(train), -1).double().numpy() / 255
+    mean = a.mean(axis=0)
+    _, _, vt = np.linalg.svd(a - mean, full_matrices=False)
+    b = images.reshape(len(images), -1).double().numpy() / 255
+    codes = (b - mean) @ vt[:k].T
+    return codes, np.clip(codes @ vt[:k] + mean, 0, 1).reshape(images.shape)
+
+
+def test_reconstructions_and_codes_match_numpy_svd():
+    train, test = _images(30), _images(10, seed=1)
+    eigen = Eigenfaces(4).fit(train)
+    codes, recon = _oracle(train, test, 4)
+    assert eigen.reconstruct(test).numpy() == pytest.approx(recon, abs=1e-4)
+    got = eigen.codes(test)
+    signs = np.sign((got * codes).sum(axis=0))  # each component is defined up to its sign
+    assert got * signs == pytest.approx(codes, abs=1e-4)
+    m = image_metrics(test.float() / 255, eigen.reconstruct(test))
+    mse = ((test.double().numpy() / 255 - recon) ** 2).reshape(10, -1).mean(axis=1)
+    assert m["psnr"] == pytest.approx(float(np.mean(10 * np.log10(1 / mse))), abs=1e-3)
+
+
+def test_more_components_reconstruct_better_and_k_is_capped_by_the_training_images():
+    train, test = _images(12), _images(6, seed=2)
+    psnr = [image_metrics(test.float() / 255, Eigenfaces(k).fit(train).reconstruct(test))["psnr"] for k in (1, 3, 8)]
+    assert psnr[0] < psnr[1] < psnr[2]
+    assert components(32, 12) == 12 and components(20, 400) == 20 and components(8, 0) == 1
+    assert Eigenfaces(50).fit(train).k == 12
+    full = Eigenfaces(12).fit(train)  # as many components as images: the training images come back
+    assert image_metrics(train.float() / 255, full.reconstruct(train))["psnr"] > 50
+
+
+def test_fitted_on_training_images_only():
+    images = torch.cat([_images(20), torch.full((4, 3, 16, 16), 255, dtype=torch.uint8)])
+    ds = {"images": images, "is_test": torch.tensor([False] * 20 + [True] * 4), "labels": torch.zeros(24, dtype=torch.long),
+          "ids": [f"i{j}" for j in range(24)], "classes": ["a"]}
+    eigen = fit_eigenfaces(ds, 3)
+    assert eigen.mean == pytest.approx(images[:20].reshape(20, -1).float().mean(0).numpy() / 255, abs=1e-5)
+    frame = codes_frame(eigen, ds)
+    assert list(frame.columns) == ["id", "label", "split", "mu_0", "mu_1", "mu_2"]
+    assert frame["split"].tolist() == ["train"] * 20 + ["test"] * 4 and frame["id"].tolist() == ds["ids"]
+
+
+def test_versus_states_both_and_the_difference():
+    assert versus(25.923, 24.451, unit=" dB") == "25.92 vs 24.45 dB (+1.47)"
+    assert versus(0.78, 0.81, 3) == "0.780 vs 0.810 (-0.030)"
