@@ -15,8 +15,10 @@ Settings (each from params.yaml, then its own changes, then --set):
 Each setting goes through the pipeline's own code: ingest of the synthetic source, preprocess, the Trainer,
 reconstruction metrics, latent means, kNN / linear probe / silhouette. Prints one JSON line per setting:
 {"setting", "images_train", "images_test", "epochs", "train_psnr", "train_ssim", "test_psnr", "test_ssim",
-"probe_accuracy", "probe_std", "knn_accuracy", "axes_test_accuracy", "silhouette", "seconds", "device"}. With --pictures, writes
-each setting's test reconstruction grid and t-SNE map there, to look at.
+"probe_accuracy", "probe_std", "knn_accuracy", "axes_test_accuracy", "silhouette", "seconds", "device"}, and the PCA
+yardstick's figures on the same split (k = latent_dim eigenfaces of the training images, pipeline.yardstick):
+"pca_k", "pca_train_psnr", "pca_test_psnr", "pca_test_ssim", "pca_probe_accuracy", "pca_knn_accuracy". With
+--pictures, writes each setting's test reconstruction grid (original / VAE / PCA rows) and t-SNE map there.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from pipeline.faces import CropSpec  # noqa: E402
 from pipeline.preprocess import build_dataset, subset  # noqa: E402
 from pipeline.runtime import keep_freed_memory, resolve_device  # noqa: E402
 from pipeline.train import TrainConfig, Trainer  # noqa: E402
+from pipeline.yardstick import codes_frame, fit_eigenfaces  # noqa: E402
 
 SETTINGS = {
     "default": {},
@@ -71,6 +74,13 @@ def run_setting(name: str, params: Params, device: str, pictures: Path | None) -
     for split, part in (("train", train), ("test", test)):
         m = image_metrics(part["images"].float() / 255, reconstruct(model, part["images"]))
         out[f"{split}_psnr"], out[f"{split}_ssim"] = round(m["psnr"], 2), round(m["ssim"], 4)
+    eigen = fit_eigenfaces(ds, cfg.latent_dim)
+    out["pca_k"] = eigen.k
+    for split, part in (("train", train), ("test", test)):
+        m = image_metrics(part["images"].float() / 255, eigen.reconstruct(part["images"]))
+        out[f"pca_{split}_psnr"], out[f"pca_{split}_ssim"] = round(m["psnr"], 2), round(m["ssim"], 4)
+    pca = cluster_metrics(codes_frame(eigen, ds), params.tsne.knn_k)
+    out.update({f"pca_{k}": round(pca[k], 3) for k in ("probe_accuracy", "knn_accuracy")})
     frame = latents_frame(model, ds)
     c = cluster_metrics(frame, params.tsne.knn_k)
     x, is_test = mu_matrix(frame), (frame["split"] == "test").to_numpy()
@@ -82,7 +92,7 @@ def run_setting(name: str, params: Params, device: str, pictures: Path | None) -
     if pictures is not None:
         pictures.mkdir(parents=True, exist_ok=True)
         save_recon_grid(test["images"][:20], reconstruct(model, test["images"][:20]),
-                        path=pictures / f"{name}_recon_test.png")
+                        eigen.reconstruct(test["images"][:20]), path=pictures / f"{name}_recon_test.png")
         coords = tsne_coords(x, "auto", 0)
         save_tsne_plot(coords, frame["label"], frame["split"], pictures / f"{name}_tsne.png", title=name,
                        axes=axes, axes_title=f"{name}: label axes, held-out accuracy {c['axes_test_accuracy']:.2f}")
