@@ -8,6 +8,7 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 HOST ?= 127.0.0.1
 PORT ?= 5000
+INSECURE ?=
 
 .PHONY: run test test-fast mutation ui install lock summary clean-venv mlflow-server remote push pull sweep exps compare
 
@@ -54,6 +55,7 @@ mutation: $(VENV)/.installed  ## mutmut: how many code changes the unit tests ca
 
 # One web worker and no background job runner (MLflow's GenAI jobs): ~0.5 GB instead of ~2.3 GB.
 ui: $(VENV)/.installed  ## serve the MLflow UI on this project's store; prints the experiment's address
+	@$(BIN)/python -m pipeline.tracking serve-check --target "make ui" --host "$(HOST)" --insecure "$(INSECURE)"
 	@MLFLOW_TRACKING_URI= $(BIN)/python -m pipeline.tracking url --host $(HOST) --port $(PORT)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--host $(HOST) --port $(PORT) --workers 1
@@ -64,15 +66,15 @@ clean-venv:
 # --- team workflow -----------------------------------------------------------------------------------
 # A shared MLflow server: SQL backend store + artifact store under MLFLOW_STORE, on HOST:PORT
 # (127.0.0.1 by default). For teammates: HOST=0.0.0.0 ALLOWED_HOSTS=<the name or IP:port they use>
-# (MLflow 3 refuses other Host headers) and AUTH=basic-auth (MLflow's login app, `pip install 'mlflow[auth]'`).
+# (MLflow 3 refuses other Host headers) and AUTH=basic-auth (MLflow's login app, `pip install 'mlflow[auth]'`);
+# a host other than loopback without AUTH is refused unless INSECURE=1 (make ui alike).
 # Point the pipeline at it with  export MLFLOW_TRACKING_URI=http://<server>:5000
 MLFLOW_STORE ?= $(CURDIR)/mlflow-server
 ALLOWED_HOSTS ?=
 AUTH ?=
 mlflow-server: $(VENV)/.installed  ## serve a shared MLflow tracking server
+	@$(BIN)/python -m pipeline.tracking serve-check --host "$(HOST)" --auth "$(AUTH)" --insecure "$(INSECURE)"
 	@mkdir -p $(MLFLOW_STORE)
-	@if [ "$(HOST)" != "127.0.0.1" ] && [ "$(HOST)" != "localhost" ] && [ -z "$(AUTH)" ]; then \
-		echo "warning: serving on $(HOST) without authentication: anyone who reaches port $(PORT) can read and delete runs; add AUTH=basic-auth (README: A shared MLflow server)" >&2; fi
 	mlflow server --backend-store-uri sqlite:///$(MLFLOW_STORE)/mlflow.db \
 		--artifacts-destination $(MLFLOW_STORE)/artifacts --host $(HOST) --port $(PORT) \
 		$(if $(ALLOWED_HOSTS),--allowed-hosts $(ALLOWED_HOSTS)) $(if $(AUTH),--app-name $(AUTH))

@@ -188,7 +188,8 @@ class Explore:
 
 @dataclass(frozen=True)
 class Mlflow:
-    experiment: str = knob("facevae", "MLflow experiment name", (_str, "an experiment name"))
+    experiment: str = knob("facevae", "MLflow experiment name", (lambda v: _str(v) and len(v) <= 500,
+                                                               "an experiment name of at most 500 characters"))
     model_name: str = knob("facevae", "registered model: every training adds a version; `make compare` moves its "
                                       "`champion` alias", (_str, "a registered model name, e.g. facevae"))
 

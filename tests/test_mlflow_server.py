@@ -120,3 +120,27 @@ def test_a_server_that_refuses_this_host_is_caught_before_training(tmp_path):
         check_reachable(ok.uri)  # the default (localhost) is let in
     finally:
         ok.stop()
+
+
+@pytest.mark.parametrize("host,auth,insecure,refused", [
+    ("127.0.0.1", "", "", False), ("localhost", "", "", False), ("0.0.0.0", "", "", True),
+    ("192.168.1.5", "", "", True), ("0.0.0.0", "basic-auth", "", False), ("0.0.0.0", "", "1", False),
+])
+def test_serving_to_the_network_needs_a_login_or_insecure(root, host, auth, insecure, refused):
+    p = run([str(BIN / "python"), "-m", "pipeline.tracking", "serve-check", "--target", "make ui", "--host", host,
+             "--auth", auth, "--insecure", insecure], root, check=False)
+    assert p.returncode == (2 if refused else 0)
+    if refused:
+        assert p.stderr.startswith(f"error: make ui HOST={host} would serve every run to the network without a "
+                                   f"login") and "INSECURE=1" in p.stderr and p.stderr.count("\n") == 1
+    assert ("warning: serving on" in p.stderr) == (insecure == "1")
+
+
+@pytest.mark.parametrize("target", ["ui", "mlflow-server"])
+def test_make_checks_the_host_before_it_serves(root, target):
+    """`make -n` prints the recipe: the check runs first, and make stops at its non-zero exit."""
+    lines = run(["make", "-n", target, "HOST=0.0.0.0"], root).stdout.splitlines()
+    serve = next(i for i, line in enumerate(lines) if line.startswith("MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui")
+                 or line.startswith("mlflow server"))
+    check = next(i for i, line in enumerate(lines) if "pipeline.tracking serve-check" in line)
+    assert check < serve and '--host "0.0.0.0"' in lines[check]

@@ -128,3 +128,12 @@ def test_the_paths_the_stages_use_are_the_ones_dvc_yaml_declares():
         assert path in declared or any(path.startswith(d + "/") for d in declared), path
     for out in outputs:
         assert any(out == f or out.startswith(f + "/") for f in paths.OUTPUT_FOLDERS), out
+
+
+def test_an_experiment_name_mlflow_would_refuse_is_one_line():
+    from pipeline.params import Mlflow, check_value
+
+    assert check_value("mlflow.experiment", "x" * 500) == "x" * 500
+    with pytest.raises(UserError, match="mlflow.experiment.*at most 500 characters"):
+        check_value("mlflow.experiment", "x" * 501)
+    assert Mlflow().experiment == "facevae"
