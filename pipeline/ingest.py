@@ -90,16 +90,33 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+FLAT_STDDEV = 1.0  # grey levels: a photo decoding to less spread than this is one flat colour (a corrupt stream)
+
+
 def inspect_image(data: bytes, min_size: int = 1) -> tuple[int, int]:
-    """Decode fully and return (width, height) as stored, or raise Rejected with the reason."""
+    """Decode fully, as preprocess will (upright from EXIF, as RGB: :func:`pipeline.images.upright_rgb`), and
+    return (width, height) as stored, or raise Rejected with the reason: not an image, truncated, a bomb,
+    EXIF that cannot be read, or a picture of one flat colour (a corrupt JPEG whose decoder filled it grey)."""
+    from PIL import ImageStat
+
+    from .images import upright_rgb
+
     if not data:
         raise Rejected("empty file")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's warnings about odd EXIF: the checks below decide
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 size = im.size
                 im.load()
+                try:
+                    rgb = upright_rgb(im)
+                except Exception as e:  # fuzzed EXIF: TypeError, struct.error, KeyError ... from Pillow
+                    raise Rejected(f"unreadable EXIF orientation ({type(e).__name__}); re-save the photo "
+                                   f"without its metadata") from None
+    except Rejected:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise Rejected(f"decompression bomb (Pillow refuses images over {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
     except UnidentifiedImageError:
@@ -108,6 +125,10 @@ def inspect_image(data: bytes, min_size: int = 1) -> tuple[int, int]:
         raise Rejected(f"truncated or corrupt image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if min(size) < min_size:
         raise Rejected(f"too small ({size[0]}x{size[1]} < preprocess.min_size {min_size})")
+    small = rgb.copy()
+    small.thumbnail((256, 256))
+    if max(ImageStat.Stat(small).stddev) < FLAT_STDDEV:
+        raise Rejected("one flat colour (a corrupt image whose decoding filled it in, or a blank picture)")
     return size
 
 

@@ -15,30 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .errors import UserError
+from .images import to_rgb, upright_rgb  # noqa: F401  (to_rgb: part of this module's interface)
 from .faces import CropSpec, NoFace, choose_crop
 from .ingest import read_manifest
 from .io import save_torch
 from .parallel import ordered_map
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode (L, LA, P, RGBA, CMYK, I;16, ...) to RGB; transparency is composited on white."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 def decode_one(source: str | Path | bytes, size: int = 128, crop: CropSpec = CropSpec()) -> tuple[np.ndarray, dict]:
@@ -56,7 +40,7 @@ def decode_one(source: str | Path | bytes, size: int = 128, crop: CropSpec = Cro
             img.draft("RGB", (draft, draft))
         scale = 2 ** round(math.log2(full[0] / img.size[0]))  # draft shrinks by 1, 2, 4 or 8
         turned = img.size
-        img = to_rgb(ImageOps.exif_transpose(img))
+        img = upright_rgb(img)
         if img.size != turned:  # a quarter turn: the full-size picture is turned too
             full = full[::-1]
         how, box = choose_crop(img, crop)

@@ -77,13 +77,21 @@ def test_decompression_bomb_is_reported_as_such(monkeypatch):
         inspect_image(data)
 
 
+def _marked(img):
+    """``img`` with a dark square in a corner: a picture, not one flat colour (which ingest refuses)."""
+    from PIL import ImageDraw
+
+    ImageDraw.Draw(img).rectangle((0, 0, 20, 20), fill=(0,) * len(img.getbands()) if len(img.getbands()) > 1 else 0)
+    return img
+
+
 @pytest.mark.parametrize("make", [
-    lambda: Image.new("CMYK", (64, 64), (0, 255, 255, 0)),
-    lambda: Image.fromarray(np.full((64, 64), 40000, np.uint16)),
-    lambda: Image.new("RGB", (64, 64), (200, 10, 10)).convert("P", palette=Image.Palette.ADAPTIVE),
-    lambda: Image.new("RGBA", (64, 64), (10, 200, 10, 128)),
-    lambda: Image.new("LA", (64, 64), (90, 255)),
-    lambda: Image.new("L", (64, 64), 90),
+    lambda: _marked(Image.new("CMYK", (64, 64), (0, 255, 255, 0))),
+    lambda: Image.fromarray(np.tile(np.linspace(0, 40000, 64, dtype=np.uint16), (64, 1))),
+    lambda: _marked(Image.new("RGB", (64, 64), (200, 10, 10))).convert("P", palette=Image.Palette.ADAPTIVE),
+    lambda: _marked(Image.new("RGBA", (64, 64), (10, 200, 10, 128))),
+    lambda: _marked(Image.new("LA", (64, 64), (90, 255))),
+    lambda: _marked(Image.new("L", (64, 64), 90)),
 ], ids=["cmyk", "16-bit", "palette", "rgba", "la", "grayscale"])
 def test_unusual_modes_are_accepted_and_converted(make, tmp_path):
     img = make()
@@ -159,3 +167,43 @@ def test_every_image_of_a_label_refused_says_which_and_why(source, tmp_path):
     with pytest.raises(UserError, match=r"every image of 'angry' in .* was refused \(3 too small\), leaving only "
                                         r"'happy'; the pipeline compares at least two labels"):
         ingest(str(source), tmp_path / "raw", min_size=32)
+
+
+def test_a_corrupt_jpeg_that_decodes_to_flat_grey_is_refused():
+    """A JPEG whose header promises a large picture and whose data is cut or garbage: libjpeg fills the
+    rest with grey and Pillow raises nothing. Ingest sees one flat colour and refuses it."""
+    buf = io.BytesIO()
+    noise(3, (600, 600)).save(buf, format="JPEG", quality=90)
+    good = buf.getvalue()
+    assert inspect_image(good, 32) == (600, 600)
+    start = good.index(b"\xff\xda")  # start of scan: keep the headers, replace the picture's data
+    with pytest.raises(Rejected, match="one flat colour"):
+        inspect_image(good[:start + 20] + b"\x00" * 200 + b"\xff\xd9", 32)
+    big = bytearray(good)  # the header says 4000 x 4000; 3 KB of data follow: a 3.6 KB "photo"
+    sof = big.index(b"\xff\xc0")
+    big[sof + 5:sof + 9] = (4000).to_bytes(2, "big") * 2
+    with pytest.raises(Rejected, match="one flat colour"):
+        inspect_image(bytes(big[:start + 3000]) + b"\xff\xd9", 32)
+    with pytest.raises(Rejected, match="one flat colour"):
+        inspect_image(png(Image.new("RGB", (64, 64), (128, 128, 128))), 32)
+
+
+@pytest.mark.parametrize("orientation", [b"\x00\x00", b"\xff\xff", b"\x00\x09"])
+def test_odd_exif_is_decoded_as_preprocess_will_or_refused(orientation):
+    """EXIF orientation values outside 1-8, or a damaged EXIF block: what ingest accepts, preprocess reads."""
+    img = noise(4, (64, 48))
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    raw = bytearray(exif.tobytes())
+    little = raw.find(b"II") in (0, 6)
+    i = raw.index(b"\x12\x01" if little else b"\x01\x12")  # the orientation tag's entry: its value 8 bytes on
+    raw[i + 8:i + 10] = orientation if not little else orientation[::-1]
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=bytes(raw))
+    data = buf.getvalue()
+    try:
+        inspect_image(data, 32)
+    except Rejected as e:
+        assert "EXIF" in str(e) or "corrupt" in str(e)
+    else:
+        assert load_image(data, 32).shape == (32, 32, 3)

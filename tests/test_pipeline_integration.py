@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import TINY, clone, copy_repo, dvc, git_init, ran_stages, run, set_params, stale, store
+from helpers import TINY, clone, copy_repo, dvc, git_init, noise, ran_stages, run, set_params, stale, store
 
 STAGES = ["ingest", "preprocess", "train", "reconstruct", "latents", "tsne", "explore"]
 pytestmark = pytest.mark.integration
@@ -313,16 +313,16 @@ def test_a_changed_photo_folder_is_read_again_by_a_plain_repro(tmp_path):
     """No `dvc repro -f -s ingest`: ingest runs on every repro; the stages after it rerun only when data/raw
     changed."""
     photos = tmp_path / "photos"
-    for label, colour in (("happy", (250, 200, 0)), ("angry", (200, 0, 0))):
+    for j, label in enumerate(("happy", "angry")):
         for i in range(3):
             (photos / label).mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", (80 + 8 * i, 80), colour).save(photos / label / f"{i}.png")
+            noise(10 * j + i, (80 + 8 * i, 80)).save(photos / label / f"{i}.png")
     proj = copy_repo(tmp_path / "repo")
     set_params(proj, {**TINY, "data": {"source": str(photos)}, "split": {"test_per_class": 1}})
     git_init(proj)
     assert ran_stages(dvc(proj, "repro", "preprocess").stdout) == ["ingest", "preprocess"]
     assert ran_stages(dvc(proj, "repro", "preprocess").stdout) == ["ingest"]  # same bytes: nothing else
-    Image.new("RGB", (90, 90), (250, 220, 0)).save(photos / "happy" / "new.png")
+    noise(99, (90, 90)).save(photos / "happy" / "new.png")
     assert ran_stages(dvc(proj, "repro", "preprocess").stdout) == ["ingest", "preprocess"]
     assert "happy/new.png" in (proj / "data/raw/manifest.csv").read_text()
 

@@ -66,7 +66,11 @@ def _photo(path, size, mode="RGB", fmt="JPEG", grey=128):
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, (grey, 128, 255 - grey)).save(path, format=fmt)
+    from PIL import ImageDraw
+
+    img = Image.new(mode, size, (grey, 128, 255 - grey))
+    ImageDraw.Draw(img).rectangle((0, 0, size[0] // 4, size[1] // 4), fill=(0, 0, 0))  # not one flat colour
+    img.save(path, format=fmt)
 
 
 def test_folder_source_with_ordinary_photos(tmp_path):

@@ -52,8 +52,8 @@ def test_sweep_then_compare(tmp_path):
     report = (proj / "reports/compare/compare.md").read_text()
     assert "| 4 | z4-e2" in report and "| 6 | z6-e2" in report
     assert Image.open(proj / "reports/compare/compare.png").size[0] > 800
-    # each run's pictures at native size: 2 x 2 test faces of 128 px (+ 2 px pads) under a title, per run
-    assert Image.open(proj / "reports/compare/compare_recon.png").size == (522 + 12, 2 * (24 + 262 + 6) + 6)
+    # each run's pictures at native size: 4 test faces of 128 px (+ 2 px pads) over the VAE's and PCA's rows, under a title
+    assert Image.open(proj / "reports/compare/compare_recon.png").size == (522 + 12, 2 * (24 + 392 + 6) + 6)
     tsne = Image.open(proj / "reports/compare/dvc_plots/z4-e2_reports_tsne.png").size  # as the tsne stage drew it
     assert Image.open(proj / "reports/compare/compare_tsne.png").size == (tsne[0] + 12, 2 * (24 + tsne[1] + 6) + 6)
     # dvc plots diff of the two experiments, drawn offline: charts as SVG, each experiment's pictures
