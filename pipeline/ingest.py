@@ -37,14 +37,10 @@ from . import sources, synthetic
 from .errors import UserError
 from .io import atomic_dir
 from .names import UniqueNames, label_problem, printable, safe_component
-from .sources import IMAGE_EXTENSIONS, Item
+from .sources import IMAGE_EXTENSIONS, Item, Rejected
 MANIFEST_COLUMNS = ["relpath", "label", "sha256", "width", "height", "source"]
 REJECTED_COLUMNS = ["path", "reason"]
 RECORD = "ingest.json"  # the settings and code that wrote data/raw
-
-
-class Rejected(Exception):
-    """One item refused, with its reason."""
 
 
 @dataclass

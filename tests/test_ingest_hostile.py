@@ -207,3 +207,82 @@ def test_odd_exif_is_decoded_as_preprocess_will_or_refused(orientation):
         assert "EXIF" in str(e) or "corrupt" in str(e)
     else:
         assert load_image(data, 32).shape == (32, 32, 3)
+
+
+def _zip(path, members, stored=False):
+    """A zip of (name, bytes) members, in order (a name may repeat: Python warns, and writes it)."""
+    import warnings
+    import zipfile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Duplicate name"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED) as zf:
+            for name, data in members:
+                zf.writestr(name, data)
+    return path
+
+
+def _photos(n, start=0):
+    return [(f"{label}/{i}.png", png(start + 10 * j + i)) for j, label in enumerate(("angry", "happy"))
+            for i in range(n)]
+
+
+def test_same_named_zip_members_are_two_photos(tmp_path):
+    source = _zip(tmp_path / "faces.zip", [*_photos(3), ("happy/0.png", png(77))])
+    result = ingest(str(source), tmp_path / "raw", min_per_label=1)
+    assert result.counts() == {"angry": 3, "happy": 4}
+    stored = sorted((tmp_path / "raw" / "happy").iterdir())
+    assert len({p.read_bytes() for p in stored}) == 4 and png(77) in {p.read_bytes() for p in stored}
+
+
+def _patch(data: bytes, at: bytes, offset: int, value: bytes, every=True) -> bytes:
+    """``data`` with ``value`` written ``offset`` bytes after each occurrence of the signature ``at``."""
+    out, i = bytearray(data), data.find(at)
+    while i >= 0:
+        out[i + offset:i + offset + len(value)] = value
+        i = data.find(at, i + 1) if every else -1
+    return bytes(out)
+
+
+def test_a_bad_zip_member_is_refused_and_the_rest_ingested(tmp_path, monkeypatch):
+    """Encrypted, a compression method Python lacks (99: AES), a bad CRC, an oversized member: each one line
+    in rejected.csv; the other photos are ingested."""
+    import zipfile
+
+    from pipeline.sources import archive
+
+    good = _photos(3)
+    cases = {}
+    z = _zip(tmp_path / "enc.zip", [*good, ("happy/x.png", png(50))])
+    data = z.read_bytes()
+    last = data.rfind(b"PK\x03\x04")  # the last member's local header, then its central directory entry
+    data = data[:last] + _patch(data[last:], b"PK\x03\x04", 6, b"\x01\x00", every=False)
+    cd = data.rfind(b"PK\x01\x02")
+    z.write_bytes(data[:cd] + _patch(data[cd:], b"PK\x01\x02", 8, b"\x01\x00", every=False))
+    cases["enc.zip"] = "encrypted member"
+    z = _zip(tmp_path / "aes.zip", [*good, ("happy/x.png", png(51))], stored=True)
+    data = z.read_bytes()
+    last, cd = data.rfind(b"PK\x03\x04"), data.rfind(b"PK\x01\x02")
+    data = data[:last] + _patch(data[last:cd], b"PK\x03\x04", 8, b"\x63\x00", every=False) + \
+        _patch(data[cd:], b"PK\x01\x02", 10, b"\x63\x00", every=False)
+    z.write_bytes(data)
+    cases["aes.zip"] = "compression Python cannot read"
+    z = _zip(tmp_path / "crc.zip", [*good, ("happy/x.png", png(52))], stored=True)
+    data = bytearray(z.read_bytes())
+    last = data.rfind(b"PK\x03\x04")
+    data[last + 30 + len("happy/x.png") + 100] ^= 0xFF  # a byte of the stored PNG: the CRC no longer matches
+    z.write_bytes(bytes(data))
+    cases["crc.zip"] = "damaged member"
+    for name, says in cases.items():
+        result = ingest(str(tmp_path / name), tmp_path / f"raw-{name}", min_per_label=1)
+        assert result.counts() == {"angry": 3, "happy": 3}, name
+        rejected = (tmp_path / f"raw-{name}" / "rejected.csv").read_text()
+        assert "happy/x.png" in rejected and says in rejected, (name, rejected)
+    with zipfile.ZipFile(tmp_path / "crc.zip") as zf:
+        assert zf.testzip() == "happy/x.png"  # the CRC is really broken
+    monkeypatch.setattr(archive, "MAX_MEMBER_BYTES", 2000)
+    big = _zip(tmp_path / "big.zip", [*[(n, png(i, (8, 8))) for i, (n, _) in enumerate(good)],
+                                       ("happy/x.png", png(53, (200, 200)))])
+    result = ingest(str(big), tmp_path / "raw-big", min_per_label=1)
+    assert result.counts() == {"angry": 3, "happy": 3}
+    assert "over the 2,000-byte limit" in (tmp_path / "raw-big" / "rejected.csv").read_text()

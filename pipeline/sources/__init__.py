@@ -26,6 +26,10 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 UNSUPPORTED_EXTENSIONS = {".heic", ".heif", ".avif", ".svg", ".psd", ".raw", ".cr2", ".nef", ".arw", ".dng"}
 
 
+class Rejected(Exception):
+    """One item refused, with its reason (ingest writes it to rejected.csv and goes on)."""
+
+
 @dataclass
 class Item:
     """One image of a source, its bytes read when needed."""

@@ -1,16 +1,20 @@
 """A .zip, .tar, .tar.gz or .tgz of a label folder tree (``happy/a.jpg`` or ``faces/happy/a.jpg``): members
-are read on demand, nothing is ever extracted to disk. Absolute paths, '..', links and special files are
-refused."""
+are read on demand, by their entry (two members of one name are two photos), nothing is ever extracted to
+disk. Absolute paths, '..', links and special files are refused; so is, member by member, one over
+MAX_MEMBER_BYTES unpacked (checked before it is read), an encrypted one, one compressed by a method Python
+cannot read, or a damaged one (bad CRC, corrupt stream): ingest goes on with the rest."""
 
 from __future__ import annotations
 
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from ..errors import UserError
-from . import Item, admit, flat_name
+from . import Item, Rejected, admit, flat_name
 
+MAX_MEMBER_BYTES = 256 * 2**20  # no photo is larger: a member over it unpacked is an archive bomb
 SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 
 
@@ -26,14 +30,50 @@ def safe_parts(name: str) -> tuple[str, ...] | None:
     return None if ".." in parts else parts
 
 
+def _bomb(size: int) -> Rejected:
+    return Rejected(f"member of {size:,} bytes unpacked, over the {MAX_MEMBER_BYTES:,}-byte limit for a photo "
+                    f"(an archive bomb?); not read")
+
+
+def _zip_reader(zf: zipfile.ZipFile, info: zipfile.ZipInfo):
+    def read() -> bytes:
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise _bomb(info.file_size)
+        if info.flag_bits & 0x1:
+            raise Rejected("encrypted member; not read (pack the photos without a password)")
+        try:
+            with zf.open(info) as f:
+                data = f.read(MAX_MEMBER_BYTES + 1)
+        except NotImplementedError as e:
+            raise Rejected(f"compression Python cannot read ({e}); re-pack the archive with plain zip "
+                           f"(deflate)") from None
+        except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, OSError, ValueError) as e:
+            raise Rejected(f"damaged member ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        if len(data) > MAX_MEMBER_BYTES:  # its header understated its size
+            raise _bomb(len(data))
+        return data
+    return read
+
+
+def _tar_reader(tf: tarfile.TarFile, member: tarfile.TarInfo):
+    def read() -> bytes:
+        if member.size > MAX_MEMBER_BYTES:
+            raise _bomb(member.size)
+        try:
+            return tf.extractfile(member).read()
+        except (tarfile.TarError, zlib.error, EOFError, OSError, ValueError) as e:
+            raise Rejected(f"damaged member ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return read
+
+
 def members(archive: Path, stack) -> list[tuple[str, object, bool]]:
-    """(name, reader, regular file) of every member that is not a folder; the archive stays open on
-    ``stack``."""
+    """(name, reader, regular file) of every member that is not a folder, in the archive's order; each reader
+    reads its own entry. The archive stays open on ``stack``."""
     if archive.name.lower().endswith(".zip"):
         zf = stack.enter_context(zipfile.ZipFile(archive))
-        return [(i.filename, (lambda n=i.filename: zf.read(n)), True) for i in zf.infolist() if not i.is_dir()]
+        return [(i.filename, _zip_reader(zf, i), True) for i in zf.infolist() if not i.is_dir()]
     tf = stack.enter_context(tarfile.open(archive))
-    return [(m.name, (lambda m=m: tf.extractfile(m).read()), m.isfile()) for m in tf.getmembers() if not m.isdir()]
+    return [(m.name, _tar_reader(tf, m), m.isfile()) for m in tf.getmembers() if not m.isdir()]
 
 
 def items(archive: Path, result, labels: list[str] | None, stack) -> list[Item]:
@@ -42,8 +82,10 @@ def items(archive: Path, result, labels: list[str] | None, stack) -> list[Item]:
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, tarfile.TarError) as e:
         raise UserError(f"data.source: cannot open archive '{archive}' ({e}); check the file") from None
     entries = []  # (parts, reader, source)
+    seen: dict[str, int] = {}
     for name, reader, regular in found:
-        src = f"{archive}:{name}"
+        seen[name] = seen.get(name, 0) + 1
+        src = f"{archive}:{name}" + (f" (member {seen[name]} of that name)" if seen[name] > 1 else "")
         parts = safe_parts(name)
         if parts is None:
             result.reject(src, "unsafe path in archive (absolute or '..'); not extracted")
