@@ -273,14 +273,33 @@ def from_flat(values: dict[str, Any], where: str = "params.yaml") -> Params:
     return Params(**{name: cls(**checked[name]) for name, cls in SECTIONS.items()})
 
 
+class YAMLError(Exception):
+    """ruamel.yaml's errors (as DVC reads params.yaml), named here without importing it at module level."""
+
+
+def read_yaml(text: str):
+    """``text`` parsed exactly as DVC parses params.yaml (ruamel.yaml, ``typ="safe"``: YAML 1.2), so that the
+    stages run with the values dvc.lock and `dvc params diff` record: ``010`` is 10 (PyYAML's YAML 1.1: 8),
+    ``on`` / ``off`` / ``yes`` are strings (PyYAML: booleans), which the checks then refuse for a boolean key."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError as RuamelError
+
+    try:
+        return YAML(typ="safe").load(text)
+    except RuamelError as e:
+        err = YAMLError(str(e))
+        err.problem, err.problem_mark = getattr(e, "problem", str(e)), getattr(e, "problem_mark", None)
+        raise err from None
+
+
 def load(path: str | Path = "params.yaml") -> Params:
     """params.yaml, read once and checked (:func:`from_flat`)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found; run from the project root (where params.yaml lives)")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
+        raw = read_yaml(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, YAMLError) as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None

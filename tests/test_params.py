@@ -137,3 +137,39 @@ def test_an_experiment_name_mlflow_would_refuse_is_one_line():
     with pytest.raises(UserError, match="mlflow.experiment.*at most 500 characters"):
         check_value("mlflow.experiment", "x" * 501)
     assert Mlflow().experiment == "facevae"
+
+
+def _params_with(tmp_path, section: str, key: str, text: str):
+    """A complete params.yaml with ``section.key`` written as the YAML text ``text``."""
+    from helpers import write_params
+
+    write_params(tmp_path)
+    lines = (tmp_path / "params.yaml").read_text().splitlines()
+    start = lines.index(f"{section}:")
+    i = next(j for j in range(start, len(lines)) if lines[j].startswith(f"  {key}:"))
+    lines[i] = f"  {key}: {text}"
+    (tmp_path / "params.yaml").write_text("\n".join(lines) + "\n")
+    return tmp_path / "params.yaml"
+
+
+@pytest.mark.parametrize("section,key,text,want", [
+    ("data", "per_class", "010", 10),  # PyYAML (YAML 1.1) read 8
+    ("train", "lr", "1e-3", 0.001),
+])
+def test_params_are_read_as_dvc_reads_them(tmp_path, section, key, text, want):
+    """The value a stage runs with is the one dvc.lock and `dvc params diff` record (DVC's YAML 1.2 parser)."""
+    from dvc.utils.serialize import parse_yaml
+
+    from pipeline.params import read_yaml
+
+    path = _params_with(tmp_path, section, key, text)
+    assert read_yaml(path.read_text()) == parse_yaml(path.read_text(), "params.yaml")
+    assert getattr(getattr(load(path), section), key) == want
+
+
+@pytest.mark.parametrize("value", ["on", "off", "yes", "no", "On", "y"])
+def test_yaml_1_1_booleans_are_refused_for_a_boolean_key(tmp_path, value):
+    """`train.resume: on` is the string 'on' to DVC: one line, not a silent boolean."""
+    path = _params_with(tmp_path, "train", "resume", value)
+    with pytest.raises(UserError, match=f"train.resume = '{value}' is not valid; expected true or false"):
+        load(path)
