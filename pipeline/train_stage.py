@@ -10,7 +10,9 @@ metrics/train_history.csv, with the model's MLflow run.
    stages after training would refuse (t-SNE perplexity, the explore pair, labels) is refused now, before
    minutes of training.
 3. ``decide_resume``: continue the checkpoint only when it is of the same trajectory, code and data, and is
-   unfinished (a crash, a stop) or ``train.resume`` extends it; a stopped run that is not continued is closed.
+   unfinished (a crash, a stop) or ``train.resume`` extends it; a finished one of exactly this training (a kill
+   while its outputs were being logged) is taken as it is, its outputs written and logged without training
+   again; a stopped run that is not continued is closed.
 4. ``open_model_run``: a new MLflow run, or the continued run reopened.
 5. ``fit``: every epoch logged; a stop request (Ctrl-C, SIGTERM) ends at an epoch boundary with a checkpoint.
 6. ``write_outputs``: the model, its configs, the loss table and metrics/train.json.
@@ -113,7 +115,12 @@ def decide_resume(trainer, params: Params, digest: str, root) -> bool:
     cfg = trainer.cfg
     ckpt = load_checkpoint(CHECKPOINT)
     saved = json.loads(ckpt.get("meta", "{}")) if ckpt else {}
-    resume = can_continue(ckpt, cfg, params.train.resume) and saved.get("data_hash") == digest
+    same_data = saved.get("data_hash") == digest
+    resume = can_continue(ckpt, cfg, params.train.resume) and same_data
+    if not resume and same_data and is_this_training_finished(ckpt, cfg):
+        resume = True
+        print(f"train: {CHECKPOINT} holds this training finished ({cfg.epochs} epochs, same config, code and data): "
+              f"writing and logging its outputs without training again (delete it to retrain)")
     if params.train.resume and ckpt and not resume and cfg.schedule != "constant":
         print(f"train: not continuing the saved run: under train.schedule: {cfg.schedule} the learning rate of "
               f"every epoch depends on train.epochs; training {cfg.epochs} epochs from scratch "
@@ -124,6 +131,14 @@ def decide_resume(trainer, params: Params, digest: str, root) -> bool:
     if resume:
         trainer.load_state_dict(ckpt)
     return resume
+
+
+def is_this_training_finished(ckpt, cfg) -> bool:
+    """``ckpt`` is this very training, run to its end: same trajectory and code, finished at cfg.epochs."""
+    from .train import can_continue
+
+    return bool(ckpt) and bool(ckpt.get("finished")) and int(ckpt.get("epoch", -1)) == cfg.epochs \
+        and can_continue(ckpt, cfg, resume=True)
 
 
 def open_model_run(trainer, params: Params, data: TrainingData, resume: bool, root):
@@ -146,6 +161,8 @@ def open_model_run(trainer, params: Params, data: TrainingData, resume: bool, ro
                                    "evaluation": ("facevae-test", data.test["images"].numpy(),
                                                   data.test["labels"].numpy())}, data.digest, DATASET)
         run = TrainingRun.create(params.mlflow.experiment, name, run_params, tags, root, datasets, curves)
+        for row in trainer.history:  # a continued training whose run this store lacks: its epochs so far
+            run.log_epoch(int(row["epoch"]), row)
     trainer.meta = {"mlflow_run_id": run.run_id, "data_hash": data.digest}
     where = f"resuming at epoch {trainer.epoch}" if resume else "from scratch"
     procs = f" x {trainer.world} processes (DDP)" if trainer.world > 1 else ""

@@ -230,3 +230,30 @@ def test_what_a_later_stage_would_refuse_is_refused_before_training(tmp_path, pa
     p = train_stage(project, check=False)
     assert p.returncode == 2 and p.stderr.strip() == f"error: {p.stderr.strip()[7:]}" and says in p.stderr
     assert "epoch" not in p.stdout + p.stderr and not (project / "models").exists()
+
+
+def test_a_finished_checkpoint_of_this_very_training_is_taken_not_retrained(tmp_path, monkeypatch, capsys):
+    """A kill while the finished training's outputs were being logged: the next run writes and logs them from
+    the checkpoint without training again. Another epoch count or other data trains from scratch."""
+    from dataclasses import replace
+
+    from pipeline.params import Params
+    from pipeline.train import TrainConfig, Trainer
+    from pipeline.train_stage import decide_resume
+
+    monkeypatch.chdir(tmp_path)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    params = Params()
+    cfg = TrainConfig.from_params(params, latent_dim=4, epochs=2, batch_size=4, device="cpu", image_size=32)
+    first = Trainer(images, cfg)
+    first.meta = {"data_hash": "a" * 64}
+    first.fit(progress=False, checkpoint="models/checkpoint.pt")
+    again = Trainer(images, cfg)
+    assert decide_resume(again, params, "a" * 64, tmp_path) and again.epoch == 2
+    assert "holds this training finished (2 epochs" in capsys.readouterr().out
+    assert again.fit(progress=False) == first.history  # nothing more to train
+    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), first.model.state_dict().values()))
+    longer = Trainer(images, replace(cfg, epochs=3))
+    assert not decide_resume(longer, params, "a" * 64, tmp_path) and longer.epoch == 0
+    other = Trainer(images, cfg)
+    assert not decide_resume(other, params, "b" * 64, tmp_path) and other.epoch == 0
