@@ -270,6 +270,47 @@ def test_what_a_run_cannot_send_is_kept_in_order_and_resend_delivers_it(monkeypa
     assert not list((tmp_path / OUTBOX).iterdir())
 
 
+def test_resend_attaches_no_file_that_changed_or_went_since_it_was_queued(monkeypatch, tmp_path, capsys):
+    """Retrain between the outage and the resend: the new vae.pt must not land on the old run."""
+    from helpers import store
+
+    from pipeline.tracking.outbox import OUTBOX, resend
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    for name in ("vae.pt", "config.json", "loss.csv"):
+        (tmp_path / name).write_text(f"old {name}")
+    run = TrainingRun.create("facevae", "z2-e3", {}, {}, root=tmp_path)
+    run.outbox.client = GoneAfter(run.outbox.client, calls=0)
+    for name in ("vae.pt", "config.json", "loss.csv"):
+        run.log_artifact(tmp_path / name)
+    run.finish()
+    (tmp_path / "vae.pt").write_text("the next training's weights")
+    (tmp_path / "config.json").unlink()
+    capsys.readouterr()
+    assert resend(tmp_path / OUTBOX) == (1, 2)  # loss.csv and the status
+    assert [a.path for a in store(tmp_path).list_artifacts(run.run_id)] == ["loss.csv"]
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"resend: {tmp_path / 'vae.pt'} changed since run {run.run_id} queued it: not attached to that run",
+                   f"resend: {tmp_path / 'config.json'} is gone since run {run.run_id} queued it: not attached to that "
+                   f"run"]
+    assert not list((tmp_path / OUTBOX).iterdir())
+
+
+def test_resend_to_a_store_without_the_run_is_one_line(monkeypatch, tmp_path):
+    from pipeline.io import write_json
+    from pipeline.tracking.outbox import OUTBOX, resend
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    write_json(tmp_path / OUTBOX / ("a" * 32 + ".json"), {"run_id": "a" * 32, "items": [],
+                                                          "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    with pytest.raises(UserError, match="run a{32} is not in sqlite"):
+        resend(tmp_path / OUTBOX)
+
+
 @pytest.mark.parametrize("env", [False, True])
 def test_logging_the_model_leaves_the_callers_model_and_the_process_as_they_were(monkeypatch, tmp_path, env):
     """A CPU copy is logged: the caller's model keeps its memory format, tensors and mode. MLflow's

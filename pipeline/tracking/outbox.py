@@ -2,7 +2,8 @@
 on, nothing more is sent during that training: metrics, artifacts, images and the final status are queued in
 order, tried once more at the end, and what still fails is kept in ``<project>/.mlflow-outbox/<run id>.json``
 (outside every DVC output, so that sending it later never changes the model's output) until
-``python -m pipeline.tracking resend`` sends it."""
+``python -m pipeline.tracking resend`` sends it. A queued file is queued with its sha256: a file that changed
+since (a retraining rewrote models/vae.pt) or is gone is not attached to the old run, one line says so."""
 
 from __future__ import annotations
 
@@ -73,6 +74,10 @@ class Outbox:
                 self.unsent = []
                 first = str(e).splitlines()[0][:120] if str(e) else ""
                 self.lost_at = f"{item['kind']} ({type(e).__name__}: {first})"
+        if item["kind"] in ("artifact", "image"):
+            from .provenance import file_sha256
+
+            item = {**item, "sha256": file_sha256(item["path"])}
         self.unsent.append(item)
 
     def close(self, root: Path, uri: str) -> Path | None:
@@ -120,9 +125,34 @@ def resend(outbox: str | Path) -> tuple[int, int]:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or data.get("tracking_uri") or tracking_uri()
         check_reachable(uri)
         client = open_store(uri, project_root())
-        checked_run(client.get_run(run_id), uri, f"the tracking store {uri}")
+        try:
+            run = client.get_run(run_id)
+        except Exception as e:
+            raise UserError(f"{path}: run {run_id} is not in {uri} ({type(e).__name__}); point MLFLOW_TRACKING_URI "
+                            f"at the store the training logged to, or move the file away") from None
+        checked_run(run, uri, f"the tracking store {uri}")
+        sent = 0
         for item in entries:
+            why = changed(item)
+            if why:
+                print(f"resend: {item['path']} {why} since run {run_id} queued it: not attached to that run",
+                      file=sys.stderr)
+                continue
             send(client, run_id, item)
+            sent += 1
         path.unlink()
-        runs, items = runs + 1, items + len(entries)
+        runs, items = runs + 1, items + sent
     return runs, items
+
+
+def changed(item: dict) -> str | None:
+    """Why a queued file may not be sent (it is gone, or its bytes are not those queued), or None."""
+    from .provenance import file_sha256
+
+    if item["kind"] not in ("artifact", "image"):
+        return None
+    if not Path(item["path"]).is_file():
+        return "is gone"
+    if "sha256" in item and file_sha256(item["path"]) != item["sha256"]:
+        return "changed"
+    return None
