@@ -128,7 +128,8 @@ def test_a_server_that_refuses_this_host_is_caught_before_training(tmp_path):
 ])
 def test_serving_to_the_network_needs_a_login_or_insecure(root, host, auth, insecure, refused):
     p = run([str(BIN / "python"), "-m", "pipeline.tracking", "serve-check", "--target", "make ui", "--host", host,
-             "--auth", auth, "--insecure", insecure], root, check=False)
+             "--auth", auth, "--insecure", insecure], root, check=False,
+            MLFLOW_FLASK_SERVER_SECRET_KEY="k", MLFLOW_AUTH_ADMIN_PASSWORD="x")
     assert p.returncode == (2 if refused else 0)
     if refused:
         assert p.stderr.startswith(f"error: make ui HOST={host} would serve every run to the network without a "
@@ -144,3 +145,16 @@ def test_make_checks_the_host_before_it_serves(root, target):
                  or line.startswith("mlflow server"))
     check = next(i for i, line in enumerate(lines) if "pipeline.tracking serve-check" in line)
     assert check < serve and '--host "0.0.0.0"' in lines[check]
+
+
+def test_basic_auth_needs_its_secret_key_and_a_first_admin_password(root, tmp_path):
+    args = [str(BIN / "python"), "-m", "pipeline.tracking", "serve-check", "--host", "0.0.0.0", "--auth", "basic-auth"]
+    p = run(args, tmp_path, check=False, PYTHONPATH=str(root), MLFLOW_FLASK_SERVER_SECRET_KEY="",
+            MLFLOW_AUTH_ADMIN_PASSWORD="x")
+    assert p.returncode == 2 and "MLFLOW_FLASK_SERVER_SECRET_KEY" in p.stderr and p.stderr.count("\n") == 1
+    p = run(args, tmp_path, check=False, PYTHONPATH=str(root), MLFLOW_FLASK_SERVER_SECRET_KEY="k",
+            MLFLOW_AUTH_ADMIN_PASSWORD="")
+    assert p.returncode == 2 and "MLFLOW_AUTH_ADMIN_PASSWORD" in p.stderr
+    (tmp_path / "basic_auth.db").write_bytes(b"")  # the admin exists: its password is no longer read
+    assert run(args, tmp_path, check=False, PYTHONPATH=str(root), MLFLOW_FLASK_SERVER_SECRET_KEY="k",
+               MLFLOW_AUTH_ADMIN_PASSWORD="").returncode == 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from pathlib import Path
+
 from ..cli import run_cli
 from ..errors import UserError
 from ..paths import project_root
@@ -49,9 +51,19 @@ def main(argv=None) -> None:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def check_serving(host: str, auth: str, insecure: bool, target: str) -> None:
+def check_serving(host: str, auth: str, insecure: bool, target: str, users_db: str = "basic_auth.db") -> None:
     """A UI or server on a host other than loopback serves every run (and lets anyone delete them) to whoever
-    reaches the port: refused without a login (``AUTH=basic-auth``) unless the user says INSECURE=1."""
+    reaches the port: refused without a login (``AUTH=basic-auth``) unless the user says INSECURE=1. The login
+    app of MLflow 3.17 needs a secret key, and on its first start (no ``users_db``) the admin's password."""
+    if auth == "basic-auth":
+        import os
+
+        if not os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
+            raise UserError("AUTH=basic-auth: MLflow's login app starts only with MLFLOW_FLASK_SERVER_SECRET_KEY set; "
+                            "export MLFLOW_FLASK_SERVER_SECRET_KEY=$(openssl rand -hex 32) (keep the same key)")
+        if not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD") and not Path(users_db).exists():
+            raise UserError(f"AUTH=basic-auth: no user store yet ({users_db}) and MLFLOW_AUTH_ADMIN_PASSWORD unset: "
+                            f"MLflow ships no default password; export MLFLOW_AUTH_ADMIN_PASSWORD=<the admin's password>")
     if host in LOOPBACK or auth or insecure:
         if host not in LOOPBACK and not auth:
             import sys
