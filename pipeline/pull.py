@@ -146,20 +146,22 @@ def check_listing(data: bytes, out: Output) -> list[dict]:
 def check_no_symlink(root: Path, out: Output, entries: list[dict] = ()) -> None:
     """Refuse when a folder on the way to ``out`` or to one of its ``entries`` (its listing), or ``out``
     itself as a folder, is a symlink in the workspace: DVC would write through it (treeverse/dvc#11101)."""
+    def refuse(link: Path):
+        raise Refused(f"{link.relative_to(root)} is a symlink (to {os.readlink(link)}): checking out {out.path!r} "
+                      f"would write through it; remove the link, then pull again")
+
     here = root
     for part in Path(out.path).parts:
         here = here / part
         if here.is_symlink() and (out.is_dir or here != root / out.path):
-            raise Refused(f"{here.relative_to(root)} is a symlink (to {os.readlink(here)}): checking out "
-                          f"{out.path!r} would write through it; remove the link, then pull again")
+            refuse(here)
     folders = {posixpath.dirname(e["relpath"]) for e in entries} - {""}
     for folder in sorted(folders):
         here = root / out.path
         for part in folder.split("/"):
             here = here / part
             if here.is_symlink():
-                raise Refused(f"{here.relative_to(root)} is a symlink (to {os.readlink(here)}): checking out "
-                              f"{out.path!r} would write through it; remove the link, then pull again")
+                refuse(here)
 
 
 class Cache:

@@ -23,7 +23,7 @@ from ..paths import project_root
 from .outbox import Outbox, log_image, log_metrics
 from .provenance import source_tags
 from .store import (check_artifact_location, check_reachable, checked_run, checked_run_id, client,
-                    experiment_id, open_store, tracking_uri)
+                    experiment_id, is_run_id, open_store, tracking_uri)
 
 RUN_FILE = "mlflow_run.json"
 EPOCH_METRICS = ("loss", "recon", "kl", "neg_elbo", "sse", "beta")
@@ -103,7 +103,7 @@ class TrainingRun:
         its params (MLflow params are immutable): new keys are added, a changed value (train.epochs when
         training is extended) is recorded as the tag ``resumed.<key>``. Epochs it already holds (logged
         after the checkpoint, before the stop) are not logged twice."""
-        if not _looks_like_run_id(run_id):  # a damaged or crafted checkpoint: not a run of any store
+        if not is_run_id(run_id):  # a damaged or crafted checkpoint: not a run of any store
             return None
         store, uri, root = cls._store(root)
         try:
@@ -160,18 +160,11 @@ class TrainingRun:
                                                 "run_name": self.run_name, "tracking_uri": self.uri})
 
 
-def _looks_like_run_id(run_id) -> bool:
-    try:
-        return bool(checked_run_id(run_id, ""))
-    except Exception:
-        return False
-
-
 def close_abandoned_run(run_id: str, root: Path | None = None) -> bool:
     """Mark a model run that was stopped and will not be continued (its checkpoint is discarded) KILLED,
     if it is still RUNNING; True if it was. A store without it, or a server that does not answer, is left
     as it is."""
-    if not _looks_like_run_id(run_id):
+    if not is_run_id(run_id):
         return False
     try:
         store = client(tracking_uri(root or project_root()))
@@ -281,9 +274,8 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, images):
     params = {**params, "train.latent_dim": cfg.get("latent_dim"), "train.epochs": step}
     tags = {"facevae.stage": stage, "facevae.model_run": parent_id}
     if parent is not None:
-        tags["mlflow.parentRunId"] = parent_id
-    if parent is not None:
         checked_run(parent, uri, f"the tracking store {uri}")
+        tags["mlflow.parentRunId"] = parent_id
     child = store.create_run(exp_id, run_name=name, tags=tags)
     cid = checked_run(child, uri, f"the tracking store {uri}", store).info.run_id
     try:

@@ -89,11 +89,16 @@ RUN_ID_DIGITS = 32
 TRUSTED_ARTIFACT_ROOT = "FACEVAE_TRUSTED_ARTIFACT_ROOT"  # a local folder a server may send artifacts to
 
 
-def checked_run_id(run_id, source: str) -> str:
-    """``run_id`` when it is 32 lowercase hex digits (what MLflow makes), else one line naming ``source``."""
+def is_run_id(run_id) -> bool:
+    """32 lowercase hex digits: what MLflow makes."""
     import re
 
-    if isinstance(run_id, str) and re.fullmatch(f"[0-9a-f]{{{RUN_ID_DIGITS}}}", run_id):
+    return isinstance(run_id, str) and re.fullmatch(f"[0-9a-f]{{{RUN_ID_DIGITS}}}", run_id) is not None
+
+
+def checked_run_id(run_id, source: str) -> str:
+    """``run_id`` when it :func:`is_run_id`, else one line naming ``source``."""
+    if is_run_id(run_id):
         return run_id
     raise UserError(f"{source} gave the MLflow run id {str(run_id)[:80]!r}, not {RUN_ID_DIGITS} hex digits: "
                     f"refusing to use it; point MLFLOW_TRACKING_URI at a real MLflow server (or unset it)")
