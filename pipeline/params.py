@@ -283,8 +283,14 @@ def read_yaml(text: str):
     ``on`` / ``off`` / ``yes`` are strings (PyYAML: booleans), which the checks then refuse for a boolean key."""
     from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError as RuamelError
+    from ruamel.yaml.events import AliasEvent
 
     try:
+        for event in YAML(typ="safe").parse(text):  # events only: nothing is expanded yet
+            if isinstance(event, AliasEvent):  # nested aliases expand to gigabytes (the "billion laughs")
+                err = YAMLError("an alias (*name); params.yaml takes plain values only: write the value out")
+                err.problem, err.problem_mark = str(err), event.start_mark
+                raise err
         return YAML(typ="safe").load(text)
     except RuamelError as e:
         err = YAMLError(str(e))

@@ -173,3 +173,19 @@ def test_yaml_1_1_booleans_are_refused_for_a_boolean_key(tmp_path, value):
     path = _params_with(tmp_path, "train", "resume", value)
     with pytest.raises(UserError, match=f"train.resume = '{value}' is not valid; expected true or false"):
         load(path)
+
+
+def test_a_billion_laughs_params_yaml_is_one_line_before_anything_is_expanded(tmp_path):
+    """Nine levels of nine aliases expand to 9^9 strings: refused at the first alias, with its line."""
+    from helpers import write_params
+
+    write_params(tmp_path)
+    laughs = ["a0: &a0 lol"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join(laughs) + "\n" + path.read_text())
+    with pytest.raises(UserError, match=r"params.yaml line 2: not valid YAML \(an alias \(\*name\); params.yaml "
+                                        r"takes plain values only: write the value out\); fix the syntax"):
+        load(path)
+    path.write_text("mlflow:\n  experiment: &e facevae\n  model_name: *e\n")  # a single harmless alias too
+    with pytest.raises(UserError, match="line 3: not valid YAML"):
+        load(path)
