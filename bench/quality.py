@@ -63,14 +63,14 @@ def run_setting(name: str, params: Params, device: str, pictures: Path | None) -
         ds, _ = build_dataset(Path(tmp) / "raw", p.size, params.split.test_per_class, params.split.seed,
                               CropSpec.from_params(p))
     train, test = subset(ds, "train"), subset(ds, "test")
-    cfg = replace(TrainConfig.from_params(params), device=device)
+    cfg = replace(TrainConfig.from_params(params, n_train=len(train["ids"])), device=device)
     trainer = Trainer(train["images"], cfg)
     t_train = time.perf_counter()
     trainer.fit(progress=False)
     train_seconds = time.perf_counter() - t_train
     model = trainer.model.eval()
     out = {"setting": name, "images_train": len(train["ids"]), "images_test": len(test["ids"]),
-           "epochs": cfg.epochs, "arch": cfg.arch, "recon": cfg.recon}
+           "epochs": cfg.epochs, "arch": cfg.arch, "linear": cfg.linear, "recon": cfg.recon}
     for split, part in (("train", train), ("test", test)):
         m = image_metrics(part["images"].float() / 255, reconstruct(model, part["images"]))
         out[f"{split}_psnr"], out[f"{split}_ssim"] = round(m["psnr"], 2), round(m["ssim"], 4)

@@ -56,10 +56,10 @@ def recon_term(recon: torch.Tensor, x: torch.Tensor, mode: str = "mse", batch_si
     if mode == "mse":
         return sse, sse
     if mode == "bce":
-        # the decoder ends in a sigmoid; clamp like F.binary_cross_entropy does (log clamped at -100).
-        # A diverged model outputs NaN, which F.binary_cross_entropy refuses with a range error (a
-        # device-side assert on CUDA): it gets 0.5 instead, and the NaN sse reports the divergence.
-        bce = F.binary_cross_entropy(torch.nan_to_num(recon, nan=0.5), x, reduction="none")
+        # probabilities: the sigmoid's output, or the linear path's clipped to [0, 1] (log clamped at -100 by
+        # F.binary_cross_entropy). A diverged model outputs NaN, which F.binary_cross_entropy refuses with a
+        # range error (a device-side assert on CUDA): it gets 0.5 instead, and the NaN sse reports the divergence.
+        bce = F.binary_cross_entropy(torch.nan_to_num(recon, nan=0.5).clamp(0.0, 1.0), x, reduction="none")
         return bce.flatten(1).sum(dim=1), sse
     if mode == "gaussian":
         p = x.shape[1:].numel()

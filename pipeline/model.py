@@ -14,6 +14,16 @@ remains; the decoder mirrors it with transposed convolutions. Other input sizes 
 * ``bn``: each convolution followed by BatchNorm and LeakyReLU(0.2) (the last decoder layer keeps its
   sigmoid): gradients reach the first layers at every scale, so fine detail (teeth, brows) is learnt in
   a fraction of the epochs (docs/benchmarks.md).
+
+``linear`` adds a path beside the convolutions:
+
+* ``none``: convolutions only.
+* ``pca``: mu = fc1(h) + A (x - m) and reconstruction = m + B z + decoder(fc3(z)), with A, B and m started
+  (:meth:`ConvVAE.init_linear`) at the training images' whitened eigenfaces, the maximum-likelihood linear VAE
+  (probabilistic PCA, Tipping & Bishop 1999): A = diag(lambda)^-1/2 U^T, B = U diag(lambda)^1/2, m their mean.
+  fc1 and the decoder's last layer start at zero, so training starts from PCA's reconstructions and the
+  convolutions learn what a linear model of the faces misses. The output is not squashed by a sigmoid while
+  training (the linear path must reach every value); it is clipped to [0, 1] in eval mode, like PCA's.
 """
 
 from __future__ import annotations
@@ -28,12 +38,14 @@ from torch import nn
 
 from .errors import UserError
 from .io import read_json, save_torch, write_json
-from .params import Arch, choices
+from .params import Arch, Linear, choices
 
 H_DIM = 1024
 BOTTLENECK_CHANNELS = 256  # 256 x 2 x 2 = 1024
 ENCODER_CHANNELS = (32, 32, 64, 64, 128, 256)  # for 128 x 128 input: 64, 32, 16, 8, 4, 2
 ARCHS = choices(Arch)
+LINEARS = choices(Linear)
+LINEAR_FIT_IMAGES = 2000  # init_linear finds the eigenfaces from at most this many training images (seeded draw)
 
 
 def _stage_channels(size: int) -> list[int]:
@@ -53,13 +65,16 @@ def _activation(arch: str, channels: int) -> list[nn.Module]:
 
 
 class ConvVAE(nn.Module):
-    def __init__(self, latent_dim: int = 32, image_size: int = 128, in_channels: int = 3, arch: str = "seed"):
+    def __init__(self, latent_dim: int = 32, image_size: int = 128, in_channels: int = 3, arch: str = "seed",
+                 linear: str = "none"):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
+        if linear not in LINEARS:
+            raise ValueError(f"unknown linear path {linear!r}; expected one of {LINEARS}")
         self.latent_dim = latent_dim
         self.image_size = image_size
-        self.arch = arch
+        self.arch, self.linear = arch, linear
         chans = _stage_channels(image_size)
         enc: list[nn.Module] = []
         c_in = in_channels
@@ -78,12 +93,51 @@ class ConvVAE(nn.Module):
             last = i == len(rev) - 1
             dec.append(nn.ConvTranspose2d(c_from, c_to, kernel_size=4, stride=2, padding=1,
                                           bias=arch == "seed" or last))
-            dec += [nn.Sigmoid()] if last else _activation(arch, c_to)
+            dec += ([nn.Identity() if linear == "pca" else nn.Sigmoid()]) if last else _activation(arch, c_to)
         self.decoder = nn.Sequential(*dec)
+        if linear == "pca":  # the linear path: zero until init_linear, saved with the weights
+            pixels = in_channels * image_size * image_size
+            self.register_buffer("lin_mean", torch.zeros(pixels))
+            self.lin_enc = nn.Parameter(torch.zeros(latent_dim, pixels))
+            self.lin_dec = nn.Parameter(torch.zeros(pixels, latent_dim))
+            for layer in (self.fc1, dec[-2]):  # start from the linear model alone
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+            nn.init.zeros_(self.fc2.weight)  # and little sampling noise: sigma = e^-2 of the whitened scale
+            nn.init.constant_(self.fc2.bias, -4.0)
+
+    @torch.no_grad()
+    def init_linear(self, images_uint8: torch.Tensor, seed: int = 0) -> int:
+        """Start the linear path at the whitened eigenfaces of ``images_uint8`` (the training images; at most
+        LINEAR_FIT_IMAGES of them, a seeded draw); return how many latent dimensions it covers (at most
+        latent_dim and one less than the images). The others start at zero."""
+        n = images_uint8.shape[0]
+        if n > LINEAR_FIT_IMAGES:
+            pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:LINEAR_FIT_IMAGES]
+            images_uint8 = images_uint8[pick.sort().values.to(images_uint8.device)]
+        x = images_uint8.reshape(images_uint8.shape[0], -1).double().cpu() / 255.0
+        mean = x.mean(dim=0)
+        x -= mean
+        # eigenvectors of the n x n Gram matrix: the same components as the SVD of x, at n^2 instead of n * pixels
+        evals, evecs = torch.linalg.eigh(x @ x.T)
+        k = max(0, min(self.latent_dim, x.shape[0] - 1))
+        evals, evecs = evals.flip(0)[:k].clamp_min(1e-12), evecs.flip(1)[:, :k]
+        basis = (evecs.T @ x) / evals.sqrt()[:, None]  # k x pixels, orthonormal rows
+        scale = (evals / max(1, x.shape[0] - 1)).sqrt()  # the components' standard deviations
+        enc, dec = torch.zeros_like(self.lin_enc, dtype=torch.float64), torch.zeros_like(self.lin_dec, dtype=torch.float64)
+        enc[:k] = basis / scale[:, None]
+        dec[:, :k] = (basis * scale[:, None]).T
+        self.lin_mean.copy_(mean)
+        self.lin_enc.copy_(enc)
+        self.lin_dec.copy_(dec)
+        return k
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x)
-        return self.fc1(h), self.fc2(h)
+        mu = self.fc1(h)
+        if self.linear == "pca":
+            mu = mu + (x.flatten(1) - self.lin_mean) @ self.lin_enc.T
+        return mu, self.fc2(h)
 
     def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
         std = torch.exp(0.5 * logvar)
@@ -92,7 +146,12 @@ class ConvVAE(nn.Module):
         return mu + std * eps
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.fc3(z))
+        out = self.decoder(self.fc3(z))
+        if self.linear == "pca":
+            out = out + (self.lin_mean + z @ self.lin_dec.T).view_as(out)
+            if not self.training:
+                out = out.clamp(0.0, 1.0)
+        return out
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None):
         """Return (reconstruction, mu, logvar) like the seed's model(x). ``eps`` (optional) is the
@@ -132,9 +191,10 @@ class ModelConfig:
     image_size: int
     in_channels: int
     arch: str
+    linear: str = "none"  # model_config.json of models trained before the linear path existed
 
     def build(self) -> ConvVAE:
-        return ConvVAE(self.latent_dim, self.image_size, self.in_channels, self.arch)
+        return ConvVAE(self.latent_dim, self.image_size, self.in_channels, self.arch, self.linear)
 
 
 def save_model(model: ConvVAE, config: ModelConfig, out_dir: str | Path) -> None:

@@ -25,6 +25,7 @@ Source = str  # 'synthetic', a folder, an archive or a CSV
 Crop = Literal["center", "none", "detect"]
 NoFace = Literal["reject", "center"]
 Arch = Literal["bn", "seed"]
+Linear = Literal["pca", "none"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 KL = Literal["elbo", "seed_mean"]
 Recon = Literal["gaussian", "mse", "bce"]
@@ -115,6 +116,9 @@ class Preprocess:
 class Model:
     arch: Arch = knob("bn", "`bn`: BatchNorm + LeakyReLU after each of the seed's convolutions | `seed`: the "
                             "notebook's layers (ReLU)")
+    linear: Linear = knob("pca", "`pca`: a linear path beside the convolutions, started at the training images' "
+                                 "eigenfaces (probabilistic PCA), the convolutions learn what it misses | `none`: "
+                                 "convolutions only (the notebook's)")
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,9 @@ class Train:
                             "a positive integer up to 1024 (the size of h it compresses), e.g. 20, 30 or 50"))
     epochs: int = knob(80, "CPU default; 400–1200 on a GPU as in the lecture",
                        POSITIVE)
+    min_steps: int = knob(1500, "a small set trains for more epochs, until it has taken at least this many "
+                                "optimizer steps (26 photos at batch 16: 750 epochs); 0: train.epochs exactly",
+                          NON_NEGATIVE)
     batch_size: int = knob(16, "the lecture's batch size", POSITIVE)
     lr: float = knob(0.001, "peak learning rate",
                      (lambda v: _number(v) and v > 0, "a positive number, e.g. 0.001"))
@@ -152,6 +159,12 @@ class Train:
                                "starts over)", BOOL)
     checkpoint_every: int = knob(10, "epochs between checkpoints (also written on Ctrl-C / SIGTERM and at the end)",
                                  (NON_NEGATIVE[0], "an integer >= 0 (0: only at the end)"))
+
+    def epochs_for(self, n_train: int) -> int:
+        """``epochs``, or more on a small set: enough for ``min_steps`` optimizer steps (a budget counted in
+        epochs starves a set of a few dozen photos: 80 epochs of 26 photos are 160 steps)."""
+        steps_per_epoch = max(1, -(-n_train // self.batch_size))
+        return max(self.epochs, -(-self.min_steps // steps_per_epoch))
 
 
 @dataclass(frozen=True)

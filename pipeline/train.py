@@ -9,9 +9,9 @@
   training at the next epoch boundary with a checkpoint.
 * Speed switches (``precision``, ``compile``; channels_last and the fused Adam) change only the
   arithmetic, not the algorithm: with them off the loop is the plain fp32 one.
-* The recipe (``arch``, ``optimizer``, ``schedule``, ``augment``) is chosen by measurement
-  (bench/quality.py, docs/benchmarks.md); ``arch: seed``, ``optimizer: adam``, ``schedule: constant``,
-  ``augment: false`` is the lecture notebook's.
+* The recipe (``arch``, ``linear``, ``optimizer``, ``schedule``, ``augment``) is chosen by measurement
+  (bench/quality.py, docs/benchmarks.md); ``arch: seed``, ``linear: none``, ``optimizer: adam``,
+  ``schedule: constant``, ``augment: false`` is the lecture notebook's.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from .errors import UserError
 from .io import save_torch
 from .losses import vae_loss
 from .model import ModelConfig, to_float
-from .params import (AUTO_AUGMENT_BELOW, KL, Arch, Augment, Device, Optimizer, Params, Precision, Recon,
+from .params import (AUTO_AUGMENT_BELOW, KL, Arch, Augment, Device, Linear, Optimizer, Params, Precision, Recon,
                      Schedule)
 from .runtime import GracefulStop, distributed_world, resolve_device
 
@@ -60,6 +60,7 @@ class TrainConfig:
     precision: Precision
     compile: bool
     arch: Arch
+    linear: Linear
     optimizer: Optimizer
     weight_decay: float
     schedule: Schedule
@@ -67,12 +68,16 @@ class TrainConfig:
     image_size: int
 
     @classmethod
-    def from_params(cls, params: Params | None = None, **overrides) -> TrainConfig:
-        """From ``params`` (the typed defaults when None), with ``overrides`` (tests, benchmarks) on top."""
+    def from_params(cls, params: Params | None = None, n_train: int | None = None, **overrides) -> TrainConfig:
+        """From ``params`` (the typed defaults when None), with ``overrides`` (tests, benchmarks) on top; given
+        the number of training images, the epochs are ``params.train.epochs_for`` them."""
         params = params or Params()
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in asdict(params.train).items() if k in fields}
-        return cls(**{**values, "image_size": params.preprocess.size, "arch": params.model.arch, **overrides})
+        if n_train is not None:
+            values["epochs"] = params.train.epochs_for(n_train)
+        return cls(**{**values, "image_size": params.preprocess.size, "arch": params.model.arch,
+                      "linear": params.model.linear, **overrides})
 
     def trajectory(self) -> dict:
         """Everything that shapes the sequence of weights except how many epochs are run (which does
@@ -146,8 +151,11 @@ class Trainer:
             raise UserError(f"train.batch_size = {cfg.batch_size} must be divisible by the number of processes "
                             f"({self.world}); change train.batch_size or NPROC")
         torch.manual_seed(cfg.seed)
-        self.model_config = ModelConfig(cfg.latent_dim, cfg.image_size, images.shape[1], cfg.arch)
-        self.model = self.model_config.build().to(self.device)
+        self.model_config = ModelConfig(cfg.latent_dim, cfg.image_size, images.shape[1], cfg.arch, cfg.linear)
+        self.model = self.model_config.build()
+        if cfg.linear == "pca":  # every process computes the same start from the same images
+            self.model.init_linear(images, cfg.seed)
+        self.model = self.model.to(self.device)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=fmt)
         self.net = self.model

@@ -58,6 +58,7 @@ def train_stage(params: Params) -> None:
         root = project_root()
         check_reachable(tracking_uri(root))  # refuse in seconds, before training, if the server is down
         data = load_training_data(params)
+        cfg = TrainConfig.from_params(params, n_train=len(data.ids))  # a small set trains more epochs
         trainer = Trainer(data.images, cfg, device)
         resume = decide_resume(trainer, params, data.digest, root)
         if trainer.rank != 0:  # only rank 0 writes outputs and talks to MLflow

@@ -30,8 +30,9 @@ SMALL = {**TINY, "preprocess": {"size": 32}}  # 32 x 32 images: the train stage 
 
 
 # What a test project runs with: every key of params.yaml at its default (pipeline/params.py), not the values of a
-# developer's working copy, with the machine-dependent ones pinned: a "CPU" test trains on the CPU on a GPU machine.
-PINNED = {"train": {"device": "cpu", "precision": "fp32", "compile": False}}
+# developer's working copy, with the machine-dependent ones pinned: a "CPU" test trains on the CPU on a GPU machine,
+# and exactly train.epochs (min_steps 0: a tiny set would otherwise train for 1,500 steps).
+PINNED = {"train": {"device": "cpu", "precision": "fp32", "compile": False, "min_steps": 0}}
 
 
 def noise(seed: int, size: tuple[int, int] = (64, 64)):

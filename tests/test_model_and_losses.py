@@ -155,3 +155,101 @@ def test_an_empty_shard_adds_nothing_and_the_shards_sums_are_the_whole_batchs(re
     # the sums are the per-image means times the batch (seed_mean's objective is a sum over the batch)
     assert whole["sums"][1:].tolist() == pytest.approx([2 * whole[k].item() for k in ("recon", "kl", "sse")])
     assert whole["sums"][0].item() == pytest.approx(whole["loss"].item() * (2 if kl == "elbo" else 1))
+
+
+# the linear path (model.linear: pca) ----------------------------------------------------------------------
+def _faces(n, size=16, seed=0):
+    """Images with structure (a few smooth patterns mixed) so that PCA's components are well separated."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.rand(5, 3, size, size, generator=g)
+    w = torch.rand(n, 5, generator=g)
+    x = (w @ basis.flatten(1)) / 5 + 0.05 * torch.rand(n, 3 * size * size, generator=g)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).reshape(n, 3, size, size)
+
+
+def test_linear_path_starts_as_pca_against_numpy_svd():
+    """At the start the model's mean reconstructions are PCA's with k = latent_dim (an independent numpy SVD),
+    and its latent means are the whitened PCA coefficients (unit variance over the training images)."""
+    import numpy as np
+
+    train, held = _faces(40), _faces(7, seed=1)
+    model = ConvVAE(latent_dim=6, image_size=16, arch="bn", linear="pca")
+    assert model.init_linear(train) == 6
+    model.eval()
+    x = train.reshape(40, -1).double().numpy() / 255
+    mean = x.mean(0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    h = held.reshape(7, -1).double().numpy() / 255
+    expected = np.clip((h - mean) @ vt[:6].T @ vt[:6] + mean, 0, 1)
+    got = model.reconstruct(held.float() / 255).reshape(7, -1).double().numpy()
+    assert np.abs(got - expected).max() < 1e-4
+    mu = model.encode(train.float() / 255)[0].detach().double().numpy()
+    assert np.allclose(np.abs(mu), np.abs((x - mean) @ vt[:6].T / (s[:6] / np.sqrt(39))), atol=1e-3)
+    assert np.allclose(mu.std(0, ddof=1), 1.0, atol=1e-3)
+
+
+def test_linear_path_covers_at_most_one_less_than_the_images_and_leaves_the_rest_zero():
+    model = ConvVAE(latent_dim=8, image_size=16, arch="bn", linear="pca")
+    assert model.init_linear(_faces(4)) == 3  # 4 centred images span 3 directions
+    assert model.lin_enc[:3].abs().sum() > 0 and model.lin_enc[3:].abs().sum() == 0
+    assert model.lin_dec[:, 3:].abs().sum() == 0
+    assert torch.isfinite(model.lin_enc).all() and torch.isfinite(model.lin_dec).all()
+
+
+def test_linear_path_draw_is_seeded_above_the_fit_cap(monkeypatch):
+    import pipeline.model as m
+
+    monkeypatch.setattr(m, "LINEAR_FIT_IMAGES", 10)
+    images = _faces(30)
+    a, b = (ConvVAE(4, 16, arch="bn", linear="pca") for _ in range(2))
+    a.init_linear(images, seed=3)
+    b.init_linear(images, seed=3)
+    assert torch.equal(a.lin_dec, b.lin_dec)
+    c = ConvVAE(4, 16, arch="bn", linear="pca")
+    c.init_linear(images[:10])
+    assert not torch.allclose(a.lin_dec.abs(), c.lin_dec.abs())  # a draw of 10, not the first 10
+
+
+def test_linear_path_output_is_clipped_in_eval_only_and_reaches_every_value_in_training():
+    model = ConvVAE(latent_dim=4, image_size=16, arch="bn", linear="pca")
+    model.init_linear(_faces(20))
+    z = torch.full((2, 4), 40.0)  # far outside the training images: the linear path leaves [0, 1]
+    model.train()
+    raw = model.decode(z)
+    assert raw.min() < 0 or raw.max() > 1
+    model.eval()
+    out = model.decode(z)
+    assert out.min() >= 0 and out.max() <= 1
+    assert torch.equal(out, raw.detach().clamp(0, 1))
+
+
+def test_linear_none_has_no_linear_parameters_and_refuses_unknown():
+    assert not any(n.startswith("lin_") for n, _ in ConvVAE(4, 16, arch="bn").named_parameters())
+    with pytest.raises(ValueError, match="linear"):
+        ConvVAE(4, 16, linear="kernel")
+
+
+def test_saved_model_with_linear_path_loads_back_and_an_older_config_still_loads(tmp_path):
+    from pipeline.io import read_json, write_json
+    from pipeline.model import ModelConfig, load_model, save_model
+
+    cfg = ModelConfig(4, 16, 3, "bn", "pca")
+    model = cfg.build()
+    model.init_linear(_faces(12))
+    save_model(model, cfg, tmp_path)
+    back = load_model(tmp_path)
+    x = _faces(3, seed=5).float() / 255
+    assert torch.equal(back.reconstruct(x), model.eval().reconstruct(x))
+    old = ModelConfig(4, 16, 3, "bn", "none")
+    save_model(old.build(), old, tmp_path / "old")
+    saved = read_json(tmp_path / "old" / "model_config.json")
+    del saved["linear"]  # what models trained before the linear path wrote
+    write_json(tmp_path / "old" / "model_config.json", saved)
+    assert load_model(tmp_path / "old").linear == "none"
+
+
+def test_bce_accepts_the_linear_paths_unclipped_output():
+    x = torch.rand(2, 3, 4, 4)
+    recon = x * 1.5 - 0.2  # values below 0 and above 1
+    out = vae_loss(recon, x, torch.zeros(2, 2), torch.zeros(2, 2), recon_mode="bce")
+    assert torch.isfinite(out["loss"])

@@ -8,6 +8,7 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.model import load_model, save_model
+from pipeline.params import Params, from_flat
 from pipeline.train import TrainConfig, Trainer, can_continue, load_checkpoint, train
 
 
@@ -19,7 +20,7 @@ def _images(n=12, size=32, seed=0):
 
 
 # the lecture notebook's recipe (the pipeline's defaults are measured better: pipeline/params.py), small
-NOTEBOOK = {"arch": "seed", "recon": "mse", "optimizer": "adam", "schedule": "constant", "augment": False}
+NOTEBOOK = {"arch": "seed", "linear": "none", "recon": "mse", "optimizer": "adam", "schedule": "constant", "augment": False}
 
 
 def _cfg(**kw):
@@ -107,8 +108,9 @@ def test_seed_mean_variant_trains_and_reports_comparable_terms():
     assert r["neg_elbo"] == pytest.approx(r["recon"] + r["kl"])
 
 
-def test_save_and_load_round_trip(tmp_path):
-    trainer = Trainer(_images(), _cfg(arch="bn"))
+@pytest.mark.parametrize("linear", ["none", "pca"])
+def test_save_and_load_round_trip(tmp_path, linear):
+    trainer = Trainer(_images(), _cfg(arch="bn", linear=linear))
     trainer.fit(progress=False)
     save_model(trainer.model, trainer.model_config, tmp_path)
     again = load_model(tmp_path)
@@ -117,8 +119,8 @@ def test_save_and_load_round_trip(tmp_path):
     torch.testing.assert_close(trainer.model.eval().reconstruct(x), again.reconstruct(x), rtol=1e-5, atol=1e-6)
     # the model's shape alone, apart from the training config: all that loading needs
     assert json.loads((tmp_path / "model_config.json").read_text()) == {
-        "latent_dim": 4, "image_size": 32, "in_channels": 3, "arch": "bn"}
-    assert not again.training and again.arch == "bn"
+        "latent_dim": 4, "image_size": 32, "in_channels": 3, "arch": "bn", "linear": linear}
+    assert not again.training and again.arch == "bn" and again.linear == linear
 
 
 def test_missing_model_is_a_user_error(tmp_path):
@@ -488,8 +490,9 @@ def test_the_train_config_states_no_default_of_its_own_and_misses_no_train_key()
 
     fields = dataclasses.fields(TrainConfig)
     assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)
-    stage_only = {"resume", "checkpoint_every"}
-    assert {f.name for f in fields} == {f.name for f in dataclasses.fields(Train)} - stage_only | {"arch", "image_size"}
+    stage_only = {"resume", "checkpoint_every", "min_steps"}
+    assert {f.name for f in fields} == ({f.name for f in dataclasses.fields(Train)} - stage_only
+                                       | {"arch", "linear", "image_size"})
 
 
 def test_a_checkpoint_whose_config_has_other_keys_is_not_continued(tmp_path):
@@ -588,3 +591,36 @@ def test_fit_checkpoints_every_n_epochs_and_at_the_end_and_reports_each_epochs_r
     monkeypatch.setattr(more, "save_checkpoint", lambda path: saved.append(path))
     more.fit(progress=False, checkpoint=None, checkpoint_every=1)  # no path: nothing written
     assert saved == [] and more.epoch == 2
+
+
+def test_linear_path_trainer_starts_at_pca_and_trains_it():
+    """model.linear: pca: before the first step the trainer's model reconstructs like PCA of its training
+    images (k = latent_dim, pipeline.yardstick); training moves the linear path with the rest."""
+    from pipeline.yardstick import Eigenfaces
+
+    images = _images(n=12)
+    trainer = Trainer(images, _cfg(arch="bn", linear="pca", recon="gaussian", epochs=2))
+    eigen = Eigenfaces(4).fit(images)
+    model = trainer.model.eval()
+    assert torch.allclose(model.reconstruct(images.float() / 255), eigen.reconstruct(images), atol=1e-4)
+    before = model.lin_dec.detach().clone()
+    trainer.fit(progress=False)
+    assert (model.lin_dec.detach() - before).abs().max().item() > 1e-4  # in the optimizer, at the full lr
+
+
+@pytest.mark.parametrize("n,epochs,min_steps,batch,want", [
+    (26, 80, 1500, 16, 750),   # 2 batches an epoch: 750 epochs for 1,500 steps
+    (380, 80, 1500, 16, 80),   # 24 batches x 80 = 1,920 steps: train.epochs as it is
+    (33, 80, 1500, 16, 500),   # 3 batches (the last one short)
+    (26, 80, 0, 16, 80),       # 0: train.epochs exactly
+    (5, 1000, 10, 16, 1000),   # more epochs asked than the steps need
+])
+def test_a_small_set_trains_enough_steps(n, epochs, min_steps, batch, want):
+    from pipeline.params import Train
+
+    train_section = Train(epochs=epochs, min_steps=min_steps, batch_size=batch)
+    assert train_section.epochs_for(n) == want
+    params = from_flat({**Params().flat(), "train.epochs": epochs, "train.min_steps": min_steps,
+                        "train.batch_size": batch})
+    assert TrainConfig.from_params(params, n_train=n).epochs == want
+    assert TrainConfig.from_params(params).epochs == epochs  # without the data's size: params as they are
