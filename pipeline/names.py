@@ -26,8 +26,8 @@ MAX_LABEL_CHARS = 100
 MAX_COMPONENT_BYTES = 120  # filesystems allow 255; room is left for the '~hash' and '~N' suffixes
 REPLACED = set('/\\<>:"|?*')
 # ingest's own files at the top of data/raw, and names Windows refuses whatever their extension
-RESERVED = {"manifest.csv", "rejected.csv"} | {"con", "prn", "aux", "nul"} | \
-    {f"{d}{i}" for d in ("com", "lpt") for i in range(1, 10)}
+RESERVED = {"manifest.csv", "rejected.csv", "ingest.json"} | {"con", "prn", "aux", "nul", "conin$", "conout$"} | \
+    {f"{d}{i}" for d in ("com", "lpt") for i in [*range(1, 10), "¹", "²", "³"]}
 
 
 def _is_control(c: str) -> bool:
@@ -68,7 +68,8 @@ def safe_component(text: str, suffix: str = "") -> str:
     short = _truncate_utf8(cleaned, budget).rstrip(" .")
     stem_of = short.split(".")[0].casefold()
     if short != nfc or not short or stem_of in RESERVED or (short + suffix).casefold() in RESERVED:
-        short = f"{_truncate_utf8(short, budget - 9).rstrip(' .')}~{_digest(text)}"
+        lead = "_" if stem_of in RESERVED else ""  # Windows refuses CON.png~1 too: the part before a dot counts
+        short = f"{lead}{_truncate_utf8(short, budget - 10).rstrip(' .')}~{_digest(text)}"
     return short + suffix
 
 

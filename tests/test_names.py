@@ -22,7 +22,7 @@ def _tree(root: Path) -> set[str]:
 
 
 HOSTILE = ["../../../evil", "..", ".", "/abs/dir", "\\\\server\\share", "C:\\Windows", "C:x", "a/b", "a\\b",
-           "manifest.csv", "rejected.csv", "MANIFEST.CSV", "nul", "CON.png", "x" * 300, "é" * 200, " .hidden. ",
+           "manifest.csv", "rejected.csv", "ingest.json", "MANIFEST.CSV", "nul", "CON.png", "COM¹", "CONIN$", "x" * 300, "é" * 200, " .hidden. ",
            "a\x00b", "line\nbreak", "\u202egnp.exe", "~", "", "ok"]
 
 
@@ -31,7 +31,8 @@ def test_safe_component_is_one_harmless_component(text, tmp_path):
     name = safe_component(text, ".png")
     assert name and name not in (".", "..") and not name.startswith((".", " "))
     assert not set(name) & set("/\\\x00\n:") and len(name.encode()) <= MAX_COMPONENT_BYTES + 9
-    assert name.casefold() not in ("manifest.csv", "rejected.csv")
+    assert name.casefold() not in ("manifest.csv", "rejected.csv", "ingest.json")
+    assert name.split(".")[0].casefold() not in ("com¹", "conin$", "con", "nul")
     (tmp_path / name).write_bytes(b"x")  # the filesystem takes it, as one file directly inside tmp_path
     assert [p.name for p in tmp_path.iterdir()] == [name]
 
@@ -99,8 +100,8 @@ def _check_store(out: Path, result) -> None:
 
 def test_hostile_labels_from_a_manifest_stay_inside_data_raw(tmp_path):
     abs_dir = tmp_path / "abs_target"
-    labels = ["../../../evil", str(abs_dir), "a/b", "a\\b", "manifest.csv", "rejected.csv", "C:\\x", "..",
-              "happy", "Happy", "x" * 300, "bad\x01label"]
+    labels = ["../../../evil", str(abs_dir), "a/b", "a\\b", "manifest.csv", "rejected.csv", "ingest.json", "C:\\x",
+              "..", "happy", "Happy", "x" * 300, "bad\x01label"]
     rows = [(lab, "") for lab in labels for _ in range(2)]
     csv_path = _manifest_source(tmp_path, rows)
     work = tmp_path / "project"
@@ -113,15 +114,15 @@ def test_hostile_labels_from_a_manifest_stay_inside_data_raw(tmp_path):
     assert after == {p for p in before if not p.startswith("project")}
     assert not abs_dir.exists()
     _check_store(out, result)
-    assert result.counts() == {lab: 2 for lab in labels[:10]}  # each label kept as it is, as data
+    assert result.counts() == {lab: 2 for lab in labels[:11]}  # each label kept as it is, as data
     reasons = {r["reason"] for r in result.rejected}
     assert reasons == {"label longer than 100 characters; rename the label",
                        "label contains control characters; rename the label"}
     folders = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert len(folders) == 10 and {"Happy", "happy~2"} <= set(folders)  # two folders, even case-insensitively
-    assert len({f.casefold() for f in folders}) == 10
+    assert len(folders) == 11 and {"Happy", "happy~2"} <= set(folders)  # two folders, even case-insensitively
+    assert len({f.casefold() for f in folders}) == 11 and "ingest.json" not in folders
     assert (out / "manifest.csv").is_file() and (out / "rejected.csv").is_file()
-    assert {r["label"] for r in read_manifest(out)} == set(labels[:10])
+    assert {r["label"] for r in read_manifest(out)} == set(labels[:11])
 
 
 def test_names_that_meet_after_flattening_or_case_folding_keep_their_own_files(tmp_path):
