@@ -305,7 +305,11 @@ def write_raw(keep: list[Checked], out_dir: Path, result: IngestResult, record: 
         for c, relpath in zip(keep, _store_paths([c.item for c in keep])):
             dest = tmp / relpath
             dest.parent.mkdir(exist_ok=True)
-            data = c.item.read()
+            try:
+                data = c.item.read()
+            except OSError as e:  # removed or made unreadable since pass 1
+                raise UserError(f"data.source: '{c.item.source}' went away while ingest was reading the source "
+                                f"({e.strerror or type(e).__name__}); rerun ingest") from None
             if _sha256(data) != c.sha256:
                 raise UserError(f"data.source: '{c.item.source}' changed while ingest was reading it; rerun ingest")
             dest.write_bytes(data)

@@ -286,3 +286,34 @@ def test_a_bad_zip_member_is_refused_and_the_rest_ingested(tmp_path, monkeypatch
     result = ingest(str(big), tmp_path / "raw-big", min_per_label=1)
     assert result.counts() == {"angry": 3, "happy": 3}
     assert "over the 2,000-byte limit" in (tmp_path / "raw-big" / "rejected.csv").read_text()
+
+
+@pytest.mark.parametrize("change", ["removed", "rewritten"])
+def test_a_photo_removed_or_rewritten_while_ingest_runs_is_one_line_and_data_raw_is_kept(tmp_path, monkeypatch, change):
+    """Between the pass that checks every photo and the one that copies it, the photo goes or changes:
+    one line naming it, and the data/raw of the last ingest stays as it was."""
+    import pipeline.ingest as ing
+
+    src = tmp_path / "photos"
+    for label in ("angry", "happy"):
+        (src / label).mkdir(parents=True)
+        for i in range(2):
+            (src / label / f"{i}.png").write_bytes(png(hash((label, i)) % 1000))
+    out = tmp_path / "raw"
+    ingest(str(src), out)
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    victim = src / "happy" / "1.png"
+    original = ing.drop_duplicates
+
+    def meanwhile(checked, result):
+        if change == "removed":
+            victim.unlink()
+        else:
+            victim.write_bytes(png(999))
+        return original(checked, result)
+
+    monkeypatch.setattr(ing, "drop_duplicates", meanwhile)
+    expected = "went away while ingest was reading" if change == "removed" else "changed while ingest was reading"
+    with pytest.raises(UserError, match=f"data.source: '{victim}' {expected}.*; rerun ingest"):
+        ingest(str(src), out)
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
