@@ -117,7 +117,9 @@ def main(argv=None) -> None:
     names = args.settings.split(",") + (["photos"] if args.photos and "photos" not in args.settings else [])
     for name in names:
         params = from_flat({**base.flat(), **settings[name], **overrides}, "--set")
-        print(json.dumps(run_setting(name, params, args.device, args.pictures)), flush=True)
+        out = run_setting(name, params, args.device, args.pictures)
+        out.update({"photos": Path(args.photos).name if name == "photos" else None, "set": args.set})
+        print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":
