@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import synthetic  # noqa: E402
 from pipeline.losses import vae_loss  # noqa: E402
-from pipeline.model import ARCHS, ConvVAE  # noqa: E402
+from pipeline.model import ARCHS, LINEARS, ConvVAE  # noqa: E402
 from pipeline.params import load  # noqa: E402
 from pipeline.preprocess import load_image  # noqa: E402
 from pipeline.runtime import keep_freed_memory, resolve_device  # noqa: E402
@@ -93,12 +93,14 @@ def reference(folder: Path, device, batch: int, seed: int = 0):
     return epoch
 
 
-def facevae(images: torch.Tensor, device, batch: int, compile_: bool, arch: str) -> tuple[Callable[[], int], Trainer]:
-    """facevae's Trainer with params.yaml's recipe (model.arch, train.*; latent 32) on the preprocessed uint8
-    images; returns (one-epoch function, trainer)."""
+def facevae(images: torch.Tensor, device, batch: int, compile_: bool, arch: str,
+            linear: str | None = None) -> tuple[Callable[[], int], Trainer]:
+    """facevae's Trainer with params.yaml's recipe (model.arch, model.linear, train.*; latent 32) on the
+    preprocessed uint8 images; returns (one-epoch function, trainer)."""
     params = load(Path(__file__).resolve().parents[1] / "params.yaml")
     cfg = replace(TrainConfig.from_params(params), latent_dim=32, epochs=10**6, batch_size=batch, device=device.type,
-                  compile=compile_, image_size=128, arch=arch or params.model.arch)
+                  compile=compile_, image_size=128, arch=arch or params.model.arch,
+                  linear=linear or params.model.linear)
     trainer = Trainer(images, cfg, device)
 
     def epoch():
@@ -163,6 +165,8 @@ def main(argv=None) -> dict:
                          "larger: JPEG photos)")
     ap.add_argument("--compile", action="store_true", help="torch.compile facevae's training step")
     ap.add_argument("--arch", choices=ARCHS, default=None, help="facevae's layers (default: params.yaml's model.arch)")
+    ap.add_argument("--linear", choices=LINEARS, default=None,
+                    help="facevae's linear path (default: params.yaml's model.linear)")
     ap.add_argument("--malloc", default="keep", choices=["keep", "default"],
                     help="keep: the process keeps freed memory for reuse, as the train stage does (both loops "
                          "share the process, so the reference gets it too); default: glibc's defaults")
@@ -176,11 +180,11 @@ def main(argv=None) -> dict:
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         images = torch.stack([torch.from_numpy(load_image(p, 128)).permute(2, 0, 1) for p in files])
         ref_epoch = reference(folder, device, args.batch)
-        our_epoch, trainer = facevae(images, device, args.batch, args.compile, args.arch)
+        our_epoch, trainer = facevae(images, device, args.batch, args.compile, args.arch, args.linear)
         medians = race(ref_epoch, our_epoch, args.epochs, args.rounds, device)
     (ref, ref_faults), (ours, our_faults) = medians["reference"], medians["facevae"]
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "batch": args.batch, "arch": trainer.cfg.arch, "recon": trainer.cfg.recon, "reference_img_s": round(ref, 1), "facevae_img_s": round(ours, 1),
+              "batch": args.batch, "arch": trainer.cfg.arch, "linear": trainer.cfg.linear, "recon": trainer.cfg.recon, "reference_img_s": round(ref, 1), "facevae_img_s": round(ours, 1),
               "ratio": round(ours / ref, 2), "tflops": None, "mfu": None}
     if device.type == "cuda":
         achieved = flops_per_image(trainer, args.batch) * ours
