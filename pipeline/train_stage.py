@@ -165,6 +165,8 @@ def open_model_run(trainer, params: Params, data: TrainingData, resume: bool, ro
         for row in trainer.history:  # a continued training whose run this store lacks: its epochs so far
             run.log_epoch(int(row["epoch"]), row)
     trainer.meta = {"mlflow_run_id": run.run_id, "data_hash": data.digest}
+    if not resume:  # the run's id on disk before the first epoch: a kill then leaves no run RUNNING for ever
+        trainer.save_checkpoint(CHECKPOINT)
     where = f"resuming at epoch {trainer.epoch}" if resume else "from scratch"
     procs = f" x {trainer.world} processes (DDP)" if trainer.world > 1 else ""
     aug = " augmented" if trainer.augment else ""

@@ -257,3 +257,24 @@ def test_a_finished_checkpoint_of_this_very_training_is_taken_not_retrained(tmp_
     assert not decide_resume(longer, params, "a" * 64, tmp_path) and longer.epoch == 0
     other = Trainer(images, cfg)
     assert not decide_resume(other, params, "b" * 64, tmp_path) and other.epoch == 0
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_closed_by_the_next_training(tmp_path):
+    """SIGKILL right after the MLflow run is opened, before any epoch ends: the run's id is already in a
+    checkpoint (epoch 0), so the next training that does not continue it marks it KILLED."""
+    p = small_project(tmp_path / "p", epochs=80, checkpoint_every=0)
+    proc = subprocess.Popen([str(BIN / "python"), str(ROOT / "stages/train.py")], cwd=p, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = Lines(proc.stdout)
+    lines.wait_for(r"^train: .* epochs \(from scratch\); MLflow run ")
+    proc.kill()
+    proc.wait(timeout=60)
+    lines.join()
+    ckpt = torch.load(p / "models/checkpoint.pt", weights_only=True)
+    run_id = json.loads(ckpt["meta"])["mlflow_run_id"]
+    assert ckpt["epoch"] == 0 and not ckpt["finished"]
+    assert store(p).get_run(run_id).info.status == "RUNNING"
+    set_params(p, {"train": {"epochs": 3}})  # another trajectory: the checkpoint is not continued
+    out = train_stage(p)
+    assert f"MLflow run {run_id} of the stopped training" in out.stdout
+    assert store(p).get_run(run_id).info.status == "KILLED"
