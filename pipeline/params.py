@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,8 @@ def _int(v):
 
 
 def _number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite int or float (YAML's .inf and .nan are floats too)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _str(v):
@@ -133,10 +135,10 @@ class Train:
                           NON_NEGATIVE)
     batch_size: int = knob(16, "the lecture's batch size", POSITIVE)
     lr: float = knob(0.001, "peak learning rate",
-                     (lambda v: _number(v) and v > 0, "a positive number, e.g. 0.001"))
+                     (lambda v: _number(v) and v > 0, "a positive finite number, e.g. 0.001"))
     seed: int = knob(0, "weights init, shuffling and sampling noise (same seed on CPU → same losses)", SEED)
     device: Device = knob("auto", "`auto` | `cpu` | `cuda` | `mps`")
-    beta: float = knob(1.0, "weight of the KL term", (lambda v: _number(v) and v >= 0, "a number >= 0"))
+    beta: float = knob(1.0, "weight of the KL term", (lambda v: _number(v) and v >= 0, "a finite number >= 0"))
     kl: KL = knob("elbo", "`elbo`: per-image KL, the correct ELBO; `seed_mean`: the notebook's `torch.mean` KL "
                           "(almost no KL weight)")
     recon: Recon = knob("gaussian", "`gaussian` | `mse` | `bce` (see Loss options)")
@@ -146,7 +148,7 @@ class Train:
     compile: bool = knob(False, "`torch.compile` the training step", BOOL)
     optimizer: Optimizer = knob("adamw", "`adamw` | `adam` (the notebook's)")
     weight_decay: float = knob(0.0, "AdamW's decoupled weight decay",
-                               (lambda v: _number(v) and v >= 0, "a number >= 0, e.g. 0.0001"))
+                               (lambda v: _number(v) and v >= 0, "a finite number >= 0, e.g. 0.0001"))
     schedule: Schedule = knob("cosine", "`cosine`: linear warm-up over 5 % of the steps, then cosine decay to lr/100 "
                                         "| `constant` (the notebook's)")
     augment: Augment = knob("auto", "random flips, rotations (±10°), shifts (±5 % of the side), scales (0.9–1.1) "

@@ -189,3 +189,15 @@ def test_a_billion_laughs_params_yaml_is_one_line_before_anything_is_expanded(tm
     path.write_text("mlflow:\n  experiment: &e facevae\n  model_name: *e\n")  # a single harmless alias too
     with pytest.raises(UserError, match="line 3: not valid YAML"):
         load(path)
+
+
+@pytest.mark.parametrize("key,text,hint", [
+    ("lr", ".inf", "a positive finite number"),
+    ("beta", ".inf", "a finite number >= 0"),
+    ("weight_decay", ".nan", "a finite number >= 0"),
+])
+def test_infinite_or_nan_numbers_are_refused(tmp_path, key, text, hint):
+    """`train.beta: .inf` was accepted, and training then blamed train.lr for the diverged loss."""
+    path = _params_with(tmp_path, "train", key, text)
+    with pytest.raises(UserError, match=f"train.{key} = .* is not valid; expected {hint}"):
+        load(path)
