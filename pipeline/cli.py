@@ -32,7 +32,24 @@ def run_cli(fn: Callable[[], None]) -> None:
     except Stopped as e:
         print(f"{name}: {e}", file=sys.stderr)
         sys.exit(e.code)
+    except (OSError, RuntimeError) as e:
+        if not is_disk_full(e):
+            raise
+        where = f" writing '{e.filename}'" if getattr(e, "filename", None) else ""
+        print(f"error: the disk is full{where} ({e.__class__.__name__}: {str(e).splitlines()[0][:200]}); free some "
+              f"space and rerun `dvc repro` (outputs are written whole or not at all: the previous ones are kept)",
+              file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print(f"{name}: interrupted; nothing half-written was kept. Rerun `dvc repro` to start over.",
               file=sys.stderr)
         sys.exit(130)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """No space (or quota) left: an OSError's errno, or torch.save's RuntimeError from its file writer."""
+    import errno
+
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(e, RuntimeError) and "file write failed" in str(e)

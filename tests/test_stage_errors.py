@@ -206,3 +206,33 @@ def test_summary_puts_the_vae_beside_pca_in_one_line(tmp_path):
     lines = [x for x in summary(tmp_path).splitlines() if "VAE vs PCA" in x]
     assert lines == ["  VAE vs PCA test PSNR 20.23 vs 21.24 dB (-1.01), SSIM 0.610 vs 0.655 (-0.045), linear probe "
                      "0.780 vs 0.740 (+0.040)   (PCA: 32 eigenfaces of the training images)"]
+
+
+@pytest.mark.parametrize("error", [
+    OSError(28, "No space left on device", "models/.vae.pt.x.tmp"),
+    RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file data/3: "
+                 "file write failed"),
+])
+def test_a_full_disk_is_one_line(error, capsys):
+    """What torch.save and Python's writes raise on a full disk: one line and exit 2, not a traceback."""
+    from pipeline.cli import run_cli
+
+    def write():
+        raise error
+
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(write)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith("error: the disk is full")
+    assert "free some space and rerun `dvc repro`" in err
+    assert ("writing 'models/.vae.pt.x.tmp'" in err) == isinstance(error, OSError)
+
+
+def test_other_os_errors_are_not_called_a_full_disk():
+    from pipeline.cli import run_cli
+
+    def write():
+        raise PermissionError(13, "Permission denied", "x")
+
+    with pytest.raises(PermissionError):
+        run_cli(write)
