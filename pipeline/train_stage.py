@@ -27,6 +27,7 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from .errors import Stopped
 from .io import write_json, write_text
@@ -184,6 +185,8 @@ def fit(trainer, run, checkpoint_every: int) -> float:
             trainer.fit(on_epoch=run.log_epoch, checkpoint=CHECKPOINT, checkpoint_every=checkpoint_every, stop=stop)
     except BaseException:
         run.finish("FAILED")
+        if trainer.epoch == 0:  # the run is closed: its epoch-0 checkpoint holds nothing to continue
+            Path(CHECKPOINT).unlink(missing_ok=True)
         raise
     if stop.requested:
         run.finish("KILLED")

@@ -113,7 +113,7 @@ def test_labels_filter_keeps_a_subset(tmp_path):
     ({"preprocess": {"size": 100}}, "preprocess.size = 100 is not valid; expected a power of two >= 16"),
     ({"train": {"latent_dim": 10 ** 7}}, "train.latent_dim = 10000000 is not valid; expected a positive integer up "
                                         "to 1024"),
-    ({"train": {"lr": "fast"}}, "train.lr = 'fast' is not valid; expected a positive number"),
+    ({"train": {"lr": "fast"}}, "train.lr = 'fast' is not valid; expected a positive finite number"),
 ])
 @pytest.mark.integration
 def test_bad_params_are_one_line_naming_the_key(project, updates, fragment):
