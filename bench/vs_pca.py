@@ -42,8 +42,7 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["--metrics"]:
         print(row(from_metrics(Path(argv[1]))))
         argv = argv[2:]
-    paths = argv
-    for path in paths:
+    for path in argv:
         for line in Path(path).read_text().splitlines():
             if line.strip():
                 print(row(json.loads(line)))
