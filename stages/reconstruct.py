@@ -1,7 +1,7 @@
 """DVC stage reconstruct: models/ + data/processed -> reports/recon_train.png, reports/recon_test.png
 (originals in a row above the VAE's reconstructions, PCA's below them) and metrics/recon.json (MSE, PSNR, SSIM per
-split, and the same for PCA with k = latent_dim fitted on the training images in its `pca` section; on the model's
-MLflow run they are test_psnr, train_ssim, pca_test_psnr ...)."""
+split, of at most 5,000 images of each, and the same for PCA with k = latent_dim fitted on the training images in its
+`pca` section; on the model's MLflow run they are test_psnr, train_ssim, pca_test_psnr ...)."""
 
 import _path  # noqa: F401
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from pipeline.cli import stage_main
-from pipeline.evaluate import image_metrics, reconstruct
+from pipeline.evaluate import reconstruct, split_metrics
 from pipeline.io import write_json
 from pipeline.model import load_model
 from pipeline.paths import DATASET, MODELS, RECON_GRID, RECON_METRICS
@@ -36,12 +36,11 @@ def run(params):
     metrics, pca, files = {}, {"k": eigen.k}, []
     for split in ("train", "test"):
         ds = subset(ds_all, split)
-        original = ds["images"].float() / 255.0
-        recon, pca_recon = reconstruct(model, ds["images"]), eigen.reconstruct(ds["images"])
-        metrics[split], pca[split] = image_metrics(original, recon), image_metrics(original, pca_recon)
-        idx = grid_indices(ds, params.reconstruct.per_class)
+        metrics[split] = split_metrics(ds["images"], lambda b: reconstruct(model, b))
+        pca[split] = split_metrics(ds["images"], eigen.reconstruct)
+        shown = ds["images"][grid_indices(ds, params.reconstruct.per_class)]
         path = RECON_GRID.format(split=split)
-        save_recon_grid(ds["images"][idx], recon[idx], pca_recon[idx], path=path, per_row=10)
+        save_recon_grid(shown, reconstruct(model, shown), eigen.reconstruct(shown), path=path, per_row=10)
         files.append(path)
     write_json(RECON_METRICS, {**metrics, "pca": pca})
     flat = {f"{who}{s}_{k}": v for who, part in (("", metrics), ("pca_", pca)) for s, m in part.items()
