@@ -8,7 +8,7 @@ Each set is a folder ``DIR/<set>/<label>/<file>.jpg`` (one sub-folder per label)
 ``data/legend.csv``'s; every shuffle is ``random.Random(0)``):
 
 * ``strangers``: every ``anger`` photo and as many ``happiness`` photos, shuffled from the legend's order
-  (each face a different person).
+  (about 340 people, most of them once).
 * ``serena``: one person, every ``anger`` (13) and ``happiness`` (19) photo of ``Serena_Williams_*``.
 * ``bush``: one person, 20 ``happiness`` and 20 ``neutral`` photos of ``George_W_Bush_*``, shuffled.
 * ``four``: four people (George W. Bush, Colin Powell, Gerhard Schroeder, Jean Chretien), 12 ``happiness`` and

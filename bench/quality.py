@@ -14,10 +14,10 @@ Settings (each from params.yaml, then its own changes, then --set):
 
 Each setting goes through the pipeline's own code: ingest of the synthetic source, preprocess, the Trainer,
 reconstruction metrics, latent means, kNN / linear probe / silhouette. Prints one JSON line per setting:
-{"setting", "images_train", "images_test", "epochs", "train_psnr", "train_ssim", "test_psnr", "test_ssim",
-"probe_accuracy", "probe_std", "knn_accuracy", "axes_test_accuracy", "silhouette", "seconds", "device"}, and the PCA
-yardstick's figures on the same split (k = latent_dim eigenfaces of the training images, pipeline.yardstick):
-"pca_k", "pca_train_psnr", "pca_test_psnr", "pca_test_ssim", "pca_probe_accuracy", "pca_knn_accuracy". With
+{"setting", "images_train", "images_test", "validation", "epochs", "best_epoch", "train_psnr", "train_ssim",
+"test_psnr", "test_ssim", "probe_accuracy", "probe_std", "knn_accuracy", "axes_test_accuracy", "silhouette",
+"seconds", "device"}, and the PCA yardstick's figures on the same split (k = latent_dim eigenfaces of the training
+images, pipeline.yardstick): "pca_k", "pca_train_psnr", "pca_test_psnr", "pca_test_ssim", "pca_probe_accuracy", "pca_knn_accuracy". With
 --pictures, writes each setting's test reconstruction grid (original / VAE / PCA rows) and t-SNE map there.
 """
 
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.embed import cluster_metrics, label_axes, latents_frame, mu_matrix, tsne_coords  # noqa: E402
-from pipeline.evaluate import image_metrics, reconstruct  # noqa: E402
+from pipeline.evaluate import reconstruct, split_metrics  # noqa: E402
 from pipeline.ingest import ingest  # noqa: E402
 from pipeline.params import Params, from_flat, load  # noqa: E402
 from pipeline.plots import save_recon_grid, save_tsne_plot  # noqa: E402
@@ -64,21 +64,21 @@ def run_setting(name: str, params: Params, device: str, pictures: Path | None) -
                               CropSpec.from_params(p))
     train, test = subset(ds, "train"), subset(ds, "test")
     cfg = replace(TrainConfig.from_params(params, n_train=len(train["ids"])), device=device)
-    trainer = Trainer(train["images"], cfg)
+    trainer = Trainer(train["images"], cfg, labels=train["labels"])
     t_train = time.perf_counter()
     trainer.fit(progress=False)
     train_seconds = time.perf_counter() - t_train
+    best_epoch = trainer.keep_best()
     model = trainer.model.eval()
     out = {"setting": name, "images_train": len(train["ids"]), "images_test": len(test["ids"]),
-           "epochs": cfg.epochs, "arch": cfg.arch, "linear": cfg.linear, "recon": cfg.recon}
-    for split, part in (("train", train), ("test", test)):
-        m = image_metrics(part["images"].float() / 255, reconstruct(model, part["images"]))
-        out[f"{split}_psnr"], out[f"{split}_ssim"] = round(m["psnr"], 2), round(m["ssim"], 4)
+           "validation": cfg.validation, "epochs": cfg.epochs, "best_epoch": best_epoch, "arch": cfg.arch,
+           "linear": cfg.linear, "recon": cfg.recon}
     eigen = fit_eigenfaces(ds, cfg.latent_dim)
     out["pca_k"] = eigen.k
-    for split, part in (("train", train), ("test", test)):
-        m = image_metrics(part["images"].float() / 255, eigen.reconstruct(part["images"]))
-        out[f"pca_{split}_psnr"], out[f"pca_{split}_ssim"] = round(m["psnr"], 2), round(m["ssim"], 4)
+    for who, fn in (("", lambda b: reconstruct(model, b)), ("pca_", eigen.reconstruct)):
+        for split, part in (("train", train), ("test", test)):
+            m = split_metrics(part["images"], fn)
+            out[f"{who}{split}_psnr"], out[f"{who}{split}_ssim"] = round(m["psnr"], 2), round(m["ssim"], 4)
     pca = cluster_metrics(codes_frame(eigen, ds), params.tsne.knn_k)
     out.update({f"pca_{k}": round(pca[k], 3) for k in ("probe_accuracy", "knn_accuracy")})
     frame = latents_frame(model, ds)

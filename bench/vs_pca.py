@@ -2,9 +2,10 @@
 --metrics, the committed metrics of the default run (metrics/train.json, recon.json, tsne.json):
 
     python bench/vs_pca.py [--metrics metrics] docs/results/quality_*.jsonl
+    python bench/vs_pca.py --readme docs/results/quality_*.jsonl     # README's table: the default recipe only
 
 One Markdown row per line: the set (the photos folder, or the setting), the params changed (--set), training /
-test faces, epochs, the VAE's train / test PSNR, PCA's test PSNR (k eigenfaces of the same training images), the
+test faces, epochs (with validation images: the epoch kept, and how many images chose it), the VAE's train / test PSNR, PCA's test PSNR (k eigenfaces of the same training images), the
 difference, and probe / kNN accuracy of the VAE's latent means and of PCA's coefficients.
 """
 
@@ -21,10 +22,31 @@ HEADER = ("| set | params changed | train / test faces | epochs | VAE train / te
 def row(r: dict) -> str:
     changed = ", ".join(f"`{s}`" for s in r.get("set") or []) or "none"
     diff = r["test_psnr"] - r["pca_test_psnr"]
-    return (f"| {r.get('photos') or r['setting']} | {changed} | {r['images_train']} / {r['images_test']} | {r['epochs']} | "
+    epochs = f"{r['best_epoch']} of {r['epochs']} ({r['validation']} val.)" if r.get("validation") else r["epochs"]
+    return (f"| {r.get('photos') or r['setting']} | {changed} | {r['images_train']} / {r['images_test']} | {epochs} | "
             f"{r['train_psnr']:.2f} / **{r['test_psnr']:.2f}** | {r['pca_test_psnr']:.2f} ({r['pca_k']}) | "
             f"{diff:+.2f} dB | {r['probe_accuracy']:.3f} / {r['pca_probe_accuracy']:.3f} | "
             f"{r['knn_accuracy']:.2f} / {r['pca_knn_accuracy']:.2f} |")
+
+
+# README's names of the real-photo sets of bench/draw_photo_sets.py
+SETS = {"serena": "one person, angry / happy", "bush": "another person, happy / neutral",
+        "four": "four people, happy / neutral", "strangers": "503 strangers, angry / happy",
+        "all": "13,660 faces, six expressions"}
+README_HEADER = ("| real photos | training / test faces | epochs | VAE test PSNR | PCA test PSNR | VAE − PCA | "
+                 "probe VAE / PCA |\n|---|---|---|---|---|---|---|")
+
+
+def default_recipe(r: dict) -> bool:
+    """A run of the default recipe: nothing changed but the held-out count or the epochs."""
+    return all(s.split("=")[0] in ("split.test_per_class", "train.epochs") for s in r.get("set") or [])
+
+
+def readme_row(r: dict) -> str:
+    epochs = f"{r['best_epoch']} of {r['epochs']}" if r.get("validation") else r["epochs"]
+    return (f"| {SETS[r['photos']]} | {r['images_train']:,} / {r['images_test']} | {epochs} | {r['test_psnr']:.2f} dB | "
+            f"{r['pca_test_psnr']:.2f} dB | {r['test_psnr'] - r['pca_test_psnr']:+.2f} dB | "
+            f"{r['probe_accuracy']:.3f} / {r['pca_probe_accuracy']:.3f} |")
 
 
 def from_metrics(folder: Path) -> dict:
@@ -32,12 +54,20 @@ def from_metrics(folder: Path) -> dict:
     read = lambda name: json.loads((folder / name).read_text())  # noqa: E731
     recon, tsne, train = read("recon.json"), read("tsne.json"), read("train.json")
     return {"setting": "built-in (`make run`)", "images_train": recon["train"]["n"], "images_test": recon["test"]["n"],
-            "epochs": train["epochs"], "train_psnr": recon["train"]["psnr"], "test_psnr": recon["test"]["psnr"],
+            "epochs": train["epochs"], "best_epoch": train.get("best_epoch"),
+            "validation": train.get("validation_images", 0), "train_psnr": recon["train"]["psnr"], "test_psnr": recon["test"]["psnr"],
             "pca_test_psnr": recon["pca"]["test"]["psnr"], "pca_k": recon["pca"]["k"],
             **{k: tsne[k] for k in ("probe_accuracy", "pca_probe_accuracy", "knn_accuracy", "pca_knn_accuracy")}}
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["--readme"]:
+        rows = [json.loads(line) for path in argv[1:] for line in Path(path).read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if r.get("photos") in SETS and default_recipe(r)]
+        print(README_HEADER)
+        for r in sorted(rows, key=lambda r: r["images_train"]):
+            print(readme_row(r))
+        return
     print(HEADER)
     if argv[:1] == ["--metrics"]:
         print(row(from_metrics(Path(argv[1]))))

@@ -29,14 +29,13 @@ from pathlib import Path
 
 from .errors import UserError
 from .io import atomic_dir, atomic_path, read_json, write_text
-from .tracking.runs import RUN_FILE
+from .tracking.runs import CHAMPION, RUN_FILE
 from .tracking.store import check_reachable, open_store, tracking_uri
 
 # key, title, the range its bars are drawn on
 METRICS = [("test_psnr", "test PSNR (dB)", (0.0, 40.0)), ("test_ssim", "test SSIM", (0.0, 1.0)),
            ("probe_accuracy", "linear probe accuracy", (0.0, 1.0)), ("knn_accuracy", "kNN accuracy", (0.0, 1.0)),
            ("silhouette", "silhouette", (-0.25, 1.0))]
-CHAMPION = "champion"
 # a child run's pictures: at its root; under '<stage>/' in runs logged before
 PICTURES = {"reconstruct": "recon_test.png", "tsne": "tsne.png"}
 
@@ -106,14 +105,17 @@ def _pictures(client, rows: list[dict], stage: str, tmp: str) -> list:
     out = []
     for r in rows:
         run_id = r[f"{stage}_run"]
-        for path in (PICTURES[stage], f"{stage}/{PICTURES[stage]}"):
+        for path in (PICTURES[stage], f"{stage}/{PICTURES[stage]}") if run_id else ():
             try:
-                local = client.download_artifacts(run_id, path, tmp) if run_id else None
-            except Exception:  # not at this path: the older layout
+                local = client.download_artifacts(run_id, path, tmp)
+                with Image.open(local) as im:
+                    out.append((_title(r), im.convert("RGB")))
+                break
+            except Exception:  # not at this path (the older layout), or not a picture
                 continue
-            with Image.open(local) as im:
-                out.append((_title(r), im.convert("RGB")))
-            break
+        else:  # a deleted child run (the UI's Delete button), or its picture gone: said, not drawn
+            print(f"compare: run {r['run_name']} ({r['run_id']}) has no {stage} picture (its {stage} child run is "
+                  f"deleted or lacks {PICTURES[stage]}); left out of the {stage} comparison")
     return out
 
 

@@ -36,6 +36,7 @@ Schedule = Literal["cosine", "constant"]
 Augment = Literal["auto", True, False]
 
 AUTO_AUGMENT_BELOW = 100  # train.augment auto: the homework's 16 + 16 photos are augmented, the built-in 380 not
+AUTO_VALIDATION_FROM = 200  # train.validation auto: sets of at least this many training images hold a tenth out
 SEED_HINT = "an integer from 0 to 4294967295"
 
 
@@ -133,6 +134,13 @@ class Train:
     min_steps: int = knob(1500, "a small set trains for more epochs, until it has taken at least this many "
                                 "optimizer steps (26 photos at batch 16: 750 epochs); 0: train.epochs exactly",
                           NON_NEGATIVE)
+    validation: int | str = knob("auto", "training images held out of the training to choose its best epoch: the "
+                                         "weights kept are those of the epoch (0: the start) with the lowest "
+                                         "reconstruction error on them; `auto` (a tenth from "
+                                         f"{AUTO_VALIDATION_FROM} training images, none below) | a number | 0 "
+                                         "(none: the last epoch's weights)",
+                                 (lambda v: v == "auto" or (_int(v) and v >= 0),
+                                  "auto, 0 (no validation) or a number of images, e.g. 50"))
     batch_size: int = knob(16, "the lecture's batch size", POSITIVE)
     lr: float = knob(0.001, "peak learning rate",
                      (lambda v: _number(v) and v > 0, "a positive finite number, e.g. 0.001"))
@@ -167,6 +175,13 @@ class Train:
         epochs starves a set of a few dozen photos: 80 epochs of 26 photos are 160 steps)."""
         steps_per_epoch = max(1, -(-n_train // self.batch_size))
         return max(self.epochs, -(-self.min_steps // steps_per_epoch))
+
+    def validation_for(self, n_train: int) -> int:
+        """How many of ``n_train`` training images are held out for validation: ``auto`` is a tenth of them from
+        AUTO_VALIDATION_FROM images on (a few dozen photos cannot spare any); a number is capped so that at least
+        half of the images are trained on."""
+        n = (n_train // 10 if n_train >= AUTO_VALIDATION_FROM else 0) if self.validation == "auto" else self.validation
+        return max(0, min(n, n_train // 2))
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,10 @@ def summary(root: Path = Path(".")) -> str:
         return ("facevae: no results in this folder yet (metrics/ holds the figures of the committed run); "
                 "run `make run` (or `dvc pull` to fetch a teammate's)")
     lines = ["", "facevae: pipeline finished."]
-    lines.append(f"  trained    {train.get('epochs')} epochs, loss {train.get('loss', float('nan')):.1f} per image "
-                 f"(recon {train.get('recon', float('nan')):.1f}, KL {train.get('kl', float('nan')):.1f})   "
+    kept = (f", the weights of epoch {train['best_epoch']} kept (lowest error on {train['validation_images']} "
+            f"validation images)" if "best_epoch" in train else "")
+    lines.append(f"  trained    {train.get('epochs')} epochs{kept}, last loss {train.get('loss', float('nan')):.1f} per "
+                 f"image (recon {train.get('recon', float('nan')):.1f}, KL {train.get('kl', float('nan')):.1f})   "
                  f"metrics/train.json, metrics/train_history.csv")
     for split in ("train", "test"):
         m = recon.get(split)

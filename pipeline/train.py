@@ -66,16 +66,21 @@ class TrainConfig:
     schedule: Schedule
     augment: Augment  # True | False | "auto": on below AUTO_AUGMENT_BELOW training images
     image_size: int
+    validation: int  # training images held out to choose the best epoch (params' "auto" resolved to a number)
 
     @classmethod
     def from_params(cls, params: Params | None = None, n_train: int | None = None, **overrides) -> TrainConfig:
         """From ``params`` (the typed defaults when None), with ``overrides`` (tests, benchmarks) on top; given
-        the number of training images, the epochs are ``params.train.epochs_for`` them."""
+        the number of training images, the validation images are ``params.train.validation_for`` them and the
+        epochs ``params.train.epochs_for`` the rest (without it, ``validation: auto`` is none)."""
         params = params or Params()
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in asdict(params.train).items() if k in fields}
         if n_train is not None:
-            values["epochs"] = params.train.epochs_for(n_train)
+            values["validation"] = params.train.validation_for(n_train)
+            values["epochs"] = params.train.epochs_for(n_train - values["validation"])
+        elif values["validation"] == "auto":
+            values["validation"] = 0
         return cls(**{**values, "image_size": params.preprocess.size, "arch": params.model.arch,
                       "linear": params.model.linear, **overrides})
 
@@ -98,6 +103,25 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
         return cfg.lr * (0.04 + 0.96 * step / warm)
     t = min(1.0, (step - warm) / max(1, total_steps - warm))
     return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def validation_split(n: int, n_val: int, seed: int, labels: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(trained, validation) indices of ``n`` training images, ``n_val`` of them for validation: each label's
+    share in proportion to its count (largest remainders first), drawn with ``seed``; both sorted."""
+    if n_val <= 0:
+        return torch.arange(n), torch.arange(0)
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.zeros(n, dtype=torch.long) if labels is None else torch.as_tensor(labels).long()
+    groups = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels)]
+    quota = [n_val * len(g) / n for g in groups]
+    take = [int(q) for q in quota]
+    for i in sorted(range(len(groups)), key=lambda i: take[i] - quota[i])[:n_val - sum(take)]:
+        take[i] += 1
+    val = torch.cat([g[torch.randperm(len(g), generator=gen)[:k]] for g, k in zip(groups, take)]).sort().values
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[val] = False
+    return torch.nonzero(keep).flatten(), val
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -139,10 +163,14 @@ def code_fingerprint() -> str:
 class Trainer:
     """Holds model, optimizer, data and random state; ``fit`` runs epochs up to a target."""
 
-    def __init__(self, images: torch.Tensor, cfg: TrainConfig, device: torch.device | None = None):
+    def __init__(self, images: torch.Tensor, cfg: TrainConfig, device: torch.device | None = None,
+                 labels: torch.Tensor | None = None):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError("images must be a uint8 tensor N x C x H x W")
         self.cfg = cfg
+        # the validation images (cfg.validation of them, stratified by ``labels``) are never trained on
+        fit_idx, val_idx = validation_split(images.shape[0], cfg.validation, cfg.seed, labels)
+        images, val_images = images[fit_idx], images[val_idx]
         self.device = device or resolve_device(cfg.device)
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
         self.channels_last = self.device.type in ("cuda", "cpu")  # measured faster on both (docs/benchmarks.md)
@@ -172,6 +200,8 @@ class Trainer:
         self.opt = opt_cls(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                            fused=self.device.type in ("cuda", "cpu") or None)
         self.data = images.to(self.device).contiguous(memory_format=fmt)
+        self.val_data = val_images.to(self.device).contiguous(memory_format=fmt) if len(val_idx) else None
+        self.best: dict = {}  # with validation: the epoch with the lowest val_mse so far, its error and weights
         self.shuffle_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.augment_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
@@ -202,6 +232,8 @@ class Trainer:
             "config": json.dumps(asdict(self.cfg)),
             "code": code_fingerprint(),
             "meta": json.dumps(self.meta),
+            **({"best_epoch": self.best["epoch"], "best_val_mse": self.best["val_mse"],
+                "best_model": self.best["model"]} if self.best else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -213,6 +245,8 @@ class Trainer:
         self.noise_gen.set_state(state["noise_rng"])
         self.augment_gen.set_state(state["augment_rng"])
         self.meta = json.loads(state.get("meta", "{}"))
+        self.best = {"epoch": int(state["best_epoch"]), "val_mse": float(state["best_val_mse"]),
+                     "model": state["best_model"]} if "best_model" in state else {}
 
     # -- training ---------------------------------------------------------------------------------------
     def beta_at(self, epoch: int) -> float:
@@ -255,7 +289,8 @@ class Trainer:
             else:
                 x = to_float(self.data[idx])
             for group in self.opt.param_groups:
-                group["lr"] = lr_at(self.cfg, (epoch - 1) * steps_per_epoch + start // bs, total_steps)
+                group["lr"] = lr_at(self.cfg, (epoch - 1) * steps_per_epoch + start // bs, total_steps) \
+                    * group.get("lr_scale", 1.0)
             sums += self._step(x, eps, beta, b)["sums"]
         if self.world > 1:
             import torch.distributed as dist
@@ -269,8 +304,41 @@ class Trainer:
         self.epoch = epoch
         row = {"epoch": epoch, "loss": loss, "recon": recon, "kl": kl, "neg_elbo": recon + kl, "sse": sse,
                "beta": beta, "lr": self.opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        if self.val_data is not None:
+            row["val_mse"] = self.validate()
         self.history.append(row)
         return row
+
+    def validate(self) -> float:
+        """The validation error after ``self.epoch`` epochs (:meth:`val_mse`); the weights are remembered when
+        it is the lowest so far (the earliest such epoch)."""
+        mse = self.val_mse()
+        if not self.best or mse < self.best["val_mse"]:
+            self.best = {"epoch": self.epoch, "val_mse": mse,
+                         "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
+        return mse
+
+    @torch.no_grad()
+    def val_mse(self) -> float:
+        """The validation images' mean squared error per pixel, reconstructed from the posterior mean in eval
+        mode (as the reconstruct stage measures)."""
+        self.net.eval()
+        sse = 0.0
+        for i in range(0, self.val_data.shape[0], 64):
+            x = to_float(self.val_data[i:i + 64])
+            sse += float(((self.model.reconstruct(x).float() - x) ** 2).sum())
+        self.net.train()
+        return sse / self.val_data.numel()
+
+    def keep_best(self) -> int:
+        """With validation, load the weights of the epoch with the lowest validation error (0: the start) and
+        return that epoch; without, keep the last epoch's. Call after :meth:`fit` (its checkpoint holds the last
+        weights, which a continued training goes on from)."""
+        if not self.best:
+            return self.epoch
+        self.model.load_state_dict(self.best["model"])
+        self.model.eval()
+        return self.best["epoch"]
 
     def fit(self, epochs: int | None = None, on_epoch: Callable[[int, dict], None] | None = None,
             progress: bool = True, checkpoint: str | Path | None = None, checkpoint_every: int = 0,
@@ -283,6 +351,8 @@ class Trainer:
         target = self.cfg.epochs if epochs is None else epochs
         bar = Progress(target, self.epoch) if progress and target > self.epoch else None
         stopping = False
+        if self.val_data is not None and not self.best:  # epoch 0, the start, is a candidate too
+            self.validate()
         try:
             while self.epoch < target and not stopping:
                 # 1. one epoch over the shuffled data
@@ -387,4 +457,5 @@ def train(images: torch.Tensor, cfg: TrainConfig, on_epoch: Callable[[int, dict]
     """Train a fresh model on ``images`` (uint8 N x C x S x S); return (model, history)."""
     trainer = Trainer(images, cfg)
     history = trainer.fit(on_epoch=on_epoch, progress=progress)
+    trainer.keep_best()
     return trainer.model, history

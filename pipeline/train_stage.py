@@ -60,7 +60,7 @@ def train_stage(params: Params) -> None:
         check_reachable(tracking_uri(root))  # refuse in seconds, before training, if the server is down
         data = load_training_data(params)
         cfg = TrainConfig.from_params(params, n_train=len(data.ids))  # a small set trains more epochs
-        trainer = Trainer(data.images, cfg, device)
+        trainer = Trainer(data.images, cfg, device, labels=data.labels)
         resume = decide_resume(trainer, params, data.digest, root)
         if trainer.rank != 0:  # only rank 0 writes outputs and talks to MLflow
             with GracefulStop() as stop:
@@ -69,6 +69,7 @@ def train_stage(params: Params) -> None:
         run = open_model_run(trainer, params, data, resume, root)
         start_epoch = trainer.epoch
         seconds = fit(trainer, run, params.train.checkpoint_every)
+        keep_best_epoch(trainer)
         metrics = write_outputs(trainer, run, seconds, start_epoch, len(data.ids))
         log_outputs(trainer, run, params, data, seconds, metrics["images_per_second"])
 
@@ -154,7 +155,7 @@ def open_model_run(trainer, params: Params, data: TrainingData, resume: bool, ro
     tags = {**git_info(root), "device": str(trainer.device), "dvc_exp_name": dvc_exp,
             "mlflow.note.content": run_description(params, len(data.ids), dvc_exp)}
     name = f"z{cfg.latent_dim}-e{cfg.epochs}"
-    run_params = {**params.flat(*MODEL_SECTIONS), "data.n_train": len(data.ids)}
+    run_params = {**params.flat(*MODEL_SECTIONS), "data.n_train": len(data.ids), "data.n_validation": cfg.validation}
     curves = epoch_metrics(cfg.recon, cfg.kl_warmup_epochs)
     # the continued training's run, if this store holds it; else a new one with the data as its inputs
     run = resume and TrainingRun.reopen(trainer.meta.get("mlflow_run_id"), name, run_params, tags, root, curves)
@@ -171,7 +172,8 @@ def open_model_run(trainer, params: Params, data: TrainingData, resume: bool, ro
     where = f"resuming at epoch {trainer.epoch}" if resume else "from scratch"
     procs = f" x {trainer.world} processes (DDP)" if trainer.world > 1 else ""
     aug = " augmented" if trainer.augment else ""
-    print(f"train: {len(data.ids)}{aug} images on {trainer.device}{procs}, latent_dim {cfg.latent_dim}, {cfg.epochs} "
+    held = f" ({cfg.validation} of them held out to choose the best epoch)" if cfg.validation else ""
+    print(f"train: {len(data.ids)}{aug} images{held} on {trainer.device}{procs}, latent_dim {cfg.latent_dim}, {cfg.epochs} "
           f"epochs ({where}); MLflow run {run.run_id}{' (continued)' if run.resumed else ''} in {run.uri}")
     return run
 
@@ -196,6 +198,21 @@ def fit(trainer, run, checkpoint_every: int) -> float:
     return time.perf_counter() - t0
 
 
+def keep_best_epoch(trainer) -> None:
+    """With validation images, the weights of the epoch with the lowest validation error are the model."""
+    if trainer.val_data is None:
+        return
+    best = trainer.keep_best()
+    n_val = trainer.val_data.shape[0]
+    last = trainer.history[-1]["val_mse"] if trainer.history else trainer.best["val_mse"]
+    print(f"train: keeping the weights of epoch {best} of {trainer.epoch}: the lowest reconstruction error on the "
+          f"{n_val} validation images (MSE {trainer.best['val_mse']:.6f}; the last epoch's {last:.6f})")
+    if best == 0:
+        start = "PCA's reconstructions (model.linear: pca)" if trainer.cfg.linear == "pca" else "the untrained weights"
+        print(f"train: epoch 0 is the start, {start}: no epoch reconstructed faces it did not train on better; more "
+              f"photos, or train.augment: true, may")
+
+
 def write_outputs(trainer, run, seconds: float, start_epoch: int, n_train: int) -> dict:
     """models/ (the model, its shape, the training config, the run's id), the loss table and
     metrics/train.json, whose figures are returned."""
@@ -210,6 +227,9 @@ def write_outputs(trainer, run, seconds: float, start_epoch: int, n_train: int) 
     write_text(TRAIN_HISTORY, pd.DataFrame(history).to_csv(index=False, float_format="%.6g"))
     new_epochs = trainer.epoch - start_epoch
     metrics = {k: history[-1][k] for k in ("loss", "recon", "kl", "neg_elbo", "sse")}
+    if trainer.best:  # the model is the best epoch's (keep_best_epoch)
+        metrics.update({"best_epoch": trainer.best["epoch"], "val_mse": trainer.best["val_mse"],
+                        "validation_images": trainer.val_data.shape[0]})
     metrics.update({"epochs": len(history), "seconds": round(seconds, 2), "resumed_from_epoch": start_epoch,
                     "images_per_second": round(n_train * new_epochs / seconds, 1) if new_epochs else 0.0})
     write_json(TRAIN_METRICS, metrics)
@@ -222,7 +242,8 @@ def log_outputs(trainer, run, params: Params, data: TrainingData, seconds: float
     from .plots import save_loss_plot
 
     cfg = trainer.cfg
-    run.log_summary({"train_seconds": seconds, "images_per_second": images_per_second})
+    best = {"best_epoch": trainer.best["epoch"], "best_val_mse": trainer.best["val_mse"]} if trainer.best else {}
+    run.log_summary({"train_seconds": seconds, "images_per_second": images_per_second, **best})
     for f in (f"{MODELS}/vae.pt", f"{MODELS}/model_config.json", TRAIN_CONFIG, TRAIN_HISTORY):
         run.log_artifact(f, "model" if f.startswith(f"{MODELS}/") else None)
     save_loss_plot(trainer.history, LOSS_PLOT, cfg.recon)

@@ -144,7 +144,13 @@ def test_mlflow_run_holds_params_history_and_artifacts(project, mlflow_client):
 
     shaping = {k for k in load(proj / "params.yaml").flat() if k.split(".")[0] in ("data", "split", "preprocess", "model",
                                                                              "train", "mlflow")}
-    assert set(p) == shaping | {"data.n_train"}
+    assert set(p) == shaping | {"data.n_train", "data.n_validation"} and p["data.n_validation"] == "0"
+    # its registered version says what it is, and the first version is the champion: models:/facevae@champion loads
+    (version,) = mlflow_client.search_model_versions(f"name = 'facevae' and run_id = '{run.info.run_id}'")
+    assert version.description.startswith("Latent size 8, 2 epochs on 8 training images")
+    assert {k: version.tags[k] for k in ("train.latent_dim", "train.epochs", "data.n_train", "model.linear")} == \
+        {"train.latent_dim": "8", "train.epochs": "2", "data.n_train": "8", "model.linear": "pca"}
+    assert mlflow_client.get_model_version_by_alias("facevae", "champion").version == version.version
     # MLflow's own source tags (the UI's Source, Version and User columns)
     head = run_cmd_stdout(["git", "rev-parse", "HEAD"], proj)
     tags = run.data.tags

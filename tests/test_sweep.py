@@ -69,3 +69,11 @@ def test_sweep_then_compare(tmp_path):
     assert client.get_model_version_by_alias("facevae", "champion").run_id == top.info.run_id
     assert f"models:/facevae@champion is version {versions[top.info.run_id]}" in out.stdout
     assert "Downloading artifacts" not in out.stdout + out.stderr
+    # a child run deleted in the UI: make compare leaves its picture out with one line, never a traceback
+    z4 = by_name["z4-e2"].info.run_id
+    child = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{z4}' and tags.`facevae.stage` = 'tsne'")
+    client.delete_run(child[0].info.run_id)
+    again = run([*make, "compare"], proj)
+    assert "Traceback" not in again.stdout + again.stderr
+    assert "run z4-e2" in again.stdout and "has no tsne picture" in again.stdout
+    assert Image.open(proj / "reports/compare/compare_tsne.png").size == (tsne[0] + 12, 24 + tsne[1] + 6 + 6)

@@ -624,3 +624,76 @@ def test_a_small_set_trains_enough_steps(n, epochs, min_steps, batch, want):
                         "train.batch_size": batch})
     assert TrainConfig.from_params(params, n_train=n).epochs == want
     assert TrainConfig.from_params(params).epochs == epochs  # without the data's size: params as they are
+
+
+def test_the_validation_split_is_disjoint_stratified_seeded_and_never_trained_on():
+    from pipeline.train import validation_split
+
+    labels = torch.tensor([0] * 30 + [1] * 10)
+    fit, val = validation_split(40, 8, seed=0, labels=labels)
+    assert len(val) == 8 and len(fit) == 32 and set(fit.tolist()).isdisjoint(val.tolist())
+    assert sorted(fit.tolist() + val.tolist()) == list(range(40))
+    assert (labels[val] == 0).sum().item() == 6 and (labels[val] == 1).sum().item() == 2  # 3 : 1 like the set
+    assert torch.equal(validation_split(40, 8, seed=0, labels=labels)[1], val)
+    assert not torch.equal(validation_split(40, 8, seed=1, labels=labels)[1], val)
+    assert validation_split(40, 0, seed=0)[1].numel() == 0
+    images = _images(n=12)
+    trainer = Trainer(images, _cfg(validation=3))
+    assert trainer.data.shape[0] == 9 and trainer.val_data.shape[0] == 3
+    flat = lambda t: {bytes(x.numpy().tobytes()) for x in t}  # noqa: E731
+    assert flat(trainer.data).isdisjoint(flat(trainer.val_data))
+    assert flat(trainer.data) | flat(trainer.val_data) == flat(images)
+
+
+@pytest.mark.parametrize("n,setting,want", [(26, "auto", 0), (199, "auto", 0), (200, "auto", 20), (483, "auto", 48),
+                                            (380, 0, 0), (30, 5, 5), (30, 100, 15)])
+def test_how_many_training_images_validate(n, setting, want):
+    from pipeline.params import Train
+
+    assert Train(validation=setting).validation_for(n) == want
+    params = from_flat({**Params().flat(), "train.validation": setting})
+    cfg = TrainConfig.from_params(params, n_train=n)
+    assert cfg.validation == want and cfg.epochs == params.train.epochs_for(n - want)
+
+
+def test_the_kept_weights_are_those_of_the_epoch_with_the_lowest_validation_error(monkeypatch):
+    """A crafted validation history: epoch 0 (the start) 0.5, then 0.4, 0.3, 0.35, 0.45: epoch 2 is kept,
+    and a checkpoint taken at the end continues from the last epoch, not the best."""
+    trainer = Trainer(_images(n=12), _cfg(validation=4, epochs=4))
+    errors = iter([0.5, 0.4, 0.3, 0.35, 0.45])
+    monkeypatch.setattr(trainer, "val_mse", lambda: next(errors))
+    weights = {}
+    trainer.fit(progress=False, on_epoch=lambda e, row: weights.__setitem__(
+        e, {k: v.clone() for k, v in trainer.model.state_dict().items()}))
+    assert [row["val_mse"] for row in trainer.history] == [0.4, 0.3, 0.35, 0.45]
+    last = trainer.state_dict()
+    last["model"] = {k: v.clone() for k, v in last["model"].items()}  # the state shares the model's tensors
+    assert last["best_epoch"] == 2 and last["best_val_mse"] == 0.3
+    assert trainer.keep_best() == 2
+    kept = trainer.model.state_dict()
+    assert all(torch.equal(kept[k], weights[2][k]) for k in kept)
+    assert not all(torch.equal(kept[k], weights[4][k]) for k in kept)
+    assert all(torch.equal(last["model"][k], weights[4][k]) for k in kept)
+    resumed = Trainer(_images(n=12), _cfg(validation=4, epochs=4))
+    resumed.load_state_dict(last)
+    assert resumed.best["epoch"] == 2 and resumed.keep_best() == 2
+
+
+def test_the_start_is_kept_when_no_epoch_beats_it(monkeypatch):
+    trainer = Trainer(_images(n=12), _cfg(validation=4, epochs=2, arch="bn", linear="pca", recon="gaussian"))
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    errors = iter([0.1, 0.2, 0.3])
+    monkeypatch.setattr(trainer, "val_mse", lambda: next(errors))
+    trainer.fit(progress=False)
+    assert trainer.keep_best() == 0
+    assert all(torch.equal(trainer.model.state_dict()[k], start[k]) for k in start)
+
+
+def test_validation_error_is_the_reconstruction_mse_of_the_held_out_images():
+    trainer = Trainer(_images(n=12), _cfg(validation=4, epochs=1))
+    trainer.fit(progress=False)
+    x = trainer.val_data.float() / 255
+    want = float(((trainer.model.eval().reconstruct(x) - x) ** 2).mean())
+    assert trainer.history[-1]["val_mse"] == pytest.approx(want, rel=1e-5)
+    assert Trainer(_images(n=12), _cfg()).val_data is None and "val_mse" not in train(
+        _images(n=12), _cfg(epochs=1), progress=False)[1][-1]

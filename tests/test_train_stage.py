@@ -278,3 +278,30 @@ def test_a_run_killed_before_its_first_checkpoint_is_closed_by_the_next_training
     out = train_stage(p)
     assert f"MLflow run {run_id} of the stopped training" in out.stdout
     assert store(p).get_run(run_id).info.status == "KILLED"
+
+
+def test_with_validation_images_the_model_is_the_best_epochs_and_says_so(tmp_path):
+    """train.validation: 4 of the 8 training images choose the epoch; models/vae.pt holds that epoch's weights
+    (the checkpoint keeps the last epoch's to continue from), and metrics/train.json and the run say which."""
+    p = small_project(tmp_path / "p", epochs=3, validation=4, checkpoint_every=1)
+    out = train_stage(p)
+    m = read_json(p / "metrics/train.json")
+    import pandas as pd
+
+    val = pd.read_csv(p / "metrics/train_history.csv")["val_mse"].tolist()
+    assert m["validation_images"] == 4 and 0 <= m["best_epoch"] <= 3 and len(val) == 3
+    assert m["val_mse"] <= min(val) + 1e-9  # the kept epoch is the lowest (the start, epoch 0, may be lower still)
+    if m["best_epoch"]:
+        assert m["val_mse"] == pytest.approx(val[m["best_epoch"] - 1], rel=1e-5)
+    assert f"keeping the weights of epoch {m['best_epoch']} of 3" in out.stdout
+    ckpt = torch.load(p / "models/checkpoint.pt", weights_only=True)
+    weights = torch.load(p / "models/vae.pt", weights_only=True)
+    assert ckpt["best_epoch"] == m["best_epoch"] and ckpt["epoch"] == 3
+    assert all(torch.equal(weights[k], ckpt["best_model"][k]) for k in weights)
+    client = store(p)
+    run_id = read_json(p / "models/mlflow_run.json")["run_id"]
+    assert sorted(x.step for x in client.get_metric_history(run_id, "val_mse")) == [1, 2, 3]
+    r = client.get_run(run_id)
+    assert r.data.metrics["best_epoch"] == m["best_epoch"] and r.data.metrics["best_val_mse"] == pytest.approx(m["val_mse"], abs=1e-6)
+    assert r.data.params["data.n_validation"] == "4"
+    assert "(4 of them held out to choose the best epoch)" in r.data.tags["mlflow.note.content"]

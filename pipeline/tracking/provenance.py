@@ -37,8 +37,10 @@ def run_description(params, n_train: int, dvc_exp: str = "") -> str:
     """The model run's description (the UI's Description box and column): what it is and where it came from."""
     source, train = params.data.source, params.train
     data = f"the synthetic faces ({params.data.identities} people)" if source == "synthetic" else f"`{source}`"
-    text = (f"Latent size {train.latent_dim}, {train.epochs_for(n_train)} epochs on {n_train} training images of "
-            f"{data}, {params.preprocess.size} px; model.arch {params.model.arch}, model.linear {params.model.linear}, "
+    n_val = train.validation_for(n_train)
+    held = f" ({n_val} of them held out to choose the best epoch)" if n_val else ""
+    text = (f"Latent size {train.latent_dim}, {train.epochs_for(n_train - n_val)} epochs on {n_train} training images"
+            f"{held} of {data}, {params.preprocess.size} px; model.arch {params.model.arch}, model.linear {params.model.linear}, "
             f"train.recon {train.recon}, beta {train.beta}.")
     return text + (f" DVC experiment `{dvc_exp}` (`dvc exp apply {dvc_exp}`)." if dvc_exp else "")
 

@@ -26,7 +26,8 @@ from .store import (check_artifact_location, check_reachable, checked_run, check
                     experiment_id, is_run_id, open_store, tracking_uri)
 
 RUN_FILE = "mlflow_run.json"
-EPOCH_METRICS = ("loss", "recon", "kl", "neg_elbo", "sse", "beta")
+CHAMPION = "champion"  # the registered model's alias of the version to use: the first, then make compare's best
+EPOCH_METRICS = ("loss", "recon", "kl", "neg_elbo", "sse", "beta", "val_mse")  # val_mse: with train.validation
 # Summary metrics (one value per model: test PSNR, accuracies, ...) are logged at step 0, where the MLflow
 # UI draws runs side by side as bars, rounded to what their precision means.
 SUMMARY_STEP = 0
@@ -228,6 +229,27 @@ def log_pytorch_model(uri: str, run_id: str, model, example, name: str, register
                                  registered_model_name=registered_name)
     # start_run(run_id=...) marks the run FINISHED on exit; training may still be going on
     store.update_run(run_id, status="RUNNING")
+    if registered_name:
+        describe_version(store, registered_name, run)
+
+
+VERSION_TAGS = ("train.latent_dim", "train.epochs", "data.source", "data.n_train", "model.linear")
+
+
+def describe_version(store, name: str, run) -> None:
+    """The registered model's version of ``run``: described like the run, tagged with what it was trained on
+    and how; and the ``champion`` alias when the model has none yet, so that ``models:/<name>@champion`` loads
+    after the first training (``make compare`` moves it to the best of the compared runs)."""
+    versions = store.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'")
+    if not versions:
+        return
+    version = max(versions, key=lambda v: int(v.version)).version
+    store.update_model_version(name, version, description=run.data.tags.get("mlflow.note.content", ""))
+    for key in VERSION_TAGS:
+        if key in run.data.params:
+            store.set_model_version_tag(name, version, key, run.data.params[key])
+    if CHAMPION not in store.get_registered_model(name).aliases:
+        store.set_registered_model_alias(name, CHAMPION, version)
 
 
 def log_stage(model_dir: str | Path, stage: str, params: dict, metrics: dict, artifacts: list,
