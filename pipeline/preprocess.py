@@ -154,9 +154,42 @@ def load_dataset(path: str | Path) -> dict:
     if not path.exists():
         raise UserError(f"{path} not found; run the preprocess stage first (dvc repro preprocess)")
     try:
-        return torch.load(path, weights_only=True)
+        ds = torch.load(path, weights_only=True)
     except Exception as e:  # truncated, overwritten, not a torch file
         raise UserError(f"{path} is damaged ({type(e).__name__}); rebuild it with `dvc repro -f preprocess`") from None
+    wrong = dataset_problem(ds)
+    if wrong:
+        raise UserError(f"{path} is not a dataset of this pipeline ({wrong}); rebuild it with "
+                        f"`dvc repro -f preprocess`")
+    return ds
+
+
+def dataset_problem(ds) -> str | None:
+    """What makes ``ds`` other than :func:`build_dataset`'s layout (None when nothing does): images uint8
+    N x 3 x S x S, labels int64 in [0, len(classes)), is_test bool, N ids, classes of distinct strings."""
+    if not isinstance(ds, dict):
+        return f"a {type(ds).__name__}, not a dict"
+    missing = [k for k in ("images", "labels", "is_test", "ids", "classes") if k not in ds]
+    if missing:
+        return f"no {', '.join(missing)}"
+    images, labels, is_test, ids, classes = (ds[k] for k in ("images", "labels", "is_test", "ids", "classes"))
+    if not (torch.is_tensor(images) and images.dtype == torch.uint8 and images.dim() == 4 and images.shape[1] == 3
+            and images.shape[2] == images.shape[3]):
+        what = f"{images.dtype} {tuple(images.shape)}" if torch.is_tensor(images) else type(images).__name__
+        return f"images are {what}, not uint8 N x 3 x S x S"
+    n = images.shape[0]
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
+            and len(set(classes)) == len(classes)):
+        return "classes are not a list of distinct label names"
+    if not (torch.is_tensor(labels) and labels.dtype == torch.int64 and labels.shape == (n,)):
+        return f"labels are not {n} integers"
+    if n and not (0 <= int(labels.min()) and int(labels.max()) < len(classes)):
+        return f"labels outside 0..{len(classes) - 1}"
+    if not (torch.is_tensor(is_test) and is_test.dtype == torch.bool and is_test.shape == (n,)):
+        return f"is_test is not {n} booleans"
+    if not (isinstance(ids, list) and len(ids) == n and all(isinstance(i, str) for i in ids)):
+        return f"ids are not {n} names"
+    return None
 
 
 def subset(ds: dict, split: str) -> dict:

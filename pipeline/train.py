@@ -434,9 +434,31 @@ def load_checkpoint(path: str | Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # a checkpoint we cannot read is as good as none: start over
         return None
+    if not well_formed(ckpt):
+        print(f"train: {path} is not a checkpoint of this trainer (other structure); it is not continued")
+        return None
+    return ckpt
+
+
+CHECKPOINT_KEYS = {"model": dict, "optimizer": dict, "epoch": int, "history": str, "shuffle_rng": torch.Tensor,
+                   "noise_rng": torch.Tensor, "augment_rng": torch.Tensor, "config": str, "code": str, "meta": str}
+
+
+def well_formed(ckpt) -> bool:
+    """``ckpt`` has :meth:`Trainer.state_dict`'s keys, types and JSON fields (a history list, a config and meta
+    object), so reading it cannot fail half-way."""
+    if not isinstance(ckpt, dict) or not all(isinstance(ckpt.get(k), t) for k, t in CHECKPOINT_KEYS.items()):
+        return False
+    try:
+        shapes = (json.loads(ckpt["history"]), json.loads(ckpt["config"]), json.loads(ckpt["meta"]))
+    except ValueError:
+        return False
+    best = all(k in ckpt for k in ("best_epoch", "best_val_mse", "best_model")) or \
+        not any(k in ckpt for k in ("best_epoch", "best_val_mse", "best_model"))
+    return [type(x) for x in shapes] == [list, dict, dict] and ckpt["epoch"] >= 0 and best
 
 
 def can_continue(ckpt: dict | None, cfg: TrainConfig, resume: bool) -> bool:

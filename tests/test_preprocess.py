@@ -146,3 +146,34 @@ def test_every_image_mode_becomes_the_rgb_worked_out_by_hand(make, want):
     out = np.asarray(to_rgb(make()))
     assert out.shape == (4, 4, 3) and out.dtype == np.uint8
     assert {tuple(int(v) for v in px) for px in out.reshape(-1, 3)} == {want}
+
+
+@pytest.mark.parametrize("damage, said", [
+    ("a list", "a list, not a dict"), ("no ids", "no ids"), ("float images", "not uint8 N x 3 x S x S"),
+    ("grey images", "not uint8 N x 3 x S x S"), ("label out of range", "labels outside 0..1"),
+    ("too few ids", "ids are not 4 names"), ("is_test ints", "is_test is not 4 booleans"),
+    ("classes repeated", "classes are not a list of distinct label names")])
+def test_a_dataset_of_another_structure_is_one_line_naming_the_rebuild(tmp_path, damage, said):
+    import torch
+
+    from pipeline.errors import UserError
+    from pipeline.preprocess import load_dataset
+
+    ds = {"images": torch.zeros(4, 3, 8, 8, dtype=torch.uint8), "labels": torch.tensor([0, 1, 0, 1]),
+          "is_test": torch.tensor([False, False, True, True]), "ids": ["a", "b", "c", "d"], "classes": ["x", "y"]}
+    torch.save(ds, tmp_path / "ok.pt")
+    assert load_dataset(tmp_path / "ok.pt")["ids"] == ["a", "b", "c", "d"]
+    changes = {"float images": ("images", torch.zeros(4, 3, 8, 8)), "grey images": ("images", ds["images"][:, :1]),
+               "label out of range": ("labels", torch.tensor([0, 1, 2, 1])), "too few ids": ("ids", ["a"]),
+               "is_test ints": ("is_test", torch.tensor([0, 0, 1, 1])), "classes repeated": ("classes", ["x", "x"])}
+    if damage == "a list":
+        bad = [ds]
+    elif damage == "no ids":
+        bad = {k: v for k, v in ds.items() if k != "ids"}
+    else:
+        key, value = changes[damage]
+        bad = {**ds, key: value}
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(UserError, match="not a dataset of this pipeline") as e:
+        load_dataset(tmp_path / "bad.pt")
+    assert said in str(e.value) and "dvc repro -f preprocess" in str(e.value) and "\n" not in str(e.value)

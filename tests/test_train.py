@@ -697,3 +697,30 @@ def test_validation_error_is_the_reconstruction_mse_of_the_held_out_images():
     assert trainer.history[-1]["val_mse"] == pytest.approx(want, rel=1e-5)
     assert Trainer(_images(n=12), _cfg()).val_data is None and "val_mse" not in train(
         _images(n=12), _cfg(epochs=1), progress=False)[1][-1]
+
+
+@pytest.mark.parametrize("damage", ["a list", "no model", "history not JSON", "meta a list", "epoch a string",
+                                    "negative epoch", "half a best"])
+def test_a_checkpoint_of_another_structure_is_not_continued_and_says_so(tmp_path, damage, capsys):
+    trainer = Trainer(_images(), _cfg())
+    trainer.fit(progress=False)
+    state = trainer.state_dict()
+    if damage == "a list":
+        state = [state]
+    elif damage == "no model":
+        del state["model"]
+    elif damage == "history not JSON":
+        state["history"] = "[{"
+    elif damage == "meta a list":
+        state["meta"] = "[]"
+    elif damage == "epoch a string":
+        state["epoch"] = "2"
+    elif damage == "negative epoch":
+        state["epoch"] = -1
+    else:
+        state["best_epoch"] = 1
+    torch.save(state, tmp_path / "c.pt")
+    assert load_checkpoint(tmp_path / "c.pt") is None
+    assert "is not a checkpoint of this trainer" in capsys.readouterr().out
+    torch.save(trainer.state_dict(), tmp_path / "ok.pt")
+    assert load_checkpoint(tmp_path / "ok.pt")["epoch"] == 2
