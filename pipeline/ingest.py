@@ -27,6 +27,7 @@ import difflib
 import hashlib
 import io
 import json
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,6 +282,14 @@ def check_counts(keep: list[Checked], result: IngestResult, source: str, min_per
     if not counts:
         raise UserError(f"data.source: no usable images in '{source}' ({len(result.rejected)} rejected, "
                         f"{result.ignored} non-image files); add JPEG or PNG photos in one sub-folder per label")
+    alike: dict[str, list[str]] = {}
+    for label in sorted(counts):  # 'Happy' and 'happy', or 'café' composed and decomposed: one class or two?
+        alike.setdefault(unicodedata.normalize("NFC", label).casefold(), []).append(label)
+    twins = next((names for names in alike.values() if len(names) > 1), None)
+    if twins:
+        raise UserError(f"data.source: the labels {' and '.join(ascii(x) for x in twins)} in '{source}' differ only "
+                        f"in case or Unicode form and would be two classes; give their images one label (merge or "
+                        f"rename the folders)")
     if len(counts) < 2:
         lost = sorted(result.labels_seen - set(counts))
         if lost:

@@ -190,3 +190,21 @@ def test_every_source_names_a_nested_photo_alike_and_filters_file_types_alike(tm
     assert stored["manifest"] == ["angry/000005_angry__a.png", "happy/000002_happy__trip__Beach0.jpg"]
     assert refused["folder"] == refused["zip"] == ["unsupported format"]
     assert refused["manifest"] == ["not an image", "unsupported format"]
+
+
+@pytest.mark.parametrize("twin", ["Happy", "HAPPY", "happy\N{COMBINING ACUTE ACCENT}"])  # the last: NFD beside NFC
+def test_labels_that_differ_only_in_case_or_unicode_form_are_one_line(tmp_path, twin):
+    import unicodedata
+
+    src = tmp_path / "photos"
+    _folder(src)
+    first = "happy" if twin != "happy\N{COMBINING ACUTE ACCENT}" else unicodedata.normalize("NFC", twin)
+    if first != "happy":
+        (src / "happy").rename(src / first)
+    (src / twin).mkdir()
+    for i in range(3):
+        (src / twin / f"{i}.png").write_bytes(png(200 + i))
+    with pytest.raises(UserError, match="differ only in case or Unicode form") as e:
+        ingest(str(src), tmp_path / "raw")
+    assert "\n" not in str(e.value) and ascii(twin) in str(e.value)
+    assert not (tmp_path / "raw").exists()
