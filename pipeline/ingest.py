@@ -48,7 +48,7 @@ RECORD = "ingest.json"  # the settings and code that wrote data/raw
 class IngestResult:
     accepted: list[dict] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
-    ignored: int = 0  # stray non-image files
+    skipped: list[str] = field(default_factory=list)  # stray non-image files (not images by their names)
     warnings: list[str] = field(default_factory=list)
     labels_seen: set[str] = field(default_factory=set)  # every label the source has, kept or not
     kept: bool = False  # data/raw already held what this ingest would write: left as it was
@@ -67,6 +67,20 @@ class IngestResult:
     def reject(self, path: str, reason: str) -> None:
         self.rejected.append({"path": path, "reason": reason})
 
+    def skip(self, path: str) -> None:
+        self.skipped.append(path)
+
+    @property
+    def ignored(self) -> int:
+        return len(self.skipped)
+
+    def skipped_list(self, shown: int = 5) -> str:
+        """' (a.txt, b.doc, … and 3 more)': the first skipped files, for the summary line."""
+        if not self.skipped:
+            return ""
+        more = f", … and {len(self.skipped) - shown} more" if len(self.skipped) > shown else ""
+        return " (" + ", ".join(self.skipped[:shown]) + more + ")"
+
     def reasons(self) -> str:
         """Rejections counted by reason: '2 too small; 1 empty file' (or 'none')."""
         reasons: dict[str, int] = {}
@@ -80,7 +94,7 @@ class IngestResult:
         if self.kept:
             return f"ingest: data/raw is up to date ({len(self.accepted)} images: {per_label}); kept as it is"
         return (f"ingest: accepted {len(self.accepted)} images ({per_label}); rejected {len(self.rejected)} "
-                f"({self.reasons()}); ignored {self.ignored} non-image files")
+                f"({self.reasons()}); ignored {self.ignored} non-image files{self.skipped_list()}")
 
 
 def _sha256(data: bytes) -> str:

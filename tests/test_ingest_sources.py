@@ -208,3 +208,20 @@ def test_labels_that_differ_only_in_case_or_unicode_form_are_one_line(tmp_path, 
         ingest(str(src), tmp_path / "raw")
     assert "\n" not in str(e.value) and ascii(twin) in str(e.value)
     assert not (tmp_path / "raw").exists()
+
+
+def test_jpeg_by_its_other_names_is_taken_and_every_skipped_file_is_named(tmp_path, capsys):
+    from helpers import noise
+
+    src = tmp_path / "photos"
+    _folder(src)
+    jpeg = io.BytesIO()
+    noise(7).save(jpeg, format="JPEG")
+    for name in ("a.jfif", "b.JPE", "c.JPG "):  # the last with a trailing space
+        (src / "happy" / name).write_bytes(jpeg.getvalue() + name.encode())  # trailing bytes: three distinct files
+    (src / "happy" / "notes.txt").write_text("not a photo")
+    (src / "angry" / "list.doc").write_text("not a photo")
+    result = ingest(str(src), tmp_path / "raw")
+    assert result.counts() == {"angry": 3, "happy": 6}
+    assert sorted(result.skipped) == sorted([str(src / "angry" / "list.doc"), str(src / "happy" / "notes.txt")])
+    assert "ignored 2 non-image files (" in result.summary() and "notes.txt" in result.summary()

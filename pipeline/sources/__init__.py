@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 from ..errors import UserError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".jif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # image formats people have but Pillow cannot read without plugins: refused with a hint, not ignored
 UNSUPPORTED_EXTENSIONS = {".heic", ".heif", ".avif", ".svg", ".psd", ".raw", ".cr2", ".nef", ".arw", ".dng"}
 
@@ -53,13 +53,13 @@ def admit(result, source: str, name: str, others: str = "ignore") -> bool:
     """The one file-type filter: True for an image file name. A format Pillow cannot read is refused with a
     hint; any other file is counted as ignored (``others='ignore'``, a folder's or archive's stray files) or
     left to the decoder to judge (``others='decode'``, a file a manifest names)."""
-    ext = Path(name).suffix.lower()
+    ext = Path(name.rstrip()).suffix.lower()  # 'n.JPG ' (a trailing space) is a JPEG too
     if ext in UNSUPPORTED_EXTENSIONS:
         result.reject(source, f"unsupported format ({ext}); convert it to JPEG or PNG")
         return False
     if ext in IMAGE_EXTENSIONS or others == "decode":
         return True
-    result.ignored += 1
+    result.skip(source)
     return False
 
 

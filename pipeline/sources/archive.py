@@ -92,7 +92,7 @@ def items(archive: Path, result, labels: list[str] | None, stack) -> list[Item]:
         elif not regular:
             result.reject(src, "link or special file in archive; not extracted")
         elif any(p.startswith(".") for p in parts) or parts[0] == "__MACOSX":
-            result.ignored += 1
+            result.skip(src)
         else:
             entries.append((parts, reader, src))
     # an archive of a folder ("faces/happy/a.jpg"): the labels are one level down
@@ -101,7 +101,7 @@ def items(archive: Path, result, labels: list[str] | None, stack) -> list[Item]:
     out = []
     for parts, reader, src in sorted(entries, key=lambda e: e[0]):
         if len(parts) < 2:
-            result.ignored += 1  # a file beside the label folders
+            result.skip(src)  # a file beside the label folders
         elif result.wanted(parts[0], labels) and admit(result, src, parts[-1]):
             out.append(Item(parts[0], flat_name(parts[1:]), src, reader=reader))
     return out

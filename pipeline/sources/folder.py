@@ -40,7 +40,7 @@ def items(root: Path, result, labels: list[str] | None):
             for fn in sorted(filenames):
                 path = Path(dirpath) / fn
                 if fn.startswith("."):
-                    result.ignored += 1
+                    result.skip(str(path))
                     continue
                 if not admit(result, str(path), fn):
                     continue
