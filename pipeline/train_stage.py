@@ -248,7 +248,7 @@ def log_outputs(trainer, run, params: Params, data: TrainingData, seconds: float
         run.log_artifact(f, "model" if f.startswith(f"{MODELS}/") else None)
     save_loss_plot(trainer.history, LOSS_PLOT, cfg.recon)
     run.log_artifact(LOSS_PLOT)
-    run.log_image(LOSS_PLOT, "train/loss", step=len(trainer.history))
+    run.log_image(LOSS_PLOT, "train/loss")
     # 2 images: a batch of 1 would fix the batch size in the export
     run.log_model(trainer.model, data.images[:2], f"vae-z{cfg.latent_dim}", params.mlflow.model_name)
     run.finish("FINISHED")

@@ -136,8 +136,9 @@ class TrainingRun:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.outbox.send({"kind": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
 
-    def log_image(self, path: str | Path, key: str, step: int) -> None:
-        """A PNG as an MLflow image at ``step``: the experiment's Chart view shows each run's side by side."""
+    def log_image(self, path: str | Path, key: str, step: int = SUMMARY_STEP) -> None:
+        """A PNG as an MLflow image, at step 0 unless told: every run's at the same step, the experiment's
+        Chart view shows them side by side whatever their epochs."""
         self.outbox.send({"kind": "image", "path": str(Path(path).resolve()), "key": key, "step": step})
 
     def log_model(self, model, example, name: str, registered_name: str | None = None) -> None:
@@ -259,8 +260,8 @@ def log_stage(model_dir: str | Path, stage: str, params: dict, metrics: dict, ar
     ``artifacts`` is a list of paths (files) logged at the root of the child run, so two children's
     pictures compare side by side. ``metrics`` go to the child and to the parent run at step 0, rounded
     (:func:`rounded`): the UI's bar charts. ``images`` ({key: PNG path}) are logged to the parent
-    with ``mlflow.log_image`` at step = epochs trained, so the experiment's Chart view shows each model's
-    pictures side by side.
+    with ``mlflow.log_image`` at step 0, whatever the epochs: the experiment's Chart view, whose step slider
+    every image card shares, shows each model's pictures side by side.
     """
     root = project_root()
     uri = tracking_uri(root)
@@ -277,7 +278,7 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, images):
     store = open_store(uri, root)
     info = read_json(Path(model_dir) / RUN_FILE)
     cfg = read_json(Path(model_dir) / "config.json")
-    step = int(cfg.get("epochs", 0))
+    epochs = int(cfg.get("epochs", 0))
     parent_id = checked_run_id(info.get("run_id"), f"{Path(model_dir) / RUN_FILE}")
     try:
         parent = store.get_run(parent_id)
@@ -293,7 +294,7 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, images):
     # so children of different models compare side by side
     model_name = parent.info.run_name if parent is not None else info.get("run_name", "")
     name = " ".join(filter(None, [model_name, stage, *(f"{k.split('.')[-1]}={v}" for k, v in sorted(params.items()))]))
-    params = {**params, "train.latent_dim": cfg.get("latent_dim"), "train.epochs": step}
+    params = {**params, "train.latent_dim": cfg.get("latent_dim"), "train.epochs": epochs}
     tags = {"facevae.stage": stage, "facevae.model_run": parent_id}
     if parent is not None:
         checked_run(parent, uri, f"the tracking store {uri}")
@@ -309,7 +310,7 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, images):
         if parent is not None:
             log_metrics(store, parent_id, summary, SUMMARY_STEP)
             for key, path in images.items():
-                log_image(store, parent_id, path, key, step)
+                log_image(store, parent_id, path, key, SUMMARY_STEP)
             store.set_tag(parent_id, f"facevae.latest_{stage}_run", cid)
     except BaseException:
         store.set_terminated(cid, status="FAILED")
