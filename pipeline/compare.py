@@ -47,8 +47,17 @@ def _latest_child(client, experiment_id: str, parent_id: str, stage: str) -> str
     return runs[0].info.run_id if runs else None
 
 
+def budget(run) -> tuple[str, str, str]:
+    """What makes two model runs comparable: the training data (the digest of its dataset input), its size and
+    the epochs trained."""
+    digest = next((d.dataset.digest for d in run.inputs.dataset_inputs if d.dataset.name == "facevae-train"), "")
+    p = run.data.params
+    return digest, p.get("data.n_train", ""), run.data.tags.get("resumed.train.epochs", p.get("train.epochs", ""))
+
+
 def collect(client, experiment: str) -> list[dict]:
-    """The newest finished model run per latent size, sorted by latent size."""
+    """The newest finished model run per latent size, sorted by latent size, of the newest run's data and
+    epochs only (:func:`budget`): runs of other data or epochs are named in one line and left out."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise UserError(f"MLflow experiment '{experiment}' not found in {client.tracking_uri}; run the pipeline "
@@ -57,12 +66,18 @@ def collect(client, experiment: str) -> list[dict]:
                               "tags.`facevae.kind` = 'model' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=1000)
     picked: dict[int, dict] = {}
+    like, unlike = None, {}
     for r in runs:
         d = int(r.data.params.get("train.latent_dim", 0))
         if d in picked or not all(k in r.data.metrics for k, _, _ in METRICS):
             continue
+        like = like or budget(r)
+        if budget(r) != like:
+            unlike[r.info.run_id] = r.info.run_name
+            continue
         picked[d] = {"latent_dim": d, "run_id": r.info.run_id, "run_name": r.info.run_name,
                      "epochs": int(r.data.tags.get("resumed.train.epochs", r.data.params.get("train.epochs", 0))),
+                     "n_train": int(r.data.params.get("data.n_train", 0)),
                      "dvc_exp": r.data.tags.get("dvc_exp_name", ""),
                      **{f"{stage}_run": _latest_child(client, exp.experiment_id, r.info.run_id, stage)
                         for stage in PICTURES},
@@ -70,6 +85,11 @@ def collect(client, experiment: str) -> list[dict]:
     if not picked:
         raise UserError(f"no finished model run with test metrics in MLflow experiment '{experiment}'; "
                         f"run the pipeline (make run or make sweep) first")
+    if unlike:
+        names = ", ".join(f"{name} ({i[:8]})" for i, name in list(unlike.items())[:8]) + \
+            (f", … ({len(unlike)} in all)" if len(unlike) > 8 else "")
+        print(f"compare: left out runs of other training data or epochs than the newest run's ({like[1]} training "
+              f"images, {like[2]} epochs): {names}; rerun them on this data to compare them")
     return [picked[d] for d in sorted(picked)]
 
 
@@ -138,13 +158,15 @@ def write_report(client, rows: list[dict], out: Path, top: dict | None = None) -
                 written.append(name)
 
     lines = ["# Runs compared by latent size", "",
-             "Newest finished MLflow model run per latent size (test set: the held-out faces).", "",
-             "| latent | run | epochs | test PSNR (dB) | test SSIM | probe accuracy | kNN accuracy | silhouette | "
-             "DVC experiment | MLflow run id |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
+             "Newest finished MLflow model run per latent size, of the newest run's training data and epochs "
+             "(test set: the held-out faces).", "",
+             "| latent | run | training images | epochs | test PSNR (dB) | test SSIM | probe accuracy | kNN accuracy | "
+             "silhouette | DVC experiment | MLflow run id |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         mark = " (champion)" if r is top else ""
-        lines.append(f"| {r['latent_dim']} | {r['run_name']}{mark} | {r['epochs']} | {r['test_psnr']:.2f} | "
+        lines.append(f"| {r['latent_dim']} | {r['run_name']}{mark} | {r['n_train']} | {r['epochs']} | "
+                     f"{r['test_psnr']:.2f} | "
                      f"{r['test_ssim']:.3f} | {r['probe_accuracy']:.3f} | {r['knn_accuracy']:.2f} | "
                      f"{r['silhouette']:.3f} | {r['dvc_exp']} | {r['run_id']} |")
     lines += ["", "![metrics by latent size, on their full ranges](compare.png)", ""]

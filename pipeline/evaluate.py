@@ -56,7 +56,8 @@ def split_metrics(images_uint8: torch.Tensor, recon_fn, batch: int = 256, limit:
     seeded draw ("n" says how many)."""
     n = images_uint8.shape[0]
     if n > limit:
-        images_uint8 = images_uint8[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values]
+        pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit]
+        images_uint8 = images_uint8[pick.sort().values]
     parts = [(image_metrics(b.float() / 255.0, recon_fn(b), batch), b.shape[0])
              for b in images_uint8.split(batch)]
     total = sum(k for _, k in parts)

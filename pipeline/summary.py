@@ -29,8 +29,9 @@ def summary(root: Path = Path(".")) -> str:
     lines = ["", "facevae: pipeline finished."]
     kept = (f", the weights of epoch {train['best_epoch']} kept (lowest error on {train['validation_images']} "
             f"validation images)" if "best_epoch" in train else "")
-    lines.append(f"  trained    {train.get('epochs')} epochs{kept}, last loss {train.get('loss', float('nan')):.1f} per "
-                 f"image (recon {train.get('recon', float('nan')):.1f}, KL {train.get('kl', float('nan')):.1f})   "
+    loss = train.get("loss", float("nan"))
+    lines.append(f"  trained    {train.get('epochs')} epochs{kept}, last loss {loss:.1f} per image"
+                 f" (recon {train.get('recon', float('nan')):.1f}, KL {train.get('kl', float('nan')):.1f})   "
                  f"metrics/train.json, metrics/train_history.csv")
     for split in ("train", "test"):
         m = recon.get(split)

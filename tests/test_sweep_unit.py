@@ -67,3 +67,40 @@ def test_dvc_plots_diff_covers_each_runs_experiment_and_the_workspaces_own_run(t
     (tmp_path / "mlflow_run.json").write_text('{"run_id": "b"}')
     assert dvc_revisions(rows, tmp_path) == ["z20-e80", "workspace"]  # c: trained elsewhere, in no revision
     assert dvc_revisions(rows, tmp_path / "missing") == ["z20-e80"]
+
+
+def test_compare_ranks_only_runs_of_the_newest_runs_data_and_epochs(tmp_path, capsys):
+    """A store with model runs of two datasets and two budgets: only the newest run's kind is compared (and
+    the champion chosen among them); the others are named in one line."""
+    import time
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.compare import METRICS, best, collect
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("facevae", artifact_location=str(tmp_path / "art"))
+
+    def model_run(name, latent, digest, epochs, knn):
+        r = client.create_run(exp, run_name=name, tags={"facevae.kind": "model"})
+        rid = r.info.run_id
+        for k, v in (("train.latent_dim", latent), ("train.epochs", epochs), ("data.n_train", 380)):
+            client.log_param(rid, k, v)
+        for k, _, _ in METRICS:
+            client.log_metric(rid, k, knn if k == "knn_accuracy" else 0.5, step=0)
+        client.log_inputs(rid, [DatasetInput(Dataset("facevae-train", digest, "local", "data/processed/dataset.pt"),
+                                             [InputTag("mlflow.data.context", "training")])])
+        client.set_terminated(rid)
+        time.sleep(0.02)  # distinct start times: newest first
+        return rid
+
+    other_data = model_run("z8-e80", 8, "aaaa", 80, 1.0)  # the best kNN, but of other data
+    z16 = model_run("z16-e80", 16, "bbbb", 80, 0.7)
+    short = model_run("z16-e6", 16, "bbbb", 6, 1.0)  # this data, but 6 epochs: newer than z16-e80, not like it
+    z32 = model_run("z32-e80", 32, "bbbb", 80, 0.9)
+    rows = collect(client, "facevae")
+    assert [r["run_id"] for r in rows] == [z16, z32] and best(rows)["run_id"] == z32
+    out = capsys.readouterr().out
+    assert "left out runs of other training data or epochs" in out and "(380 training images, 80 epochs)" in out
+    assert f"z8-e80 ({other_data[:8]})" in out and f"z16-e6 ({short[:8]})" in out and out.count("\n") == 1
