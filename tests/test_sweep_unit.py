@@ -96,6 +96,7 @@ def test_compare_ranks_only_runs_of_the_newest_runs_data_and_epochs(tmp_path, ca
         return rid
 
     other_data = model_run("z8-e80", 8, "aaaa", 80, 1.0)  # the best kNN, but of other data
+    model_run("z32-e80", 32, "bbbb", 80, 0.95)  # an older run of the same size and kind: the newest one counts
     z16 = model_run("z16-e80", 16, "bbbb", 80, 0.7)
     short = model_run("z16-e6", 16, "bbbb", 6, 1.0)  # this data, but 6 epochs: newer than z16-e80, not like it
     z32 = model_run("z32-e80", 32, "bbbb", 80, 0.9)
