@@ -14,8 +14,10 @@ MAX_FIT_IMAGES = 20_000
 
 
 def components(latent_dim: int, n_train: int) -> int:
-    """k = latent_dim, capped by the number of training images (PCA finds at most that many)."""
-    return max(1, min(latent_dim, n_train))
+    """k = latent_dim, capped at one less than the number of training images: centred, n images span n - 1
+    directions, and an n-th component would be rounding noise (which the probe's standardisation would blow up
+    into a feature that changes from run to run)."""
+    return max(1, min(latent_dim, n_train - 1))
 
 
 class Eigenfaces:
@@ -38,7 +40,7 @@ class Eigenfaces:
             keep = np.sort(np.random.default_rng(self.seed).choice(n, MAX_FIT_IMAGES, replace=False))
             images = images[torch.from_numpy(keep)]
         x = self._flat(images)
-        k = min(self.k, len(x))
+        k = max(1, min(self.k, len(x) - 1))  # see components()
         # the exact SVD for small sets (deterministic, and exact where k reaches the number of images);
         # randomized SVD (seeded) for large ones, as sklearn's 'auto' would choose
         solver = "full" if len(x) <= 1000 else "randomized"

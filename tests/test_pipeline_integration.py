@@ -88,9 +88,9 @@ def test_reconstruct_outputs(project):
     pca = m.pop("pca")
     assert set(m) == {"train", "test"} and all(set(s) == {"mse", "psnr", "ssim", "n"} for s in m.values())
     assert m["test"]["n"] == 4 and m["train"]["n"] == 8
-    # the yardstick: k = latent_dim 8 = the 8 training images, so PCA reproduces them (up to float32 and
-    # rounding to uint8 steps); the held-out images it cannot
-    assert pca["k"] == 8 and pca["train"]["n"] == 8 and pca["test"]["n"] == 4
+    # the yardstick: k = 7, all the directions the 8 centred training images span, so PCA reproduces them (up to
+    # float32 and rounding to uint8 steps); the held-out images it cannot
+    assert pca["k"] == 7 and pca["train"]["n"] == 8 and pca["test"]["n"] == 4
     assert pca["train"]["psnr"] > 45 and pca["test"]["psnr"] < 40
     for s in (*m.values(), pca["test"]):
         assert 0 < s["mse"] < 1 and 0 < s["psnr"] < 60 and -1 <= s["ssim"] <= 1
@@ -120,11 +120,11 @@ def test_latents_and_tsne_outputs(project):
     axes, acc = label_axes(mu_matrix(lat), lat["label"].to_numpy(), (lat["split"] == "test").to_numpy())
     assert coords[["axis_1", "axis_2"]].to_numpy() == pytest.approx(axes, abs=1e-4, rel=1e-4)
     assert m["axes_test_accuracy"] == pytest.approx(acc)
-    # the same probe and kNN on the PCA coefficients the latents stage exported (k = 8)
+    # the same probe and kNN on the PCA coefficients the latents stage exported (k = 7: 8 training images span 7)
     from pipeline.embed import cluster_metrics
 
     codes = pd.read_csv(proj / "data/latents/pca.csv")
-    assert list(codes.columns) == ["id", "label", "split", *(f"mu_{i}" for i in range(8))]
+    assert list(codes.columns) == ["id", "label", "split", *(f"mu_{i}" for i in range(7))]
     assert codes["id"].tolist() == lat["id"].tolist()
     oracle = cluster_metrics(codes, 3)
     assert (m["pca_probe_accuracy"], m["pca_knn_accuracy"]) == (oracle["probe_accuracy"], oracle["knn_accuracy"])
@@ -174,7 +174,7 @@ def test_mlflow_run_holds_params_history_and_artifacts(project, mlflow_client):
     tsne = _json(proj / "metrics/tsne.json")
     for key, want in (("test_psnr", round(recon["test"]["psnr"], 2)), ("test_ssim", round(recon["test"]["ssim"], 3)),
                       ("knn_accuracy", round(tsne["knn_accuracy"], 3)), ("silhouette", round(tsne["silhouette"], 3)),
-                      ("pca_test_psnr", round(recon["pca"]["test"]["psnr"], 2)), ("pca_k", 8),
+                      ("pca_test_psnr", round(recon["pca"]["test"]["psnr"], 2)), ("pca_k", 7),
                       ("pca_train_ssim", round(recon["pca"]["train"]["ssim"], 3)),
                       ("pca_probe_accuracy", round(tsne["pca_probe_accuracy"], 3)),
                       ("pca_knn_accuracy", round(tsne["pca_knn_accuracy"], 3))):
