@@ -17,8 +17,8 @@ reconstruction metrics, latent means, kNN / linear probe / silhouette. Prints on
 {"setting", "images_train", "images_test", "validation", "epochs", "best_epoch", "train_psnr", "train_ssim",
 "test_psnr", "test_ssim", "probe_accuracy", "probe_std", "knn_accuracy", "axes_test_accuracy", "silhouette",
 "seconds", "device"}, and the PCA yardstick's figures on the same split (k = latent_dim eigenfaces of the training
-images, pipeline.yardstick): "pca_k", "pca_train_psnr", "pca_test_psnr", "pca_test_ssim", "pca_probe_accuracy", "pca_knn_accuracy". With
---pictures, writes each setting's test reconstruction grid (original / VAE / PCA rows) and t-SNE map there.
+images, pipeline.yardstick): "pca_k", "pca_train_psnr", "pca_test_psnr", "pca_test_ssim", "pca_probe_accuracy",
+"pca_knn_accuracy". With --pictures, writes each setting's test reconstruction grid (original / VAE / PCA rows) and t-SNE map there.
 """
 
 from __future__ import annotations

@@ -289,8 +289,7 @@ class Trainer:
             else:
                 x = to_float(self.data[idx])
             for group in self.opt.param_groups:
-                group["lr"] = lr_at(self.cfg, (epoch - 1) * steps_per_epoch + start // bs, total_steps) \
-                    * group.get("lr_scale", 1.0)
+                group["lr"] = lr_at(self.cfg, (epoch - 1) * steps_per_epoch + start // bs, total_steps)
             sums += self._step(x, eps, beta, b)["sums"]
         if self.world > 1:
             import torch.distributed as dist
