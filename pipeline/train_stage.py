@@ -70,7 +70,7 @@ def train_stage(params: Params) -> None:
         start_epoch = trainer.epoch
         seconds = fit(trainer, run, params.train.checkpoint_every)
         keep_best_epoch(trainer)
-        metrics = write_outputs(trainer, run, seconds, start_epoch, len(data.ids))
+        metrics = write_outputs(trainer, run, seconds, start_epoch, trainer.data.shape[0])  # the images trained on
         log_outputs(trainer, run, params, data, seconds, metrics["images_per_second"])
 
 
