@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
-# DVC runs each stage's `python stages/...` through the shell: the venv must come first on PATH.
+# DVC runs each stage's `python -m stages.<name>` through the shell: the venv must come first on PATH.
 export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 HOST ?= 127.0.0.1
@@ -99,7 +99,7 @@ NPROC ?= 2
 .PHONY: train-ddp
 train-ddp: $(VENV)/.installed  ## the train stage under torchrun with DistributedDataParallel (NPROC processes)
 	dvc repro preprocess
-	torchrun --standalone --nproc_per_node=$(NPROC) stages/train.py
+	torchrun --standalone --nproc_per_node=$(NPROC) -m stages.train
 	dvc commit --force train
 	dvc repro
 	@$(BIN)/python -m pipeline.summary

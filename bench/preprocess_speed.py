@@ -25,7 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import synthetic  # noqa: E402
-from pipeline.faces import CROP_MODES, CropSpec  # noqa: E402
+from pipeline.faces import CropSpec  # noqa: E402
+from pipeline.params import Crop, choices  # noqa: E402
 from pipeline.preprocess import decode_images  # noqa: E402
 
 
@@ -74,7 +75,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--width", type=int, default=1600)
     ap.add_argument("--height", type=int, default=1200)
     ap.add_argument("--workers", type=int, default=None, help="default: all cores")
-    ap.add_argument("--crop", choices=CROP_MODES, default="center", help="preprocess.face_crop to time")
+    ap.add_argument("--crop", choices=choices(Crop), default="center", help="preprocess.face_crop to time")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -72,7 +72,7 @@ def run_setting(name: str, params: Params, device: str, pictures: Path | None) -
     model = trainer.model.eval()
     out = {"setting": name, "images_train": len(train["ids"]), "images_test": len(test["ids"]),
            "validation": cfg.validation, "epochs": cfg.epochs, "best_epoch": best_epoch, "arch": cfg.arch,
-           "linear": cfg.linear, "recon": cfg.recon}
+           "linear": cfg.linear, "recon": cfg.recon, "weight_decay": cfg.weight_decay}
     eigen = fit_eigenfaces(ds, cfg.latent_dim)
     out["pca_k"] = eigen.k
     for who, fn in (("", lambda b: reconstruct(model, b)), ("pca_", eigen.reconstruct)):

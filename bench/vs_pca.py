@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's pipeline package
+
 HEADER = ("| set | params changed | train / test faces | epochs | VAE train / test PSNR | PCA test PSNR (k) | "
           "VAE − PCA | probe VAE / PCA | kNN VAE / PCA |\n|---|---|---|---|---|---|---|---|---|")
 
@@ -37,9 +39,25 @@ README_HEADER = ("| real photos | training / test faces | epochs | VAE test PSNR
                  "probe VAE / PCA |\n|---|---|---|---|---|---|---|")
 
 
+# The recipe a result line records, and the value a line written before the field was recorded had
+RECIPE = {"arch": ("model", "arch", "bn"), "linear": ("model", "linear", "pca"), "recon": ("train", "recon", "gaussian"),
+          "weight_decay": ("train", "weight_decay", 0.0)}
+
+
 def default_recipe(r: dict) -> bool:
-    """A run of the default recipe: nothing changed but the held-out count or the epochs."""
-    return all(s.split("=")[0] in ("split.test_per_class", "train.epochs") for s in r.get("set") or [])
+    """A run of today's default recipe (pipeline/params.py's defaults): the recipe it ran with (recorded, or the
+    default of its day, or set by --set) is today's, and nothing else was changed but the held-out count or the
+    epochs. A line from before a default changed is not; one that set today's default by hand is."""
+    from pipeline.params import Params, check_value
+
+    defaults = Params()
+    changed = dict(s.split("=", 1) for s in r.get("set") or [])
+    for field, (sec, key, old) in RECIPE.items():
+        ran = check_value(f"{sec}.{key}", type(old)(changed.pop(f"{sec}.{key}"))) if f"{sec}.{key}" in changed \
+            else r.get(field, old)
+        if ran != getattr(getattr(defaults, sec), key):
+            return False
+    return set(changed) <= {"split.test_per_class", "train.epochs"}
 
 
 def readme_row(r: dict) -> str:

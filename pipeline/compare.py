@@ -9,7 +9,8 @@ writes into ``--out``:
 * ``compare.md``: the table, and the pictures below;
 * ``compare.png``: one bar chart per metric on the metric's full range, values printed;
 * ``compare_recon.png`` / ``compare_tsne.png``: the runs' test reconstruction grids / t-SNE maps at their
-  native size, one under the other, each titled with its run;
+  native size, one under the other (more than three in a grid, shrunk to at most 4096 pixels a side), each
+  titled with its run;
 * ``dvc_plots/index.html``: ``dvc plots diff`` of the runs' DVC experiments (loss curves overlaid, every
   picture of each experiment side by side), drawn to static SVG so it opens offline.
 
@@ -141,7 +142,7 @@ def _pictures(client, rows: list[dict], stage: str, tmp: str) -> list:
 
 def write_report(client, rows: list[dict], out: Path, top: dict | None = None) -> list[str]:
     """compare.png, compare_recon.png, compare_tsne.png and compare.md in ``out``; returns the files written."""
-    from .plots import save_metric_bars, stack_titled
+    from .plots import save_metric_bars, tile_titled
 
     out.mkdir(parents=True, exist_ok=True)
     names = [f"z{r['latent_dim']}" for r in rows]
@@ -154,7 +155,7 @@ def write_report(client, rows: list[dict], out: Path, top: dict | None = None) -
             pictures = _pictures(client, rows, stage, tmp)
             if pictures:
                 with atomic_path(out / name) as path:
-                    stack_titled(pictures).save(path, format="PNG")
+                    tile_titled(pictures).save(path, format="PNG")
                 written.append(name)
 
     lines = ["# Runs compared by latent size", "",

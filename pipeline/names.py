@@ -5,7 +5,8 @@ Labels and file names arrive from folders, archives, CSV manifests and FER files
 longer than a filesystem allows, or the names of ingest's own files. This module is the one rule that turns
 each of them into a single safe path component, and the one place that keeps every stored file distinct:
 
-* :func:`label_problem` says why a label cannot be used (empty, control characters, too long), or None.
+* :func:`label_problem` says why a label cannot be used (empty, control characters, too long, a spreadsheet
+  formula's first character), or None.
 * :func:`safe_component` maps any text to one component inside its folder: separators of either kind, the
   other characters Windows refuses (``<>:"|?*``) and control and format characters (NUL, newlines, bidi
   overrides) become ``_``; leading and trailing dots and spaces go (so ``..`` is no way up); the result is
@@ -40,6 +41,9 @@ def printable(text: str) -> str:
     return "".join(c.encode("unicode_escape").decode("ascii") if _is_control(c) else c for c in text)
 
 
+FORMULA_STARTS = "=+-@"  # what Excel, LibreOffice and Google Sheets read as the start of a formula
+
+
 def label_problem(label: str) -> str | None:
     """Why ``label`` cannot be a label (one short reason), or None if it can."""
     if not label.strip():
@@ -48,6 +52,8 @@ def label_problem(label: str) -> str | None:
         return "label contains control characters"
     if len(label) > MAX_LABEL_CHARS:
         return f"label longer than {MAX_LABEL_CHARS} characters"
+    if label[0] in FORMULA_STARTS:  # the label is a cell of manifest.csv, split.csv, latents.csv ...
+        return f"label starts with '{label[0]}', which a spreadsheet opening the pipeline's CSV files runs as a formula"
     return None
 
 
@@ -87,3 +93,8 @@ class UniqueNames:
             name = f"{stem}~{n}{suffix}"
         self._taken.add(name.casefold())
         return name
+
+
+def run_name(latent_dim: int, epochs: int) -> str:
+    """A model's name: its MLflow run, its registered model version's tag, and the DVC experiment of a sweep."""
+    return f"z{latent_dim}-e{epochs}"

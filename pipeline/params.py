@@ -155,7 +155,7 @@ class Train:
     precision: Precision = knob("auto", "`auto` (bf16 autocast on CUDA, fp32 elsewhere) | `fp32` | `bf16`")
     compile: bool = knob(False, "`torch.compile` the training step", BOOL)
     optimizer: Optimizer = knob("adamw", "`adamw` | `adam` (the notebook's)")
-    weight_decay: float = knob(0.0, "AdamW's decoupled weight decay",
+    weight_decay: float = knob(0.01, "AdamW's decoupled weight decay (PyTorch's default; 0: none, the notebook's)",
                                (lambda v: _number(v) and v >= 0, "a finite number >= 0, e.g. 0.0001"))
     schedule: Schedule = knob("cosine", "`cosine`: linear warm-up over 5 % of the steps, then cosine decay to lr/100 "
                                         "| `constant` (the notebook's)")
@@ -292,7 +292,7 @@ def from_flat(values: dict[str, Any], where: str = "params.yaml") -> Params:
     unknown = sorted(set(values) - set(KEYS))
     if unknown:
         near = difflib.get_close_matches(unknown[0], KEYS, n=1)
-        hint = f"did you mean '{near[0]}'?" if near else "see the README's params reference"
+        hint = f"did you mean '{near[0]}'?" if near else "`python -m pipeline.params` lists every key"
         raise UserError(f"{where}: unknown key '{unknown[0]}'; {hint}")
     checked: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for key, (_, hint, _) in KEYS.items():
@@ -340,7 +340,7 @@ def load(path: str | Path = "params.yaml") -> Params:
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected sections like 'train:' and 'data:'; see the README's params reference")
+        raise UserError(f"{path}: expected sections like 'train:' and 'data:'; `python -m pipeline.params yaml` prints a complete one")
     return from_flat(_flatten(raw), str(path))
 
 
@@ -351,7 +351,7 @@ def _shown(v) -> str:
 
 
 def reference() -> str:
-    """The README's params reference: a Markdown table of every key, its default and its meaning."""
+    """The params reference: a Markdown table of every key, its default and its meaning."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
     rows += [f"| `{key}` | {_shown(value)} | {KEYS[key][2].replace('|', chr(92) + '|')} |"
              for key, value in Params().flat().items()]

@@ -156,20 +156,30 @@ def save_gif(frames: list[np.ndarray], path, ms_per_frame: int = 120) -> None:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
 
 
-def stack_titled(pictures: list, pad: int = 6, title_height: int = 24):
-    """Pictures (PIL images) at their native size one above the other, each under its one-line title: a
-    PIL image as wide as the widest."""
+def tile_titled(pictures: list, max_side: int = 4096, pad: int = 6, title_height: int = 24):
+    """Pictures (PIL images), each under its one-line title, in a grid as near square as the pictures allow:
+    up to three one above the other at their native size; more in columns, shrunk together (never enlarged)
+    so that the whole stays within ``max_side`` pixels a side. A PIL image."""
+    import math
+
     from PIL import Image, ImageDraw, ImageFont
 
-    width = max(p.width for _, p in pictures) + 2 * pad
-    height = sum(title_height + p.height + pad for _, p in pictures) + pad
-    canvas = Image.new("RGB", (width, height), "white")
-    draw, y = ImageDraw.Draw(canvas), pad
+    n = len(pictures)
+    w, h = max(p.width for _, p in pictures), max(p.height for _, p in pictures)
+    cols = 1 if n <= 3 else max(1, min(n, round(math.sqrt(n * (h + title_height) / w))))
+    rows = math.ceil(n / cols)
+    scale = min(1.0, (max_side - pad) / (cols * (w + pad)), (max_side - pad) / (rows * (h + title_height + pad)))
+    cw, ch = max(1, int(w * scale)), max(1, int(h * scale))
+    canvas = Image.new("RGB", (cols * (cw + pad) + pad, rows * (ch + title_height + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=15)
-    for title, picture in pictures:
-        draw.text((pad, y + 3), title, fill=(0, 0, 0), font=font)
-        canvas.paste(picture.convert("RGB"), (pad, y + title_height))
-        y += title_height + picture.height + pad
+    for i, (title, picture) in enumerate(pictures):
+        x, y = pad + (i % cols) * (cw + pad), pad + (i // cols) * (ch + title_height + pad)
+        draw.text((x, y + 3), title, fill=(0, 0, 0), font=font)
+        if scale < 1.0:
+            picture = picture.resize((max(1, int(picture.width * scale)), max(1, int(picture.height * scale))),
+                                     Image.Resampling.LANCZOS)
+        canvas.paste(picture.convert("RGB"), (x, y + title_height))
     return canvas
 
 
@@ -180,16 +190,19 @@ def save_metric_bars(names: list[str], values: dict[str, list[float]], ranges: d
     outlined."""
     plt = _pyplot()
     keys = list(values)
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.4), dpi=110, squeeze=False)
+    many = len(names) > 6  # a sweep of 10-20 runs: wider axes, labels turned so they do not overlap
+    fig, axes = plt.subplots(1, len(keys), figsize=(max(3.2, 0.32 * len(names)) * len(keys), 3.8 if many else 3.4),
+                             dpi=110, squeeze=False)
     for ax, key in zip(axes[0], keys):
         lo, hi = ranges[key]
         bars = ax.bar(range(len(names)), values[key], color="#4c72b0", width=0.6,
                       edgecolor=["black" if i == best else "none" for i in range(len(names))], linewidth=1.5)
-        ax.bar_label(bars, labels=[f"{v:.2f}" if abs(v) >= 10 else f"{v:.3f}" for v in values[key]], fontsize=8)
-        ax.set_ylim(lo, hi + 0.1 * (hi - lo))  # room above a full bar for its value
+        ax.bar_label(bars, labels=[f"{v:.2f}" if abs(v) >= 10 else f"{v:.3f}" for v in values[key]], fontsize=8,
+                     rotation=90 if many else 0, padding=2)
+        ax.set_ylim(lo, hi + (0.3 if many else 0.1) * (hi - lo))  # room above a full bar for its value
         ax.set_yticks([t for t in ax.get_yticks() if lo <= t <= hi])
         ax.axhline(0, color="grey", linewidth=0.6)
-        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_xticks(range(len(names)), names, fontsize=8, rotation=90 if many else 0)
         ax.set_title(titles[key], fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -79,6 +79,48 @@ def init_distributed(device_name: str = "auto") -> torch.device | None:
     return device
 
 
+class ProcessGroupBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the whole batch across the processes of a torchrun,
+    on any device and backend (gloo too): what SyncBatchNorm does on GPUs only. The per-channel sums are
+    all-reduced with ``torch.distributed.nn.functional.all_reduce``, which is differentiable, so the gradients
+    are those of one process with the whole batch; sums in float64 (E[x^2] - E[x]^2 loses digits in float32).
+    The running statistics move as BatchNorm2d's do (unbiased variance). Eval mode is plain BatchNorm2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        import torch.distributed.nn.functional as dist_fn
+
+        c, x64 = x.shape[1], x.double()
+        count = torch.full((1,), float(x.shape[0] * x.shape[2] * x.shape[3]), dtype=torch.float64, device=x.device)
+        stats = dist_fn.all_reduce(torch.cat([x64.sum((0, 2, 3)), (x64 * x64).sum((0, 2, 3)), count]))
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = stats[c:2 * c] / n - mean * mean
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.to(x.dtype))
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * (var * n / (n - 1)).to(x.dtype))
+        shape = (1, c, 1, 1)
+        y = (x - mean.to(x.dtype).view(shape)) * torch.rsqrt(var.to(x.dtype).view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+def batch_norm_across_processes(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with every BatchNorm2d replaced in place by a :class:`ProcessGroupBatchNorm2d` holding the same
+    parameters and buffers (the state dict's keys and values are unchanged)."""
+    for name, child in module.named_children():
+        if type(child) is torch.nn.BatchNorm2d:
+            bn = ProcessGroupBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                         child.track_running_stats, device=child.running_mean.device)
+            bn.load_state_dict(child.state_dict())
+            setattr(module, name, bn)
+        else:
+            batch_norm_across_processes(child)
+    return module
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """A failed allocation: torch.OutOfMemoryError (CUDA, MPS) or the CPU allocator's RuntimeError."""
     return isinstance(exc, getattr(torch, "OutOfMemoryError", ())) or (

@@ -19,14 +19,26 @@ def _load(path: Path) -> dict:
 
 def summary(root: Path = Path(".")) -> str:
     train = _load(root / "metrics/train.json")
-    recon = _load(root / "metrics/recon.json")
-    tsne = _load(root / "metrics/tsne.json")
     run = _load(root / "models" / RUN_FILE)
     if not train or not (root / "models/vae.pt").exists():
         # metrics/*.json are committed: without the model, they are the last committer's, not this clone's
         return ("facevae: no results in this folder yet (metrics/ holds the figures of the committed run); "
                 "run `make run` (or `dvc pull` to fetch a teammate's)")
-    lines = ["", "facevae: pipeline finished."]
+    lines = ["", "facevae: pipeline finished.", *figures(root)]
+    if run:
+        lines.append(f"  MLflow     run '{run.get('run_name')}' ({run.get('run_id')}) in {tracking_uri()}")
+    lines.append("  next       `make ui`, then open the link it prints (the runs table of model training) to compare runs; "
+                 "`dvc metrics show`, "
+                 "`dvc plots show`; `dvc exp run -S train.latent_dim=20`")
+    return "\n".join(lines)
+
+
+def figures(root: Path = Path(".")) -> list[str]:
+    """One line per stage's figures, from the metrics/*.json files under root (README.md shows the committed ones)."""
+    train = _load(root / "metrics/train.json")
+    recon = _load(root / "metrics/recon.json")
+    tsne = _load(root / "metrics/tsne.json")
+    lines = []
     kept = (f", the weights of epoch {train['best_epoch']} kept (lowest error on {train['validation_images']} "
             f"validation images)" if "best_epoch" in train else "")
     loss = train.get("loss", float("nan"))
@@ -55,11 +67,7 @@ def summary(root: Path = Path(".")) -> str:
         pair = " - ".join(explore.get("pair", []))
         lines.append(f"  explore    the {pair} vector flips {explore['expression_flip_rate']:.0%} of held-out faces   "
                      f"reports/expression_vector.png, reports/interpolation.png, reports/samples.png")
-    if run:
-        lines.append(f"  MLflow     run '{run.get('run_name')}' ({run.get('run_id')}) in {tracking_uri()}")
-    lines.append("  next       `make ui` then open http://127.0.0.1:5000 to compare runs; `dvc metrics show`, "
-                 "`dvc plots show`; `dvc exp run -S train.latent_dim=20`")
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":

@@ -15,11 +15,7 @@ import argparse
 import subprocess
 
 from .errors import UserError
-
-
-def exp_name(latent_dim: int, epochs: int) -> str:
-    """The DVC experiment's name: the MLflow run name of the model it trains."""
-    return f"z{latent_dim}-e{epochs}"
+from .names import run_name
 
 
 def _dvc(*args: str, check: bool = True) -> int:
@@ -31,7 +27,7 @@ def _dvc(*args: str, check: bool = True) -> int:
 
 def sweep(sizes: list[int], epochs: int) -> list[str]:
     """Queue one experiment per latent size and run the queue; return the experiments' names."""
-    names = [exp_name(d, epochs) for d in sizes]
+    names = [run_name(d, epochs) for d in sizes]
     _dvc("repro", "ingest", "preprocess")  # the data every experiment shares, once, in the workspace
     existing = subprocess.run(["dvc", "exp", "list", "--name-only"], capture_output=True, text=True).stdout.split()
     for d, name in zip(sizes, names):

@@ -35,7 +35,7 @@ from .losses import vae_loss
 from .model import ModelConfig, to_float
 from .params import (AUTO_AUGMENT_BELOW, KL, Arch, Augment, Device, Linear, Optimizer, Params, Precision, Recon,
                      Schedule)
-from .runtime import GracefulStop, distributed_world, resolve_device
+from .runtime import GracefulStop, batch_norm_across_processes, distributed_world, resolve_device
 
 WARMUP_SHARE = 0.05  # cosine: the learning rate climbs from lr / 25 to lr over this share of the steps
 CODE_FILES = ("model.py", "losses.py", "train.py")
@@ -190,8 +190,12 @@ class Trainer:
         if self.world > 1:  # PyTorch's DistributedDataParallel: gradients averaged across processes
             from torch.nn.parallel import DistributedDataParallel
 
-            if self.device.type == "cuda":  # batch statistics over the whole batch (SyncBatchNorm is GPU-only)
+            # BatchNorm's statistics over the whole batch, not each process's share: PyTorch's SyncBatchNorm on
+            # CUDA, ours elsewhere (SyncBatchNorm is GPU-only)
+            if self.device.type == "cuda":
                 self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            else:
+                self.model = batch_norm_across_processes(self.model)
 
             self.net = DistributedDataParallel(self.model, device_ids=[self.device.index]
                                                if self.device.type == "cuda" else None)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .errors import Stopped
 from .io import write_json, write_text
+from .names import run_name
 from .params import Params
 from .paths import CHECKPOINT, DATASET, LOSS_PLOT, MODELS, TRAIN_CONFIG, TRAIN_HISTORY, TRAIN_METRICS
 from .runtime import GracefulStop, keep_freed_memory, out_of_memory_as_user_error, training_process
@@ -154,7 +155,7 @@ def open_model_run(trainer, params: Params, data: TrainingData, resume: bool, ro
     dvc_exp = os.environ.get("DVC_EXP_NAME", "")  # set by `dvc exp run`
     tags = {**git_info(root), "device": str(trainer.device), "dvc_exp_name": dvc_exp,
             "mlflow.note.content": run_description(params, len(data.ids), dvc_exp)}
-    name = f"z{cfg.latent_dim}-e{cfg.epochs}"
+    name = run_name(cfg.latent_dim, cfg.epochs)
     run_params = {**params.flat(*MODEL_SECTIONS), "data.n_train": len(data.ids), "data.n_validation": cfg.validation}
     curves = epoch_metrics(cfg.recon, cfg.kl_warmup_epochs)
     # the continued training's run, if this store holds it; else a new one with the data as its inputs

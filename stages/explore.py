@@ -2,8 +2,6 @@
 reports/interpolation.png (+ .gif), reports/expression_vector.png and metrics/explore.json
 (the expression vector's norm, the share of held-out faces whose expression it flips)."""
 
-import _path  # noqa: F401
-
 import numpy as np
 import torch
 

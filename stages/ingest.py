@@ -1,7 +1,5 @@
 """DVC stage ingest: data.* -> data/raw/<label>/..., data/raw/manifest.csv, data/raw/rejected.csv"""
 
-import _path  # noqa: F401
-
 import os
 import sys
 

@@ -2,8 +2,6 @@
 (id, label, split, mu_0.., logvar_0.. for every image) and data/latents/pca.csv (id, label, split and the
 coefficients mu_0.. of PCA with k = latent_dim fitted on the training images: the yardstick tsne probes too)."""
 
-import _path  # noqa: F401
-
 from pipeline.cli import stage_main
 from pipeline.embed import latents_frame
 from pipeline.io import write_text

@@ -2,8 +2,6 @@
 data/processed/split.csv (id, label, split), data/processed/crops.csv (where each picture was cropped) and
 data/processed/rejected.csv (pictures refused here: no face found)."""
 
-import _path  # noqa: F401
-
 import pandas as pd
 
 from pipeline.cli import stage_main

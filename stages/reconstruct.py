@@ -3,8 +3,6 @@
 split, of at most 5,000 images of each, and the same for PCA with k = latent_dim fitted on the training images in its
 `pca` section; on the model's MLflow run they are test_psnr, train_ssim, pca_test_psnr ...)."""
 
-import _path  # noqa: F401
-
 from pathlib import Path
 
 import torch

@@ -4,8 +4,6 @@ metrics/train.json and metrics/train_history.csv, with the model's MLflow run (p
 models/ is a persistent DVC output, so the checkpoint survives for resuming: after a crash or a stop the next
 run continues from it; with train.resume a finished run is extended when train.epochs is raised."""
 
-import _path  # noqa: F401
-
 from pipeline.cli import stage_main
 from pipeline.train_stage import train_stage
 

@@ -4,8 +4,6 @@ cross-validated accuracy of a linear probe on the latent means, and the held-out
 axes drawn beside the t-SNE map); the same probe and kNN on the PCA yardstick's coefficients (pca_probe_accuracy,
 pca_knn_accuracy)."""
 
-import _path  # noqa: F401
-
 import math
 
 from pipeline.cli import stage_main

@@ -84,14 +84,23 @@ def small_project(path: Path, model: dict | None = None, per_class: int = 6, dro
     return path
 
 
+def stage(name: str, launcher: tuple[str, ...] = ("python",)) -> list[str]:
+    """The command line of DVC stage ``name`` (``python -m stages.<name>``); run it with :data:`CODE` in the
+    environment when the project folder holds no code (:func:`small_project`)."""
+    return [str(BIN / launcher[0]), *launcher[1:], "-m", f"stages.{name}"]
+
+
+CODE = {"PYTHONPATH": str(ROOT)}  # this repository's stages/ and pipeline/, for a project folder without code
+
+
 def train_stage(project: Path, check: bool = True, **extra_env) -> subprocess.CompletedProcess:
-    """``python stages/train.py`` run in ``project``."""
-    return run([str(BIN / "python"), str(ROOT / "stages/train.py")], project, check=check, **extra_env)
+    """``python -m stages.train`` run in ``project``."""
+    return run(stage("train"), project, check=check, **{**CODE, **extra_env})
 
 
 def start_train_stage(project: Path, **extra_env) -> tuple[subprocess.Popen, "Lines"]:
     """The train stage started in ``project``; its stderr (the progress lines) read by a :class:`Lines`."""
-    proc = subprocess.Popen([str(BIN / "python"), str(ROOT / "stages/train.py")], cwd=project, env=env(**extra_env),
+    proc = subprocess.Popen(stage("train"), cwd=project, env=env(**{**CODE, **extra_env}),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return proc, Lines(proc.stderr)
 
@@ -120,7 +129,8 @@ def env(**extra) -> dict:
     return e
 
 
-def run(cmd, cwd, check=True, timeout=600, **extra_env) -> subprocess.CompletedProcess:
+def run(cmd, cwd, check=True, timeout=1500, **extra_env) -> subprocess.CompletedProcess:
+    """``cmd`` in ``cwd`` with the test environment; ``timeout`` guards against a hang (a busy machine is slow)."""
     p = subprocess.run(cmd, cwd=cwd, env=env(**extra_env), capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"{cmd} exited {p.returncode}\nstdout:\n{p.stdout[-4000:]}\nstderr:\n{p.stderr[-4000:]}")
@@ -128,8 +138,9 @@ def run(cmd, cwd, check=True, timeout=600, **extra_env) -> subprocess.CompletedP
 
 
 def repo_files() -> list[str]:
-    """Tracked and new (not ignored) files of the repository: what a fresh clone would hold."""
-    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+    """The files git tracks (with their working-tree contents; `git add` a new file first): what a fresh clone
+    would hold, and none of the developer's untracked files."""
+    out = subprocess.run(["git", "ls-files", "-c"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout.split("\n")
     return [f for f in out if f and (ROOT / f).is_file()]
 

@@ -152,6 +152,29 @@ def test_atomic_write_leaves_nothing_on_failure_and_normal_permissions(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
 
 
+def test_a_failing_atomic_dir_block_leaves_the_old_folder_byte_identical(tmp_path):
+    """The old folder stays as it was until the block has succeeded; then the new one replaces it whole."""
+    from pipeline.io import atomic_dir
+
+    old = tmp_path / "reports"
+    (old / "sub").mkdir(parents=True)
+    (old / "a.png").write_bytes(b"\x89PNG old")
+    (old / "sub" / "b.csv").write_text("x,y\n1,2\n")
+    before = {p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()}
+
+    with pytest.raises(RuntimeError):
+        with atomic_dir(old) as tmp:
+            assert {p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
+            (tmp / "a.png").write_bytes(b"half")
+            raise RuntimeError("interrupted")
+    assert {p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reports"]  # no temporary folder left
+
+    with atomic_dir(old) as tmp:
+        (tmp / "new.png").write_bytes(b"new")
+    assert sorted(p.name for p in old.iterdir()) == ["new.png"]
+
+
 def test_linear_probe_on_separable_and_inseparable_latents():
     from pipeline.embed import probe_accuracy
 
@@ -417,3 +440,34 @@ def test_split_metrics_streams_batches_to_the_whole_sets_figures_and_caps_the_im
     capped = split_metrics(images, lambda b: seen.append(b.shape[0]) or blur(b), batch=4, limit=10)
     assert capped["n"] == 10 and sum(seen) == 10 and max(seen) == 4
     assert split_metrics(images, blur, limit=10)["psnr"] == capped["psnr"]  # the same seeded draw
+
+
+def test_the_tsne_stage_fits_the_label_axes_on_the_training_images_and_scores_the_held_out_ones(tmp_path,
+                                                                                                monkeypatch):
+    """stages/tsne.py in-process on a crafted latents table: training means on either side of the first axis,
+    four held-out ones of which three lie on their label's side. Fitted on the training rows, the axes place 3
+    of 4; the kNN and the counts are those of the held-out rows."""
+    import json
+
+    import pandas as pd
+
+    import stages.tsne as tsne_stage
+    from pipeline.params import Params
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    rng = np.random.default_rng(0)
+    rows = [("angry", "train", -2.0 + 0.1 * rng.normal()) for _ in range(20)]
+    rows += [("happy", "train", 2.0 + 0.1 * rng.normal()) for _ in range(20)]
+    rows += [("angry", "test", -1.0), ("angry", "test", 1.0), ("happy", "test", 1.0), ("happy", "test", 1.5)]
+    frame = pd.DataFrame({"id": [f"{i}.png" for i in range(len(rows))], "label": [r[0] for r in rows],
+                          "split": [r[1] for r in rows], "mu_0": [r[2] for r in rows],
+                          "mu_1": rng.normal(size=len(rows)), "logvar_0": 0.0, "logvar_1": 0.0})
+    (tmp_path / "data/latents").mkdir(parents=True)
+    frame.to_csv(tmp_path / "data/latents/latents.csv", index=False)
+    frame.to_csv(tmp_path / "data/latents/pca.csv", index=False)
+    tsne_stage.run(Params())
+    metrics = json.loads((tmp_path / "metrics/tsne.json").read_text())
+    assert metrics["axes_test_accuracy"] == 0.75
+    assert metrics["n_test"] == 4 and metrics["knn_accuracy"] == 0.75

@@ -83,6 +83,17 @@ def test_flip_rate_counts_faces_whose_label_the_vector_turns():
     assert out == {"expression_flip_rate": 0.75, "unshifted_keep_rate": 1.0, "n_faces": 4}
 
 
+def test_with_three_labels_only_the_faces_of_the_pair_are_shifted_and_counted():
+    """A third label ('sad') has no place on the happy - angry axis: its faces are neither moved nor counted,
+    however the probe would label them."""
+    mu = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [-5.0, 0.0], [-6.0, 0.0], [-7.0, 0.0]])
+    labels = np.array(["happy", "angry", "sad", "sad", "sad"])
+    v = np.array([2.0, 0.0])
+    out = expression_flips(_Identity(), _Oracle(), mu, labels, v, ("happy", "angry"))
+    # happy 1 -> -1 (angry: flipped); angry -1 -> 1 (happy: flipped); the sad faces would stay 'angry' by the oracle
+    assert out == {"expression_flip_rate": 1.0, "unshifted_keep_rate": 1.0, "n_faces": 2}
+
+
 def test_the_probe_is_fitted_on_the_latents_it_is_given():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 3))

@@ -158,3 +158,55 @@ def test_the_train_stage_refuses_a_hostile_server_in_one_line_before_training(se
     assert sorted(f.name for f in tmp_path.rglob("*.json")) == ["ingest.json"]
     assert not (project / ".mlflow-outbox").exists()
     assert not (project / "models").exists() and "epoch" not in p.stdout  # refused before training
+
+
+class _Asks401:
+    """A server that answers every request 401, as MLflow's basic-auth app does to a wrong or missing login."""
+
+    def __init__(self):
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize("login, says", [
+    (None, "the server asks for a login: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+    (("alice", "wrong"), "the server refused the login of MLFLOW_TRACKING_USERNAME='alice': check the user and "
+                         "MLFLOW_TRACKING_PASSWORD"),
+])
+def test_a_refused_login_says_whether_a_login_was_sent(monkeypatch, login, says):
+    from pipeline.tracking.store import check_reachable
+
+    srv = _Asks401()
+    try:
+        for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            monkeypatch.delenv(var, raising=False)
+        if login:
+            monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", login[0])
+            monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", login[1])
+        with pytest.raises(UserError) as e:
+            check_reachable(srv.uri)
+        assert str(e.value).startswith(f"MLflow server {srv.uri} is not usable (HTTP 401)") and says in str(e.value)
+    finally:
+        srv.httpd.shutdown()
+        srv.httpd.server_close()
+
+
+def test_a_sqlite_uri_naming_a_folder_says_so(tmp_path):
+    from pipeline.tracking.store import open_store
+
+    (tmp_path / "store").mkdir()
+    with pytest.raises(UserError, match=r"names the folder .*store, not a database file; point MLFLOW_TRACKING_URI at "
+                                        r"a file \(e.g. sqlite:///.*store/mlflow.db\)"):
+        open_store(f"sqlite:///{tmp_path / 'store'}")
+    assert not list((tmp_path / "store").iterdir())  # nothing written into the folder

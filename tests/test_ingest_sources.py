@@ -4,6 +4,7 @@ import csv
 import io
 import tarfile
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,3 +226,58 @@ def test_jpeg_by_its_other_names_is_taken_and_every_skipped_file_is_named(tmp_pa
     assert result.counts() == {"angry": 3, "happy": 6}
     assert sorted(result.skipped) == sorted([str(src / "angry" / "list.doc"), str(src / "happy" / "notes.txt")])
     assert "ignored 2 non-image files (" in result.summary() and "notes.txt" in result.summary()
+
+
+def test_fer2013_rows_become_their_labels_pixel_for_pixel_for_all_seven_codes(tmp_path):
+    """FER2013's documented codes (0 angry … 6 neutral), and each row's 2,304 values read row-major: an
+    asymmetric pattern per code, so a transposed or swapped image cannot pass."""
+    names = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    r, c = np.mgrid[0:48, 0:48]
+    expected = {}
+    lines = ["emotion,pixels"]
+    for code in range(7):
+        pattern = ((3 * r + 7 * c + 11 * code) % 256).astype(np.uint8)
+        lines.append(f"{code}," + " ".join(str(v) for v in pattern.reshape(-1)))
+        expected[names[code]] = pattern
+    (tmp_path / "fer.csv").write_text("\n".join(lines) + "\n")
+    result = ingest(str(tmp_path / "fer.csv"), tmp_path / "raw", min_size=32)
+    assert result.counts() == {n: 1 for n in sorted(names)}
+    for label, pattern in expected.items():
+        (png_file,) = (tmp_path / "raw" / label).glob("*.png")
+        assert np.array_equal(np.asarray(Image.open(png_file)), pattern), label
+
+
+def test_hidden_files_and_folders_are_skipped_even_when_they_are_images(tmp_path):
+    src = tmp_path / "photos"
+    _folder(src)
+    (src / "happy" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (src / "happy" / "._0.png").write_bytes(png(7))  # macOS resource fork named like an image
+    (src / "angry" / ".hidden").mkdir()
+    (src / "angry" / ".hidden" / "x.png").write_bytes(png(8))
+    (src / ".trash").mkdir()
+    (src / ".trash" / "y.png").write_bytes(png(9))
+    result = ingest(str(src), tmp_path / "raw")
+    assert result.counts() == {"angry": 3, "happy": 3}
+    assert sorted(Path(p).name for p in result.skipped) == [".DS_Store", "._0.png"]
+    assert not result.rejected and ".trash" not in result.labels_seen
+
+
+@pytest.mark.parametrize("side, accepted", [(32, True), (31, False)])
+def test_min_size_keeps_an_image_exactly_at_the_limit_and_refuses_one_below(tmp_path, side, accepted):
+    from pipeline.ingest import inspect_image
+    from pipeline.sources import Rejected
+
+    data = png(3, size=(side, 40))
+    if accepted:
+        assert inspect_image(data, min_size=32) == (side, 40)
+    else:
+        with pytest.raises(Rejected, match=f"too small \\({side}x40 < preprocess.min_size 32\\)"):
+            inspect_image(data, min_size=32)
+
+
+def test_a_csv_manifest_with_a_column_named_twice_is_one_line(tmp_path):
+    (tmp_path / "a.png").write_bytes(png(1))
+    (tmp_path / "list.csv").write_text("path,label,Label\na.png,happy,angry\n")
+    with pytest.raises(UserError, match=r"^data.source: CSV '.*list.csv' has the column 'label' twice in its header; "
+                                        r"keep one$"):
+        ingest(str(tmp_path / "list.csv"), tmp_path / "raw")

@@ -69,6 +69,29 @@ def test_label_problem_names_each_reason():
     assert label_problem("  ") == "empty label"
     assert label_problem("a\x00b") == "label contains control characters"
     assert label_problem("x" * 101) == "label longer than 100 characters"
+    for first in "=+-@":  # CSV injection: a spreadsheet would run the cell =HYPERLINK(...) of every CSV
+        assert label_problem(f"{first}HYPERLINK(1)").startswith(f"label starts with '{first}', which a spreadsheet")
+    assert label_problem("a=b") is None and label_problem("happy-2") is None
+
+
+def test_a_label_that_a_spreadsheet_runs_as_a_formula_is_refused_with_its_reason(tmp_path):
+    """Photo file names are stored under safe names inside their label's folder (the cell starts with the
+    label); the label itself is a cell of every CSV, so one that starts a formula is refused, one line each."""
+    from helpers import png
+
+    from pipeline.ingest import ingest
+
+    src = tmp_path / "photos"
+    for label, base in (("=cmd|' /C calc'!A0", 0), ("happy", 10), ("angry", 20)):
+        (src / label).mkdir(parents=True)
+        for i in range(2):
+            (src / label / f"@{i}.png").write_bytes(png(base + i))
+    result = ingest(str(src), tmp_path / "raw")
+    assert result.counts() == {"angry": 2, "happy": 2}
+    assert {r["reason"] for r in result.rejected} == {
+        "label starts with '=', which a spreadsheet opening the pipeline's CSV files runs as a formula; rename the label"}
+    cells = [c for line in (tmp_path / "raw" / "manifest.csv").read_text().splitlines()[1:] for c in line.split(",")]
+    assert not any(c[:1] in "=+-@" for c in cells if c)
 
 
 def _manifest_source(tmp_path: Path, rows: list[tuple[str, str]]) -> Path:

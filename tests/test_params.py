@@ -1,9 +1,11 @@
 """params.yaml read once into typed sections (pipeline/params.py): each key's type, choices, default and meaning in
 one place; every bad key or value is one line."""
 
+import re
 import subprocess
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,14 +15,22 @@ from pipeline.errors import UserError
 from pipeline.params import KEYS, SECTIONS, Params, choices, from_flat, load
 
 
-def test_params_yaml_holds_the_defaults_of_every_key_and_nothing_else():
-    assert load(ROOT / "params.yaml") == Params()
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+def committed_params_yaml(tmp_path) -> Path:
+    """params.yaml as git's index holds it (what a commit would hold), not as `dvc exp run -S` left the workspace."""
+    text = subprocess.run(["git", "show", ":params.yaml"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    (tmp_path / "params.yaml").write_text(text)
+    return tmp_path / "params.yaml"
+
+
+def test_params_yaml_holds_the_defaults_of_every_key_and_nothing_else(tmp_path):
+    path = committed_params_yaml(tmp_path)
+    assert load(path) == Params()
+    raw = yaml.safe_load(path.read_text())
     assert list(raw) == list(SECTIONS) and {f"{s}.{k}" for s, v in raw.items() for k in v} == set(KEYS)
 
 
-def test_sections_are_typed_and_flatten_to_the_names_dvc_and_mlflow_use():
-    p = load(ROOT / "params.yaml")
+def test_sections_are_typed_and_flatten_to_the_names_dvc_and_mlflow_use(tmp_path):
+    p = load(committed_params_yaml(tmp_path))
     assert p.train.latent_dim == 32 and p.preprocess.size == 128 and p.data.labels == []
     flat = p.flat()
     assert flat["train.latent_dim"] == 32 and list(flat) == list(KEYS)
@@ -86,10 +96,14 @@ def test_the_sections_are_frozen():
 
 
 @pytest.mark.integration  # a fresh interpreter
-def test_reading_params_does_not_import_torch():
+def test_reading_params_does_not_import_torch(tmp_path):
+    from helpers import write_params
+
+    write_params(tmp_path)
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from pipeline.params import load; "
-            "p = load(sys.argv[1] + '/params.yaml'); print(p.train.latent_dim, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, check=True).stdout
+            "p = load(sys.argv[2]); print(p.train.latent_dim, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT), str(tmp_path / "params.yaml")], capture_output=True,
+                         text=True, check=True).stdout
     assert out.split() == ["32", "False"]
 
 
@@ -97,18 +111,11 @@ def test_every_section_field_is_a_key():
     assert {f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in fields(cls)} == set(KEYS)
 
 
-def test_the_readme_params_reference_is_the_generated_one():
-    """The README's table comes from the sections (`python -m pipeline.params`): defaults and meanings stored once."""
-    from pipeline.params import reference
-
-    assert reference() in (ROOT / "README.md").read_text()
-
-
-def test_params_yaml_is_the_generated_one_with_each_meaning_above_its_key():
+def test_params_yaml_is_the_generated_one_with_each_meaning_above_its_key(tmp_path):
     """params.yaml's comments come from the sections too (`python -m pipeline.params yaml`)."""
     from pipeline.params import params_yaml
 
-    text = (ROOT / "params.yaml").read_text()
+    text = committed_params_yaml(tmp_path).read_text()
     assert text == params_yaml()
     assert "  # size of the latent vector, 1–1024 (the homework: 20, 30, 50)\n  latent_dim: 32\n" in text
 
@@ -201,3 +208,26 @@ def test_infinite_or_nan_numbers_are_refused(tmp_path, key, text, hint):
     path = _params_with(tmp_path, "train", key, text)
     with pytest.raises(UserError, match=f"train.{key} = .* is not valid; expected {hint}"):
         load(path)
+
+
+def _wrong_values(key: str, default):
+    """Values of another type than ``default``'s: what YAML gives for a slip of the pen."""
+    if isinstance(default, bool):
+        return [1, 0, "true", "yes", None, [True]]
+    if isinstance(default, int):
+        return [True, False, "3", 2.5, None, [1]]
+    if isinstance(default, float):  # '1e-3' is a number to YAML 1.2 and DVC, so text that is a number is one
+        return [True, False, "fast", None, [0.5]]
+    if isinstance(default, str):  # train.augment is true | false | auto
+        return [None, ["x"], ""] + ([] if key == "train.augment" else [True, False])
+    return ["happy", [1], ["a", 2], [True], [None], [""], [["a"]]]
+
+
+@pytest.mark.parametrize("key", sorted(Params().flat()))
+def test_every_key_refuses_values_of_another_type_than_its_default(key):
+    """Each key's check against an independent oracle, the type of its default: a boolean is not a number, a
+    number not a boolean, text not a number, a list of labels holds text only."""
+    flat = Params().flat()
+    for value in _wrong_values(key, flat[key]):
+        with pytest.raises(UserError, match=f"^params.yaml: {re.escape(key)} = .* is not valid; expected "):
+            from_flat({**flat, key: value})

@@ -177,3 +177,44 @@ def test_a_dataset_of_another_structure_is_one_line_naming_the_rebuild(tmp_path,
     with pytest.raises(UserError, match="not a dataset of this pipeline") as e:
         load_dataset(tmp_path / "bad.pt")
     assert said in str(e.value) and "dvc repro -f preprocess" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("width, height, left, top", [(16, 21, 0, 2), (21, 16, 2, 0), (16, 22, 0, 3), (16, 16, 0, 0)])
+def test_the_centre_crop_takes_the_middle_rows_and_columns_pinned_by_markers(width, height, left, top):
+    """Every row and column holds its own index: the crop's first row and column name the offset,
+    (side difference) // 2 from the top and from the left."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    arr = np.stack([rows * 10, cols * 10, np.full_like(rows, 128)], axis=-1).astype(np.uint8)
+    out = load_image(png(Image.fromarray(arr)), 16)
+    assert out[:, 0, 0].tolist() == [10 * (top + i) for i in range(16)]
+    assert out[0, :, 1].tolist() == [10 * (left + i) for i in range(16)]
+
+
+def test_each_kept_image_keeps_its_own_label_and_pixels_after_no_face_refusals(tmp_path, monkeypatch):
+    """Pictures refused for having no face drop out of images, labels and ids together: every id that
+    stays has the pixels of its own file and the label of its own folder."""
+    import pipeline.preprocess as pre
+    from pipeline.faces import NoFace
+
+    src = tmp_path / "photos"
+    for label, base in (("angry", 0), ("happy", 100)):
+        (src / label).mkdir(parents=True)
+        for i in range(4):
+            (src / label / f"{i}.png").write_bytes(png(base + i, size=(16, 16)))
+    ingest(str(src), tmp_path / "raw")
+    refused = {"angry/0.png", "angry/2.png", "happy/1.png"}
+    real = pre.decode_one
+
+    def decode(path, size, crop):
+        if any(str(path).endswith(r) for r in refused):
+            raise NoFace("no face found")
+        return real(path, size, crop)
+
+    monkeypatch.setattr(pre, "decode_one", decode)
+    ds, report = build_dataset(tmp_path / "raw", 16, test_per_class=1, seed=0)
+    assert ds["ids"] == ["angry/1.png", "angry/3.png", "happy/0.png", "happy/2.png", "happy/3.png"]
+    assert [ds["classes"][k] for k in ds["labels"].tolist()] == [i.split("/")[0] for i in ds["ids"]]
+    for image, rel in zip(ds["images"], ds["ids"]):
+        want = np.asarray(Image.open(src / rel).convert("RGB")).transpose(2, 0, 1)
+        assert np.array_equal(image.numpy(), want), rel
+    assert sorted(r["id"] for r in report if r["crop"] == "rejected") == sorted(refused)

@@ -1,6 +1,8 @@
 """The training process's concerns (pipeline/runtime.py): the device, torchrun's process group, glibc's allocator,
 running out of memory, stop signals."""
 
+import copy
+
 import pytest
 import torch
 
@@ -136,3 +138,40 @@ def test_init_distributed_joins_the_group_only_under_torchrun(monkeypatch):
     monkeypatch.setattr(dist, "is_initialized", lambda: True)  # already joined: not twice
     init_distributed("auto")
     assert joined == ["gloo", "nccl", "nccl"]
+
+
+def test_batch_norm_across_processes_is_batchnorm2d_for_one_process_values_gradients_and_running_stats(tmp_path):
+    """In a process group of one, the all-reduced statistics are the batch's own: outputs, input and parameter
+    gradients and running statistics equal torch's BatchNorm2d (the two-process case: tests/test_train_stage.py's
+    DDP test); the state dict keeps its keys, and eval mode uses the running statistics."""
+    import torch.distributed as dist
+
+    from pipeline.runtime import ProcessGroupBatchNorm2d, batch_norm_across_processes
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        # no bias before the normalisation: its gradient is zero up to rounding, which no tolerance compares
+        ref = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.LeakyReLU(0.2))
+        with torch.no_grad():
+            ref[1].weight.uniform_(0.5, 1.5)
+            ref[1].bias.uniform_(-0.5, 0.5)
+        ours = batch_norm_across_processes(copy.deepcopy(ref))
+        assert type(ours[1]) is ProcessGroupBatchNorm2d and ours.state_dict().keys() == ref.state_dict().keys()
+        x = (torch.randn(5, 3, 9, 9) * 3 + 2).to(memory_format=torch.channels_last)
+        for _ in range(2):  # two steps: the running statistics move twice
+            xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+            ya, yb = ref(xa), ours(xb)
+            torch.testing.assert_close(yb, ya, rtol=1e-5, atol=1e-5)
+            w = torch.randn(ya.shape, generator=torch.Generator().manual_seed(1))
+            (ya * w).sum().backward()
+            (yb * w).sum().backward()
+            torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-4)
+            for a, b in zip(ref.parameters(), ours.parameters()):
+                torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-4)
+        for key, value in ref.state_dict().items():
+            torch.testing.assert_close(ours.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+        ref.eval(), ours.eval()
+        torch.testing.assert_close(ours(x), ref(x))
+    finally:
+        dist.destroy_process_group()

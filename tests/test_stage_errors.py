@@ -2,14 +2,14 @@
 
 import pytest
 
-from helpers import ROOT, run, set_params, write_params
+from helpers import CODE, ROOT, run, set_params, stage, write_params
 from pipeline.errors import UserError
 from pipeline.ingest import ingest
 from pipeline.params import load
 
 
 def _stage(project, name):
-    return run(["python", str(ROOT / "stages" / f"{name}.py")], project, check=False)
+    return run(stage(name), project, check=False, **CODE)
 
 
 def _one_line_error(p, *fragments):

@@ -7,7 +7,8 @@ import stat
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.sweep import exp_name, sweep
+from pipeline.names import run_name
+from pipeline.sweep import sweep
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def test_each_size_is_queued_by_name_replacing_its_namesake_then_the_queue_runs(
         "exp run --queue --name z50-e80 -S train.latent_dim=50",
         "exp run --run-all --jobs 1",
     ]
-    assert exp_name(30, 400) == "z30-e400"
+    assert run_name(30, 400) == "z30-e400"
 
 
 def test_a_failing_dvc_step_stops_the_sweep_with_one_line(fake_dvc, monkeypatch):
@@ -105,3 +106,67 @@ def test_compare_ranks_only_runs_of_the_newest_runs_data_and_epochs(tmp_path, ca
     out = capsys.readouterr().out
     assert "left out runs of other training data or epochs" in out and "(380 training images, 80 epochs)" in out
     assert f"z8-e80 ({other_data[:8]})" in out and f"z16-e6 ({short[:8]})" in out and out.count("\n") == 1
+
+
+def test_compare_skips_a_run_missing_a_metric_breaks_a_knn_tie_by_psnr_and_moves_the_champion(tmp_path, capsys):
+    """On a real sqlite store: the newest run of a size that lacks a metric gives way to the older complete one;
+    kNN accuracies equal to two decimals are decided by test PSNR; the champion alias lands on the version
+    registered by the winning run."""
+    import time
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.compare import METRICS, best, collect, promote_champion
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                          registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("facevae", artifact_location=str(tmp_path / "art"))
+    client.create_registered_model("facevae")
+
+    def model_run(latent, knn, psnr, skip=None):
+        r = client.create_run(exp, run_name=f"z{latent}-e80", tags={"facevae.kind": "model"})
+        rid = r.info.run_id
+        for k, v in (("train.latent_dim", latent), ("train.epochs", 80), ("data.n_train", 380)):
+            client.log_param(rid, k, v)
+        for k, _, _ in METRICS:
+            if k != skip:
+                client.log_metric(rid, k, {"knn_accuracy": knn, "test_psnr": psnr}.get(k, 0.5), step=0)
+        client.log_inputs(rid, [DatasetInput(Dataset("facevae-train", "d1", "local", "data/processed/dataset.pt"),
+                                             [InputTag("mlflow.data.context", "training")])])
+        client.set_terminated(rid)
+        client.create_model_version("facevae", f"runs:/{rid}/vae-z{latent}", rid)
+        time.sleep(0.02)
+        return rid
+
+    z20 = model_run(20, 0.951, 24.0)
+    z30 = model_run(30, 0.949, 25.0)       # kNN 0.95 too, and the higher PSNR: the best
+    model_run(30, 1.0, 30.0, skip="silhouette")  # newest of its size, but a metric is missing: not compared
+    rows = collect(client, "facevae")
+    assert [(r["latent_dim"], r["run_id"]) for r in rows] == [(20, z20), (30, z30)]
+    top = best(rows)
+    assert top["run_id"] == z30
+    version = promote_champion(client, top, "facevae")
+    assert client.get_model_version_by_alias("facevae", "champion").run_id == z30 and str(version) == "2"
+    assert best(list(reversed(rows)))["run_id"] == z30  # the order of the rows does not decide
+
+
+def test_the_runs_pictures_stay_readable_and_bounded_for_a_sweep_of_fifteen(tmp_path):
+    """Up to three runs: one under the other at native size. Fifteen: a grid within 4096 pixels a side, every
+    picture shrunk by the same factor; the bar charts widen with the runs instead of overlapping."""
+    from PIL import Image
+
+    from pipeline.plots import save_metric_bars, tile_titled
+
+    pictures = [(f"latent {i}", Image.new("RGB", (1300, 800), (i * 15, 0, 0))) for i in range(15)]
+    three = tile_titled(pictures[:3], pad=6, title_height=24)
+    assert three.size == (1300 + 12, 3 * (24 + 800 + 6) + 6)
+    grid = tile_titled(pictures, pad=6, title_height=24)
+    assert max(grid.size) <= 4096 and grid.width > 2 * 1300 * 0.9  # columns, not one 12,000-pixel strip
+    assert grid.getpixel((6 + 5, 6 + 24 + 5)) == (0, 0, 0)  # the first picture, top left
+    names = [f"z{i}" for i in range(15)]
+    for n in (3, 15):
+        save_metric_bars(names[:n], {"a": [0.5] * n, "b": [20.0] * n}, {"a": (0, 1), "b": (0, 40)},
+                         {"a": "A", "b": "B"}, tmp_path / f"bars{n}.png")
+    with Image.open(tmp_path / "bars3.png") as few, Image.open(tmp_path / "bars15.png") as many:
+        assert many.width > few.width

@@ -270,6 +270,47 @@ def test_what_a_run_cannot_send_is_kept_in_order_and_resend_delivers_it(monkeypa
     assert not list((tmp_path / OUTBOX).iterdir())
 
 
+def test_a_resend_that_fails_on_item_k_keeps_the_items_from_k_and_the_next_resend_sends_each_once(
+        monkeypatch, tmp_path):
+    from helpers import store
+
+    import pipeline.tracking.outbox as outbox
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    run = TrainingRun.create("facevae", "z2-e3", {}, {}, root=tmp_path)
+    run.outbox.client = GoneAfter(run.outbox.client, calls=0)
+    for epoch in (1, 2, 3):
+        run.log_epoch(epoch, {"loss": 10.0 - epoch})
+    run.finish()
+    path = tmp_path / outbox.OUTBOX / f"{run.run_id}.json"
+    queued = read_json(path)["items"]
+    assert [i.get("step") for i in queued] == [1, 2, 3, None]
+
+    real, calls = outbox.send, []
+
+    def send(client, run_id, item):
+        calls.append(item.get("step"))
+        assert path.exists()  # a kill at this moment loses nothing
+        if len(calls) == 2:
+            raise ConnectionError("Connection refused")
+        real(client, run_id, item)
+
+    monkeypatch.setattr(outbox, "send", send)
+    with pytest.raises(UserError, match=r"stopped answering at item 2 of 4 .*\(ConnectionError\); the 3 items left "
+                                        r"are kept in .*: rerun `python -m pipeline.tracking resend`"):
+        outbox.resend(tmp_path / outbox.OUTBOX)
+    assert read_json(path)["items"] == queued[1:]
+    assert [m.value for m in store(tmp_path).get_metric_history(run.run_id, "loss")] == [9.0]
+    monkeypatch.setattr(outbox, "send", real)
+    assert outbox.resend(tmp_path / outbox.OUTBOX) == (1, 3)
+    client = store(tmp_path)
+    assert [m.value for m in client.get_metric_history(run.run_id, "loss")] == [9.0, 8.0, 7.0]
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    assert not path.exists()
+
+
 def test_resend_attaches_no_file_that_changed_or_went_since_it_was_queued(monkeypatch, tmp_path, capsys):
     """Retrain between the outage and the resend: the new vae.pt must not land on the old run."""
     from helpers import store
@@ -343,3 +384,47 @@ def test_logging_the_model_leaves_the_callers_model_and_the_process_as_they_were
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     loaded = mlflow.pytorch.load_model(f"runs:/{run.run_id}/vae-z3", dst_path=str(tmp_path / "loaded"))
     assert loaded(images.float() / 255).shape == (2, 3, 16, 16)
+
+
+def test_log_stage_on_sqlite_makes_a_child_run_and_links_the_summary_to_the_model_run_and_logged_model(
+        monkeypatch, tmp_path):
+    """A downstream stage's execution: a child run of the model's run (named after it, with the stage's params and
+    the model's size and epochs, its files at its root); its metrics, rounded, also on the model's run at step 0
+    and on the model's logged model (MLflow 3's Models tab); its picture as an image of the model's run."""
+    import torch
+    from helpers import png, store
+    from mlflow.tracking._tracking_service import utils
+
+    from pipeline.io import write_json
+    from pipeline.model import ConvVAE
+    from pipeline.tracking.runs import log_stage
+
+    monkeypatch.setattr(utils, "_tracking_uri", None)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    run = TrainingRun.create("facevae", "z3-e2", {"train.latent_dim": 3}, {}, root=tmp_path)
+    run.log_model(ConvVAE(3, 16, arch="bn"), torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8), "vae-z3")
+    run.finish()
+    run.save(tmp_path / "models")
+    write_json(tmp_path / "models" / "config.json", {"latent_dim": 3, "epochs": 2})
+    (tmp_path / "tsne.png").write_bytes(png(1))
+    (tmp_path / "tsne.json").write_text("{}")
+    child_id = log_stage(tmp_path / "models", "tsne", {"tsne.perplexity": 5},
+                         {"probe_accuracy": 0.91234, "test_psnr": 25.4567}, [tmp_path / "tsne.png", tmp_path / "tsne.json"],
+                         images={"tsne/tsne": tmp_path / "tsne.png"})
+    client = store(tmp_path)
+    child = client.get_run(child_id)
+    assert child.info.run_name == "z3-e2 tsne perplexity=5" and child.data.tags["mlflow.parentRunId"] == run.run_id
+    assert child.data.params == {"tsne.perplexity": "5", "train.latent_dim": "3", "train.epochs": "2"}
+    assert child.data.metrics == {"probe_accuracy": 0.912, "test_psnr": 25.46}
+    assert sorted(a.path for a in client.list_artifacts(child_id)) == ["tsne.json", "tsne.png"]
+    parent = client.get_run(run.run_id)
+    assert {k: parent.data.metrics[k] for k in ("probe_accuracy", "test_psnr")} == {"probe_accuracy": 0.912,
+                                                                                   "test_psnr": 25.46}
+    assert [m.step for m in client.get_metric_history(run.run_id, "probe_accuracy")] == [0]
+    assert parent.data.tags["facevae.latest_tsne_run"] == child_id
+    (model,) = client.search_logged_models([parent.info.experiment_id])
+    assert {m.key: m.value for m in model.metrics}.items() >= {"probe_accuracy": 0.912, "test_psnr": 25.46}.items()
+    assert any(a.path.startswith("images") for a in client.list_artifacts(run.run_id))
+

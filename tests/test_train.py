@@ -20,7 +20,8 @@ def _images(n=12, size=32, seed=0):
 
 
 # the lecture notebook's recipe (the pipeline's defaults are measured better: pipeline/params.py), small
-NOTEBOOK = {"arch": "seed", "linear": "none", "recon": "mse", "optimizer": "adam", "schedule": "constant", "augment": False}
+NOTEBOOK = {"arch": "seed", "linear": "none", "recon": "mse", "optimizer": "adam", "schedule": "constant", "augment": False,
+            "weight_decay": 0.0}
 
 
 def _cfg(**kw):
@@ -727,3 +728,45 @@ def test_a_checkpoint_of_another_structure_is_not_continued_and_says_so(tmp_path
     assert "is not a checkpoint of this trainer" in capsys.readouterr().out
     torch.save(trainer.state_dict(), tmp_path / "ok.pt")
     assert load_checkpoint(tmp_path / "ok.pt")["epoch"] == 2
+
+
+def test_train_json_counts_the_images_of_the_epochs_this_run_trained_not_of_the_resumed_ones(tmp_path, monkeypatch):
+    """images_per_second = training images x epochs trained in this process / its seconds: after a resume from
+    epoch 2 of 3, one epoch of 8 images in 2 s is 4 images a second."""
+    from pipeline.io import read_json
+    from pipeline.train_stage import write_outputs
+
+    class _Run:
+        def save(self, folder):
+            self.saved = folder
+
+    monkeypatch.chdir(tmp_path)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig.from_params(Params(), latent_dim=4, epochs=3, batch_size=4, device="cpu", image_size=32,
+                                  validation=0)
+    trainer = Trainer(images, cfg)
+    trainer.fit(progress=False)
+    metrics = write_outputs(trainer, _Run(), seconds=2.0, start_epoch=2, n_train=8)
+    assert metrics["images_per_second"] == 4.0 and metrics["epochs"] == 3 and metrics["resumed_from_epoch"] == 2
+    assert read_json(tmp_path / "metrics" / "train.json") == metrics
+    assert write_outputs(trainer, _Run(), seconds=0.01, start_epoch=3, n_train=8)["images_per_second"] == 0.0
+
+
+def test_the_train_stage_trains_on_the_training_images_only(tmp_path, monkeypatch):
+    """No held-out image reaches the trainer: its images are exactly those the dataset marks as training, in
+    order, and the test part is the rest."""
+    from pipeline.preprocess import save_dataset
+    from pipeline.train_stage import load_training_data
+
+    monkeypatch.chdir(tmp_path)
+    n = 40
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 4, 4).contiguous()
+    is_test = torch.tensor([i % 5 == 0 for i in range(n)])
+    save_dataset({"images": images, "labels": torch.tensor([i % 2 for i in range(n)]), "is_test": is_test,
+                  "ids": [f"x/{i}.png" for i in range(n)], "classes": ["angry", "happy"]},
+                 tmp_path / "data/processed/dataset.pt")
+    data = load_training_data(Params())
+    train_ids = [f"x/{i}.png" for i in range(n) if i % 5]
+    assert data.ids == train_ids and data.images[:, 0, 0, 0].tolist() == [i for i in range(n) if i % 5]
+    assert data.labels.tolist() == [i % 2 for i in range(n) if i % 5]
+    assert data.test["ids"] == [f"x/{i}.png" for i in range(0, n, 5)] and not set(data.ids) & set(data.test["ids"])

@@ -5,12 +5,14 @@ import os
 import re
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import (BIN, ROOT, SMALL, Lines, clone, copy_repo, dvc, env, epoch_line, git_init, refused_port, run,
+from helpers import (BIN, CODE, ROOT, SMALL, Lines, clone, copy_repo, dvc, env, epoch_line, git_init, refused_port, run,
                      set_params, small_project, start_train_stage, store, train_stage)
+from helpers import stage as stage_cmd
 from pipeline.io import read_json
 
 pytestmark = pytest.mark.integration  # the stage under DVC, torchrun and signals: subprocesses
@@ -110,15 +112,33 @@ def test_after_sigkill_dvc_repro_resumes_from_the_last_checkpoint(tmp_path):
     assert "up to date" in dvc(proj, "repro", "train").stdout
 
 
-def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path):
+def _two_nodes(project: Path) -> subprocess.CompletedProcess:
+    """Two torchrun "nodes" on 127.0.0.1, one process each, meeting at a c10d rendezvous: how the train stage runs
+    across machines (each machine runs the same command in its copy of the project)."""
+    from helpers import free_port
+
+    port = free_port()
+    cmd = stage_cmd("train", ("torchrun", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
+                              f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=facevae-test"))
+    nodes = [subprocess.Popen(cmd, cwd=project, env=env(**CODE), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [node.communicate(timeout=600) for node in nodes]
+    for node, (out, err) in zip(nodes, outs):
+        assert node.returncode == 0, err[-3000:]
+    return subprocess.CompletedProcess(cmd, 0, "".join(o for o, _ in outs), "".join(e for _, e in outs))
+
+
+@pytest.mark.parametrize("launch", ["one machine", "two nodes"])
+def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path, launch):
     """torchrun --nproc_per_node=2 (gloo) with the same global batch gives the losses of one process, with
-    the default calibrated Gaussian decoder (sigma^2 of the whole batch), and a last batch of one image (one
-    process gets none). With the seed's layers: BatchNorm's statistics are per process on CPU
-    (SyncBatchNorm is GPU-only)."""
-    ddp = small_project(tmp_path / "ddp", model={"arch": "seed"}, per_class=7, drop=1, epochs=3, device="cpu")
-    one = small_project(tmp_path / "one", model={"arch": "seed"}, per_class=7, drop=1, epochs=3, device="cpu")
+    the default model (BatchNorm's statistics over the whole batch: pipeline.runtime.ProcessGroupBatchNorm2d),
+    the calibrated Gaussian decoder (sigma^2 of the whole batch), and a last batch of one image (one process
+    gets none)."""
+    ddp = small_project(tmp_path / "ddp", per_class=7, drop=1, epochs=3, device="cpu")
+    one = small_project(tmp_path / "one", per_class=7, drop=1, epochs=3, device="cpu")
     assert len(torch.load(one / "data/processed/dataset.pt")["ids"]) - 4 == 9  # batches of 4, 4 and 1
-    out = run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(ROOT / "stages/train.py")], ddp)
+    out = (run(stage_cmd("train", ("torchrun", "--standalone", "--nproc_per_node=2")), ddp, **CODE)
+           if launch == "one machine" else _two_nodes(ddp))
     assert "x 2 processes (DDP)" in out.stdout
     train_stage(one)
     a, b = read_json(ddp / "metrics/train.json"), read_json(one / "metrics/train.json")
@@ -207,8 +227,7 @@ def test_downstream_stages_write_their_outputs_and_warn_when_mlflow_is_down(tmp_
         (proj / f).unlink()
     with refused_port() as port:
         for stage in ("reconstruct", "tsne"):
-            out = run([str(BIN / "python"), str(ROOT / f"stages/{stage}.py")], proj,
-                      MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+            out = run(stage_cmd(stage), proj, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}", **CODE)
             warning = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
             assert warning == [f"warning: '{stage}' not logged to MLflow (MLflow server http://127.0.0.1:{port} is "
                                f"not usable ([Errno 111] Connection refused); start it (make mlflow-server) or fix "
@@ -263,7 +282,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_closed_by_the_next_training
     """SIGKILL right after the MLflow run is opened, before any epoch ends: the run's id is already in a
     checkpoint (epoch 0), so the next training that does not continue it marks it KILLED."""
     p = small_project(tmp_path / "p", epochs=80, checkpoint_every=0)
-    proc = subprocess.Popen([str(BIN / "python"), str(ROOT / "stages/train.py")], cwd=p, env=env(),
+    proc = subprocess.Popen(stage_cmd("train"), cwd=p, env=env(**CODE),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = Lines(proc.stdout)
     lines.wait_for(r"^train: .* epochs \(from scratch\); MLflow run ")

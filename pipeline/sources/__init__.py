@@ -97,6 +97,9 @@ def read_csv(path: Path) -> tuple[list[str], list[dict]]:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+            twice = sorted({c for c in columns if columns.count(c) > 1})
+            if twice:  # DictReader would keep the last column of a name and drop the others unseen
+                raise UserError(f"data.source: CSV '{path}' has the column '{twice[0]}' twice in its header; keep one")
             rows = [{(k or "").strip().lower(): v for k, v in r.items()} for r in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"data.source: cannot read CSV '{path}' ({e}); expected UTF-8 with a header row") from None

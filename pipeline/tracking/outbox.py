@@ -16,15 +16,17 @@ from ..io import read_json, write_json
 OUTBOX = ".mlflow-outbox"  # in the project root: one file per run whose items could not be sent
 
 
-def log_metrics(client, run_id: str, metrics: dict, step: int, timestamp: int | None = None) -> None:
-    """The finite numbers of ``metrics`` at ``step``, in one call."""
+def log_metrics(client, run_id: str, metrics: dict, step: int, timestamp: int | None = None,
+                model_id: str | None = None) -> None:
+    """The finite numbers of ``metrics`` at ``step``, in one call; with ``model_id``, linked to that logged model
+    too (its page and the Models tab rank models by them)."""
     import math
     import time
 
     from mlflow.entities import Metric
 
     ts = timestamp or int(time.time() * 1000)
-    batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+    batch = [Metric(k, float(v), ts, step, model_id=model_id) for k, v in metrics.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
     if batch:
         client.log_batch(run_id, metrics=batch)
@@ -132,13 +134,19 @@ def resend(outbox: str | Path) -> tuple[int, int]:
                             f"at the store the training logged to, or move the file away") from None
         checked_run(run, uri, f"the tracking store {uri}")
         sent = 0
-        for item in entries:
+        for k, item in enumerate(entries):
             why = changed(item)
             if why:
                 print(f"resend: {item['path']} {why} since run {run_id} queued it: not attached to that run",
                       file=sys.stderr)
                 continue
-            send(client, run_id, item)
+            try:
+                send(client, run_id, item)
+            except Exception as e:  # the server went away again: keep what is left, in order, for the next try
+                write_json(path, {**data, "items": entries[k:]})
+                raise UserError(f"resend: {uri} stopped answering at item {k + 1} of {len(entries)} of run {run_id} "
+                                f"({type(e).__name__}); the {len(entries) - k} items left are kept in {path}: "
+                                f"rerun `python -m pipeline.tracking resend` when it answers") from None
             sent += 1
         path.unlink()
         runs, items = runs + 1, items + sent

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from ..io import read_json, write_json
-from ..paths import project_root
+from ..paths import TRAIN_CONFIG, project_root
 from .outbox import Outbox, log_image, log_metrics
 from .provenance import source_tags
 from .store import (check_artifact_location, check_reachable, checked_run, checked_run_id, client,
@@ -274,10 +274,19 @@ def log_stage(model_dir: str | Path, stage: str, params: dict, metrics: dict, ar
         return None
 
 
+def logged_model_id(store, experiment_id: str, run_id: str) -> str | None:
+    """The newest MLflow logged model of run ``run_id`` (``vae-z<size>``), or None (the server was away when it
+    was to be logged)."""
+    models = store.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'",
+                                        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+                                        max_results=1)
+    return models[0].model_id if models else None
+
+
 def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, images):
     store = open_store(uri, root)
     info = read_json(Path(model_dir) / RUN_FILE)
-    cfg = read_json(Path(model_dir) / "config.json")
+    cfg = read_json(Path(model_dir) / Path(TRAIN_CONFIG).name)  # the training config beside the model
     epochs = int(cfg.get("epochs", 0))
     parent_id = checked_run_id(info.get("run_id"), f"{Path(model_dir) / RUN_FILE}")
     try:
@@ -308,7 +317,7 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, images):
         for path in artifacts:
             store.log_artifact(cid, str(path))
         if parent is not None:
-            log_metrics(store, parent_id, summary, SUMMARY_STEP)
+            log_metrics(store, parent_id, summary, SUMMARY_STEP, model_id=logged_model_id(store, exp_id, parent_id))
             for key, path in images.items():
                 log_image(store, parent_id, path, key, SUMMARY_STEP)
             store.set_tag(parent_id, f"facevae.latest_{stage}_run", cid)

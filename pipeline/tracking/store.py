@@ -76,6 +76,9 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         if e.code == 403:
             fix = ("the server refuses this host: start it with --allowed-hosts naming the address teammates use "
                    "(make mlflow-server HOST=0.0.0.0 ALLOWED_HOSTS=<name or ip>:<port>)")
+        elif e.code == 401 and user and password:
+            fix = (f"the server refused the login of MLFLOW_TRACKING_USERNAME={user!r}: check the user and "
+                   f"MLFLOW_TRACKING_PASSWORD (an admin of the server can reset it)")
         elif e.code == 401:
             fix = "the server asks for a login: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
     except (urllib.error.URLError, OSError) as e:
@@ -182,6 +185,10 @@ def open_store(uri: str, root: Path | None = None):
     """A client of the store at ``uri``, tried once: a local database that is not an MLflow store (damaged,
     or another program's file) is one line naming it and the fix. The store of project ``root`` that
     moved with it is pointed at its new artifact folder first (:func:`relocate_moved_store`)."""
+    if uri.startswith("sqlite:") and Path(sqlite_path(uri)).is_dir():  # MLflow would retry it for minutes
+        raise UserError(f"{uri} names the folder {sqlite_path(uri)}, not a database file; point MLFLOW_TRACKING_URI "
+                        f"at a file (e.g. sqlite:///{Path(sqlite_path(uri)) / 'mlflow.db'}) or unset it to use the "
+                        f"project's mlflow.db")
     try:
         with _creating(uri):
             store = client(uri)
@@ -249,6 +256,7 @@ def relocate_moved_store(uri: str, root: Path) -> str | None:
 
 
 def experiment_id(store, name: str, uri: str, root: Path) -> str:
+    """The id of experiment ``name`` (restored if deleted, created if missing)."""
     exp = store.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":

@@ -1,0 +1,86 @@
+"""Every script in bench/ runs on tiny arguments (exit 0, its JSON line parses), so that each figure of
+docs/benchmarks.md can be measured again."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT
+
+pytestmark = pytest.mark.integration  # subprocesses that import torch
+
+
+def bench(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / args[0]), *args[1:]], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_preprocess_speed():
+    r = last_json(bench("preprocess_speed.py", "--images", "4", "--width", "64", "--height", "48", "--workers", "1").stdout)
+    assert r["reference_img_s"] > 0 and r["facevae_img_s"] > 0
+
+
+def test_train_speed():
+    r = last_json(bench("train_speed.py", "--device", "cpu", "--batch", "4", "--images", "8", "--epochs", "1",
+                        "--rounds", "1").stdout)
+    assert r["device"] == "cpu" and r["batch"] == 4 and r["facevae_img_s"] > 0
+
+
+def test_page_faults():
+    r = last_json(bench("page_faults.py", "--steps", "1").stdout)
+    assert len(r["default_steps"]) == 1 and len(r["kept_steps"]) == 1
+
+
+def test_face_detect_quality():
+    r = last_json(bench("face_detect_quality.py", "--per-class", "1").stdout)
+    assert r["grace_hopper_found"] is True and r["rendered_tried"] > 0
+
+
+def test_quality_on_the_built_in_set_and_on_a_photos_folder(tmp_path):
+    from helpers import png
+
+    for label, base in (("happy", 0), ("sad", 50)):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        for i in range(5):
+            (tmp_path / "photos" / label / f"{i}.png").write_bytes(png(base + i))
+    tiny = ["--set", "data.per_class=6", "--set", "train.epochs=1", "--set", "preprocess.size=32", "--set",
+            "split.test_per_class=2", "--set", "train.min_steps=0", "--set", "train.latent_dim=4"]
+    out = bench("quality.py", "--settings", "default", "--photos", str(tmp_path / "photos"), *tiny).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(r["setting"], r["images_train"], r["images_test"]) for r in rows] == [("default", 8, 4), ("photos", 6, 4)]
+    assert all(r["pca_k"] == 4 and r["epochs"] == 1 for r in rows)
+    (tmp_path / "r.jsonl").write_text(out)
+    table = bench("vs_pca.py", str(tmp_path / "r.jsonl")).stdout.splitlines()
+    assert len(table) == 4 and table[2].startswith("| default | `data.per_class=6`")
+
+
+def test_draw_photo_sets_from_a_clone_of_the_facial_expressions_layout(tmp_path):
+    repo = tmp_path / "facial_expressions"
+    (repo / "images").mkdir(parents=True)
+    (repo / ".git").mkdir()
+    rows = ["user,image,emotion"]
+    for i, emotion in enumerate(["anger", "happiness", "HAPPINESS", "anger"], start=1):
+        name = f"Serena_Williams_{i:04d}.jpg"
+        (repo / "images" / name).write_bytes(b"jpeg %d" % i)
+        rows.append(f"x,{name},{emotion}")
+    (repo / "data").mkdir()
+    (repo / "data" / "legend.csv").write_text("\n".join(rows) + "\n")
+    out = bench("draw_photo_sets.py", "--repo", str(repo), "--out", str(tmp_path / "sets"), "--sets", "serena").stdout
+    assert out.strip() == f"serena: 4 photos in {tmp_path / 'sets' / 'serena'}"
+    assert sorted(p.relative_to(tmp_path / "sets").as_posix() for p in (tmp_path / "sets").rglob("*.jpg")) == [
+        "serena/anger/Serena_Williams_0001.jpg", "serena/anger/Serena_Williams_0004.jpg",
+        "serena/happiness/Serena_Williams_0002.jpg", "serena/happiness/Serena_Williams_0003.jpg"]
+
+
+def test_figures_check_passes_on_the_committed_docs():
+    bench("figures.py", "--check")
