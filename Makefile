@@ -118,4 +118,4 @@ exps: $(VENV)/.installed  ## the DVC experiments with their latent size and key 
 	@dvc exp show --no-pager --drop '.*' --keep '$(EXPS_COLUMNS)' --sort-by test.psnr --sort-order desc
 
 compare: $(VENV)/.installed  ## reports/compare/: latent size against test PSNR, SSIM, kNN accuracy, silhouette
-	@$(BIN)/python -m pipeline.compare
+	@$(BIN)/python -m pipeline.compare $(if $(ALL_USERS),--all-users)

@@ -21,6 +21,7 @@ The best run (the highest kNN accuracy, then the highest test PSNR) gets the reg
 from __future__ import annotations
 
 import argparse
+import getpass
 import html
 import json
 import os
@@ -56,9 +57,10 @@ def budget(run) -> tuple[str, str, str]:
     return digest, p.get("data.n_train", ""), run.data.tags.get("resumed.train.epochs", p.get("train.epochs", ""))
 
 
-def collect(client, experiment: str) -> list[dict]:
+def collect(client, experiment: str, user: str | None = None) -> list[dict]:
     """The newest finished model run per latent size, sorted by latent size, of the newest run's data and
-    epochs only (:func:`budget`): runs of other data or epochs are named in one line and left out."""
+    epochs only (:func:`budget`): runs of other data or epochs are named in one line and left out. With
+    ``user`` (a shared server), only that user's runs (``mlflow.user``); how many others' were left out is said."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise UserError(f"MLflow experiment '{experiment}' not found in {client.tracking_uri}; run the pipeline "
@@ -66,6 +68,13 @@ def collect(client, experiment: str) -> list[dict]:
     runs = client.search_runs([exp.experiment_id],
                               "tags.`facevae.kind` = 'model' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=1000)
+    if user is not None:
+        others = sorted({r.data.tags.get("mlflow.user", "?") for r in runs} - {user})
+        mine = [r for r in runs if r.data.tags.get("mlflow.user") == user]
+        if others:
+            print(f"compare: the server holds runs of {len(others)} other user(s) ({', '.join(others[:5])}); "
+                  f"comparing {user}'s {len(mine)} only (--all-users compares everyone's)")
+        runs = mine
     picked: dict[int, dict] = {}
     like, unlike = None, {}
     for r in runs:
@@ -229,11 +238,14 @@ def write_dvc_plots(experiments: list[str], out: Path) -> Path | None:
     return out / "index.html"
 
 
-def compare(experiment: str, model_name: str, out: Path) -> None:
+def compare(experiment: str, model_name: str, out: Path, all_users: bool = False) -> None:
+    """Compare, report and move the champion; on a shared server (http/https) only the runs of this machine's
+    user (the ``mlflow.user`` MLflow gives them) unless ``all_users``."""
     uri = tracking_uri()
     check_reachable(uri)
     client = open_store(uri)
-    rows = collect(client, experiment)
+    shared = uri.startswith(("http://", "https://")) and not all_users
+    rows = collect(client, experiment, user=getpass.getuser() if shared else None)
     top = best(rows)
     written = write_report(client, rows, out, top)
     for r in rows:
@@ -256,6 +268,8 @@ def main(argv=None) -> None:
     ap.add_argument("--model-name", default=None,
                     help="registered model whose champion alias moves (default: mlflow.model_name of params.yaml)")
     ap.add_argument("--out", default="reports/compare")
+    ap.add_argument("--all-users", action="store_true",
+                    help="on a shared server, compare every user's runs (and move the shared champion among them)")
     args = ap.parse_args(argv)
 
     def go():
@@ -263,7 +277,8 @@ def main(argv=None) -> None:
 
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in the output
         mlflow = load().mlflow if args.experiment is None or args.model_name is None else None
-        compare(args.experiment or mlflow.experiment, args.model_name or mlflow.model_name, Path(args.out))
+        compare(args.experiment or mlflow.experiment, args.model_name or mlflow.model_name, Path(args.out),
+                args.all_users)
 
     run_cli(go)
 

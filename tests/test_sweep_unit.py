@@ -170,3 +170,33 @@ def test_the_runs_pictures_stay_readable_and_bounded_for_a_sweep_of_fifteen(tmp_
                          {"a": "A", "b": "B"}, tmp_path / f"bars{n}.png")
     with Image.open(tmp_path / "bars3.png") as few, Image.open(tmp_path / "bars15.png") as many:
         assert many.width > few.width
+
+
+def test_on_a_shared_server_compare_takes_this_users_runs_and_says_how_many_others_it_left(tmp_path, capsys):
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.compare import METRICS, collect
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("facevae", artifact_location=str(tmp_path / "art"))
+
+    def model_run(user, latent, knn):
+        rid = client.create_run(exp, run_name=f"z{latent}-e80", tags={"facevae.kind": "model",
+                                                                       "mlflow.user": user}).info.run_id
+        for k, v in (("train.latent_dim", latent), ("train.epochs", 80), ("data.n_train", 380)):
+            client.log_param(rid, k, v)
+        for k, _, _ in METRICS:
+            client.log_metric(rid, k, knn if k == "knn_accuracy" else 0.5, step=0)
+        client.log_inputs(rid, [DatasetInput(Dataset("facevae-train", "d", "local", "x"),
+                                             [InputTag("mlflow.data.context", "training")])])
+        client.set_terminated(rid)
+        return rid
+
+    mine = [model_run("alice", 20, 0.9), model_run("alice", 30, 0.8)]
+    model_run("bob", 50, 1.0)
+    model_run("carol", 30, 1.0)  # newer than alice's z30: would replace it if everyone's runs counted
+    assert [r["run_id"] for r in collect(client, "facevae", user="alice")] == mine
+    assert capsys.readouterr().out == ("compare: the server holds runs of 2 other user(s) (bob, carol); comparing "
+                                       "alice's 2 only (--all-users compares everyone's)\n")
+    assert len(collect(client, "facevae")) == 3  # everyone's: z20, z30 (carol's), z50
