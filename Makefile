@@ -66,7 +66,7 @@ clean-venv:
 # --- team workflow -----------------------------------------------------------------------------------
 # A shared MLflow server: SQL backend store + artifact store under MLFLOW_STORE, on HOST:PORT
 # (127.0.0.1 by default). For teammates: HOST=0.0.0.0 ALLOWED_HOSTS=<the name or IP:port they use>
-# (MLflow 3 refuses other Host headers) and AUTH=basic-auth (MLflow's login app, `pip install 'mlflow[auth]'`);
+# (MLflow 3 refuses other Host headers) and AUTH=basic-auth (MLflow's login app: the auth extra, in the dev extras too);
 # a host other than loopback without AUTH is refused unless INSECURE=1 (make ui alike).
 # Point the pipeline at it with  export MLFLOW_TRACKING_URI=http://<server>:5000
 MLFLOW_STORE ?= $(CURDIR)/mlflow-server

@@ -273,9 +273,10 @@ class PortTaken(Exception):
 class MlflowServer:
     """A real `mlflow server` on a loopback port, with a SQL backend store and an artifact store in ``store``."""
 
-    def __init__(self, store: Path, port: int | None = None, extra: tuple = ()):
+    def __init__(self, store: Path, port: int | None = None, extra: tuple = (), environ: dict | None = None):
         self.store = store
         self.extra = tuple(extra)
+        self.environ = dict(environ or {})  # e.g. the login app's secret key and first admin password
         self.fixed_port = port is not None
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
@@ -305,7 +306,8 @@ class MlflowServer:
             [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}",
              "--artifacts-destination", str(self.store / "artifacts"), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1", *self.extra],
-            env=env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),  # no background job runner: 4 fewer processes
+            env=env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **self.environ),  # no job runner: 4 fewer processes
+            cwd=self.store,  # what the server writes beside it (the login app's basic_auth.db) stays in the store
             stdout=subprocess.DEVNULL, stderr=open(self.store / "server.log", "ab"), start_new_session=True)
         deadline = time.time() + timeout
         while time.time() < deadline:

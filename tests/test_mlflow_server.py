@@ -162,3 +162,32 @@ def test_basic_auth_needs_its_secret_key_and_a_first_admin_password(root, tmp_pa
     (tmp_path / "basic_auth.db").write_bytes(b"")  # the admin exists: its password is no longer read
     assert run(args, tmp_path, check=False, PYTHONPATH=str(root), MLFLOW_FLASK_SERVER_SECRET_KEY="k",
                MLFLOW_AUTH_ADMIN_PASSWORD="").returncode == 0
+
+
+def test_a_login_server_refuses_the_train_stage_without_a_login_and_takes_its_run_with_one(tmp_path, monkeypatch):
+    """`make mlflow-server AUTH=basic-auth`'s server (MLflow's basic-auth app, first admin from the environment):
+    no login and a wrong password are one line each before training; the right login logs the run."""
+    password = "a-long-test-password-1234"
+    server = MlflowServer(tmp_path / "server", extra=("--app-name", "basic-auth"),
+                          environ={"MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 64,
+                                   "MLFLOW_AUTH_ADMIN_PASSWORD": password}).start()
+    try:
+        assert (tmp_path / "server" / "basic_auth.db").exists()  # beside the store, not in the repository
+        p = small_project(tmp_path / "p", epochs=1)
+        out = train_stage(p, check=False, MLFLOW_TRACKING_URI=server.uri)
+        assert out.returncode == 2 and "(HTTP 401" in out.stderr and "asks for a login: set MLFLOW_TRACKING_USERNAME" \
+            in out.stderr
+        out = train_stage(p, check=False, MLFLOW_TRACKING_URI=server.uri, MLFLOW_TRACKING_USERNAME="admin",
+                          MLFLOW_TRACKING_PASSWORD="wrong")
+        assert out.returncode == 2 and "refused the login of MLFLOW_TRACKING_USERNAME='admin'" in out.stderr
+        assert not (p / "models").exists()
+        train_stage(p, MLFLOW_TRACKING_URI=server.uri, MLFLOW_TRACKING_USERNAME="admin",
+                    MLFLOW_TRACKING_PASSWORD=password)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        client = MlflowClient(tracking_uri=server.uri)
+        run_id = read_json(p / "models/mlflow_run.json")["run_id"]
+        assert client.get_run(run_id).info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1]
+    finally:
+        server.stop()
