@@ -111,3 +111,40 @@ def test_the_pair_defaults_to_the_first_two_labels_and_bad_ones_are_one_line():
         choose_pair(["happy"], [])
     with pytest.raises(UserError, match=r"explore.pair = \['happy', 'angyr'\] must name two different labels"):
         choose_pair(["angry", "happy"], ["happy", "angyr"])
+
+
+def test_the_explore_stage_builds_the_vector_from_the_training_latents_only(tmp_path, monkeypatch):
+    """stages/explore.py in-process: the training latents of the two labels sit at 0 and 1 on the first axis,
+    the held-out ones far away (10 and -10); the vector is the training means' difference (norm 1.0), which a
+    vector of every latent would not be."""
+    import json
+
+    import pandas as pd
+
+    import stages.explore as explore_stage
+    from pipeline.model import ModelConfig, save_model
+    from pipeline.params import Params
+    from pipeline.preprocess import save_dataset
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    cfg = ModelConfig(latent_dim=2, image_size=16, in_channels=3, arch="bn")
+    torch.manual_seed(0)
+    save_model(cfg.build().eval(), cfg, tmp_path / "models")
+    n, labels = 24, ["angry", "happy"] * 12
+    is_test = [i >= 20 for i in range(n)]
+    ids = [f"{labels[i]}/{i}.png" for i in range(n)]
+    save_dataset({"images": torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8),
+                  "labels": torch.tensor([i % 2 for i in range(n)]), "is_test": torch.tensor(is_test),
+                  "ids": ids, "classes": ["angry", "happy"]}, tmp_path / "data/processed/dataset.pt")
+    mu0 = [(10.0 if labels[i] == "angry" else -10.0) if is_test[i] else (0.0 if labels[i] == "angry" else 1.0)
+           for i in range(n)]
+    (tmp_path / "data/latents").mkdir(parents=True)
+    pd.DataFrame({"id": ids, "label": labels, "split": ["test" if t else "train" for t in is_test], "mu_0": mu0,
+                  "mu_1": 0.0, "logvar_0": 0.0, "logvar_1": 0.0}).to_csv(tmp_path / "data/latents/latents.csv",
+                                                                        index=False)
+    explore_stage.run(Params())
+    metrics = json.loads((tmp_path / "metrics/explore.json").read_text())
+    assert metrics["pair"] == ["angry", "happy"] and metrics["expression_vector_norm"] == pytest.approx(1.0)
+    assert metrics["n_faces"] == 4

@@ -281,3 +281,20 @@ def test_a_csv_manifest_with_a_column_named_twice_is_one_line(tmp_path):
     with pytest.raises(UserError, match=r"^data.source: CSV '.*list.csv' has the column 'label' twice in its header; "
                                         r"keep one$"):
         ingest(str(tmp_path / "list.csv"), tmp_path / "raw")
+
+
+@pytest.mark.parametrize("per_label, ok", [(3, True), (2, False)])
+def test_a_label_with_exactly_the_minimum_is_kept_and_one_fewer_is_one_line(tmp_path, per_label, ok):
+    """split.test_per_class 2 needs 3 usable photos a label: 3 pass, 2 stop ingest naming the label and count."""
+    src = tmp_path / "photos"
+    for label, base in (("happy", 0), ("angry", 100)):
+        (src / label).mkdir(parents=True)
+        for i in range(per_label if label == "angry" else 5):
+            (src / label / f"{i}.png").write_bytes(png(base + i))
+    if ok:
+        assert ingest(str(src), tmp_path / "raw", min_per_label=3).counts() == {"angry": 3, "happy": 5}
+    else:
+        with pytest.raises(UserError, match=r"too few usable images per label in .* \('angry' 2; rejected: none\); "
+                                            r"split.test_per_class 2 needs at least 3 per label"):
+            ingest(str(src), tmp_path / "raw", min_per_label=3)
+        assert not (tmp_path / "raw").exists()
