@@ -8,7 +8,9 @@ A generated block is ``<!-- figures: KIND ARGS -->`` … ``<!-- /figures -->``; 
 * ``summary``: `make run`'s summary lines of the committed ``metrics/*.json`` (pipeline/summary.py);
 * ``vs-pca GLOB…``: README's VAE-vs-PCA table of the real-photo sets (``bench/vs_pca.py --readme``);
 * ``vs-pca-full GLOB…``: the full table with the committed default run first (``bench/vs_pca.py --metrics metrics GLOB…``);
-* ``table GLOB…``: the full table of the result files alone (``bench/vs_pca.py GLOB…``).
+* ``table GLOB…``: the full table of the result files alone (``bench/vs_pca.py GLOB…``);
+* ``rows GLOB… FIELD,FIELD…``: a Markdown table of those fields of every JSON line of the files (a bench's
+  output as it printed it: speed, preprocessing, face detection).
 
 An inline figure is ``<!-- figure: FILE.KEY[.KEY] FORMAT -->0.993<!-- /figure -->``: the value of KEY in
 ``metrics/FILE.json``, written with Python's FORMAT (e.g. ``.3f``, ``.0%``).
@@ -45,6 +47,7 @@ def block(spec: str, root: Path = ROOT) -> str:
         from pipeline.summary import figures
 
         return "```\n" + "\n".join(figures(root)) + "\n```\n"
+    fields = args.pop().split(",") if kind == "rows" else []
     files = sorted({str(p) for pattern in args for p in root.glob(pattern)})
     if not files:
         raise SystemExit(f"bench/figures.py: '{spec}' matches no file under {root}")
@@ -56,7 +59,12 @@ def block(spec: str, root: Path = ROOT) -> str:
         return _run(vs_pca.main, ["--metrics", str(root / "metrics"), *files])
     if kind == "table":
         return _run(vs_pca.main, files)
-    raise SystemExit(f"bench/figures.py: unknown block kind '{kind}' (summary, vs-pca, vs-pca-full, table)")
+    if kind == "rows":
+        lines = [json.loads(line) for f in files for line in Path(f).read_text().splitlines() if line.strip()]
+        cell = lambda v: ", ".join(map(str, v)) if isinstance(v, list) else "—" if v is None else str(v)  # noqa: E731
+        return "".join(f"| {' | '.join(row)} |\n" for row in
+                       [fields, ["---"] * len(fields), *[[cell(r.get(k)) for k in fields] for r in lines]])
+    raise SystemExit(f"bench/figures.py: unknown block kind '{kind}' (summary, vs-pca, vs-pca-full, table, rows)")
 
 
 def figure(key: str, fmt: str, root: Path = ROOT) -> str:

@@ -83,7 +83,9 @@ def main(argv=None) -> dict:
         made = time.perf_counter() - t0
         ref = reference(Path(tmp))
         fv = ours(paths, args.workers, args.crop)
-    result = {"reference_img_s": round(ref, 1), "facevae_img_s": round(fv, 1), "ratio": round(fv / ref, 2)}
+    result = {"images": len(paths), "width": args.width, "height": args.height, "workers": args.workers or os.cpu_count(),
+              "crop": args.crop, "reference_img_s": round(ref, 1), "facevae_img_s": round(fv, 1),
+              "ratio": round(fv / ref, 2)}
     print(f"{len(paths)} JPEGs of {args.width}x{args.height} (made in {made:.0f}s); {os.cpu_count()} cores; "
           f"reference {ref:.1f} img/s, facevae ({args.crop}) {fv:.1f} img/s", file=sys.stderr)
     print(json.dumps(result))

@@ -184,7 +184,9 @@ def main(argv=None) -> dict:
         medians = race(ref_epoch, our_epoch, args.epochs, args.rounds, device)
     (ref, ref_faults), (ours, our_faults) = medians["reference"], medians["facevae"]
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "batch": args.batch, "arch": trainer.cfg.arch, "linear": trainer.cfg.linear, "recon": trainer.cfg.recon, "reference_img_s": round(ref, 1), "facevae_img_s": round(ours, 1),
+              "batch": args.batch, "images": args.images, "source_size": args.source_size, "compile": args.compile,
+              "arch": trainer.cfg.arch, "linear": trainer.cfg.linear, "recon": trainer.cfg.recon,
+              "reference_img_s": round(ref, 1), "facevae_img_s": round(ours, 1),
               "ratio": round(ours / ref, 2), "tflops": None, "mfu": None}
     if device.type == "cuda":
         achieved = flops_per_image(trainer, args.batch) * ours

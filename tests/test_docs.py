@@ -101,5 +101,12 @@ def test_a_block_naming_no_file_or_an_unknown_kind_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="matches no file"):
         figures.block("table docs/results/none_*.jsonl", tmp_path)
     (tmp_path / "x.jsonl").write_text("")
-    with pytest.raises(SystemExit, match="unknown block kind 'tables'"):
+    with pytest.raises(SystemExit, match="unknown block kind .tables."):
         figures.block("tables x.jsonl", tmp_path)
+
+
+def test_a_rows_block_is_the_named_fields_of_every_result_line(tmp_path):
+    (tmp_path / "speed.jsonl").write_text('{"batch": 16, "ratio": 1.25, "x": 0}\n{"batch": 256, "ratio": null, '
+                                          '"steps": [1, 2]}\n')
+    assert figures.block("rows speed.jsonl batch,ratio,steps", tmp_path) == (
+        "| batch | ratio | steps |\n| --- | --- | --- |\n| 16 | 1.25 | — |\n| 256 | — | 1, 2 |\n")
