@@ -9,8 +9,10 @@ chosen by ``split.seed`` among the label's images sorted by id.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +27,21 @@ from .io import save_torch
 from .parallel import ordered_map
 
 
+@contextlib.contextmanager
+def _quiet_exif():
+    """No Pillow warning about odd EXIF ("Tag data larger than file ..."): ingest refused what cannot be read."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
 def decode_one(source: str | Path | bytes, size: int = 128, crop: CropSpec = CropSpec()) -> tuple[np.ndarray, dict]:
     """Decode one image to an upright size x size RGB uint8 array (H, W, 3), cropped as ``crop`` says, and
     where the crop was taken: {'crop': how, 'left', 'top', 'right', 'bottom'} in pixels of the upright
     picture at its full resolution. Raises :class:`NoFace` when detection finds nothing and ``no_face`` is
     ``reject``."""
     fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
-    with Image.open(fp) as img:
+    with _quiet_exif(), Image.open(fp) as img:
         full = img.size
         if img.format == "JPEG":
             # DCT-domain downscaling: decodes large photos several times faster, never below 2x the target

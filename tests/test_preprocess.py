@@ -218,3 +218,23 @@ def test_each_kept_image_keeps_its_own_label_and_pixels_after_no_face_refusals(t
         want = np.asarray(Image.open(src / rel).convert("RGB")).transpose(2, 0, 1)
         assert np.array_equal(image.numpy(), want), rel
     assert sorted(r["id"] for r in report if r["crop"] == "rejected") == sorted(refused)
+
+
+def test_a_photo_with_odd_exif_that_ingest_accepts_decodes_without_pillow_warnings():
+    """A description tag whose length runs past the EXIF block: Pillow skips it with a UserWarning, which would
+    print once per photo in the preprocess log."""
+    import warnings
+
+    from helpers import noise
+
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010e] = 1, "x" * 40
+    raw = bytearray(exif.tobytes())
+    little = raw.find(b"II") in (0, 6)
+    i = raw.index(b"\x0e\x01" if little else b"\x01\x0e")
+    raw[i + 4:i + 8] = (4000).to_bytes(4, "little" if little else "big")
+    buf = io.BytesIO()
+    noise(4, (64, 48)).save(buf, format="JPEG", exif=bytes(raw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image(buf.getvalue(), 32).shape == (32, 32, 3)
