@@ -298,3 +298,17 @@ def test_a_label_with_exactly_the_minimum_is_kept_and_one_fewer_is_one_line(tmp_
                                             r"split.test_per_class 2 needs at least 3 per label"):
             ingest(str(src), tmp_path / "raw", min_per_label=3)
         assert not (tmp_path / "raw").exists()
+
+
+def test_an_avif_photo_is_read_when_pillow_reads_avif(tmp_path):
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow has no AVIF support: .avif is refused with a hint instead")
+    src = tmp_path / "photos"
+    _folder(src)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="AVIF")
+    (src / "happy" / "phone.avif").write_bytes(buf.getvalue())
+    result = ingest(str(src), tmp_path / "raw")
+    assert result.counts() == {"angry": 3, "happy": 4} and not result.rejected and not result.skipped
