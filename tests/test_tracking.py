@@ -428,3 +428,21 @@ def test_log_stage_on_sqlite_makes_a_child_run_and_links_the_summary_to_the_mode
     assert {m.key: m.value for m in model.metrics}.items() >= {"probe_accuracy": 0.912, "test_psnr": 25.46}.items()
     assert any(a.path.startswith("images") for a in client.list_artifacts(run.run_id))
 
+
+
+def test_dataset_inputs_name_each_split_with_the_files_digest_context_and_shape(tmp_path):
+    import json
+
+    import numpy as np
+
+    from pipeline.tracking.provenance import dataset_inputs
+
+    images, labels = np.zeros((5, 3, 8, 8), np.uint8), np.array([0, 1, 0, 1, 1])
+    out = dataset_inputs({"training": ("facevae-train", images, labels), "evaluation": ("facevae-test", images[:2],
+                                                                                         labels[:2])},
+                         "ab" * 32, tmp_path / "dataset.pt")
+    got = [(d.dataset.name, d.dataset.digest, [(t.key, t.value) for t in d.tags],
+            json.loads(d.dataset.profile)["features_shape"]) for d in out]
+    assert got == [("facevae-train", "ab" * 16, [("mlflow.data.context", "training")], [5, 3, 8, 8]),
+                   ("facevae-test", "ab" * 16, [("mlflow.data.context", "evaluation")], [2, 3, 8, 8])]
+    assert out[0].dataset.source_type == "local" and str(tmp_path / "dataset.pt") in out[0].dataset.source

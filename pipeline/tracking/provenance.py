@@ -60,7 +60,7 @@ def dataset_inputs(splits: dict, digest: str, source: str | Path) -> list:
 
     import mlflow.data
     from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.entities import Dataset, DatasetInput, InputTag
 
     with warnings.catch_warnings():  # a local path: MLflow registers two sources that both take it
         warnings.simplefilter("ignore", UserWarning)
@@ -68,7 +68,8 @@ def dataset_inputs(splits: dict, digest: str, source: str | Path) -> list:
     out = []
     for context, (name, images, labels) in splits.items():
         ds = mlflow.data.from_numpy(images, targets=labels, source=src, name=name, digest=digest[:32])
-        out.append(DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", context)]))
+        # the entity from the dataset's public dict (what mlflow.log_input sends), not its private converter
+        out.append(DatasetInput(Dataset(**ds.to_dict()), [InputTag("mlflow.data.context", context)]))
     return out
 
 
