@@ -40,7 +40,7 @@ class Eigenfaces:
             keep = np.sort(np.random.default_rng(self.seed).choice(n, MAX_FIT_IMAGES, replace=False))
             images = images[torch.from_numpy(keep)]
         x = self._flat(images)
-        k = max(1, min(self.k, len(x) - 1))  # see components()
+        k = components(self.k, len(x))
         # the exact SVD for small sets (deterministic, and exact where k reaches the number of images);
         # randomized SVD (seeded) for large ones, as sklearn's 'auto' would choose
         solver = "full" if len(x) <= 1000 else "randomized"
