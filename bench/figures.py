@@ -18,8 +18,6 @@ An inline figure is ``<!-- figure: FILE.KEY[.KEY] FORMAT -->0.993<!-- /figure --
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import sys
@@ -31,13 +29,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 BLOCK = re.compile(r"(<!-- figures: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /figures -->)", re.S)
 INLINE = re.compile(r"(<!-- figure: (?P<key>[\w.]+) (?P<fmt>\S+) -->)(?P<body>[^<]*)(<!-- /figure -->)")
-
-
-def _run(main, argv: list[str]) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        main(argv)
-    return out.getvalue()
 
 
 def block(spec: str, root: Path = ROOT) -> str:
@@ -54,13 +45,13 @@ def block(spec: str, root: Path = ROOT) -> str:
     import vs_pca
 
     if kind == "vs-pca":
-        return _run(vs_pca.main, ["--readme", *files])
+        return vs_pca.readme_table(files)
     if kind == "vs-pca-full":
-        return _run(vs_pca.main, ["--metrics", str(root / "metrics"), *files])
+        return vs_pca.table(files, root / "metrics")
     if kind == "table":
-        return _run(vs_pca.main, files)
+        return vs_pca.table(files)
     if kind == "rows":
-        lines = [json.loads(line) for f in files for line in Path(f).read_text().splitlines() if line.strip()]
+        lines = vs_pca.result_lines(files)
         cell = lambda v: ", ".join(map(str, v)) if isinstance(v, list) else "—" if v is None else str(v)  # noqa: E731
         return "".join(f"| {' | '.join(row)} |\n" for row in
                        [fields, ["---"] * len(fields), *[[cell(r.get(k)) for k in fields] for r in lines]])

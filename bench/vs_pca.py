@@ -78,22 +78,30 @@ def from_metrics(folder: Path) -> dict:
             **{k: tsne[k] for k in ("probe_accuracy", "pca_probe_accuracy", "knn_accuracy", "pca_knn_accuracy")}}
 
 
+def result_lines(paths) -> list[dict]:
+    """Every JSON line of the result files ``paths``, in order."""
+    return [json.loads(line) for path in paths for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def readme_table(paths) -> str:
+    """README's table: the default-recipe runs of the real-photo sets, smallest set first."""
+    rows = [r for r in result_lines(paths) if r.get("photos") in SETS and default_recipe(r)]
+    return "\n".join([README_HEADER, *(readme_row(r) for r in sorted(rows, key=lambda r: r["images_train"]))]) + "\n"
+
+
+def table(paths, metrics: Path | None = None) -> str:
+    """The full table of the result files, after the committed run of ``metrics`` when given."""
+    rows = ([from_metrics(metrics)] if metrics is not None else []) + result_lines(paths)
+    return "\n".join([HEADER, *(row(r) for r in rows)]) + "\n"
+
+
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--readme"]:
-        rows = [json.loads(line) for path in argv[1:] for line in Path(path).read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if r.get("photos") in SETS and default_recipe(r)]
-        print(README_HEADER)
-        for r in sorted(rows, key=lambda r: r["images_train"]):
-            print(readme_row(r))
-        return
-    print(HEADER)
-    if argv[:1] == ["--metrics"]:
-        print(row(from_metrics(Path(argv[1]))))
-        argv = argv[2:]
-    for path in argv:
-        for line in Path(path).read_text().splitlines():
-            if line.strip():
-                print(row(json.loads(line)))
+        print(readme_table(argv[1:]), end="")
+    elif argv[:1] == ["--metrics"]:
+        print(table(argv[2:], Path(argv[1])), end="")
+    else:
+        print(table(argv), end="")
 
 
 if __name__ == "__main__":
