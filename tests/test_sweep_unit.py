@@ -70,37 +70,56 @@ def test_dvc_plots_diff_covers_each_runs_experiment_and_the_workspaces_own_run(t
     assert dvc_revisions(rows, tmp_path / "missing") == ["z20-e80"]
 
 
-def test_compare_ranks_only_runs_of_the_newest_runs_data_and_epochs(tmp_path, capsys):
-    """A store with model runs of two datasets and two budgets: only the newest run's kind is compared (and
-    the champion chosen among them); the others are named in one line."""
-    import time
+class _Store:
+    """A temporary sqlite MLflow store with the experiment `facevae` (and the registered model `facevae`), and
+    model runs made the way the train stage makes them, as :func:`pipeline.compare.collect` reads them."""
 
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-    from mlflow.tracking import MlflowClient
+    def __init__(self, tmp_path):
+        from mlflow.tracking import MlflowClient
 
-    from pipeline.compare import METRICS, best, collect
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        self.exp = self.client.create_experiment("facevae", artifact_location=str(tmp_path / "art"))
+        self.client.create_registered_model("facevae")
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.create_experiment("facevae", artifact_location=str(tmp_path / "art"))
+    def model_run(self, latent, knn, psnr=0.5, *, epochs=80, digest="d1", user=None, skip=None, register=False):
+        """A finished model run of ``latent`` and ``epochs`` on the data of ``digest``: every compared metric
+        at 0.5 but kNN ``knn`` and test PSNR ``psnr``, ``skip`` left out; later runs start later."""
+        import time
 
-    def model_run(name, latent, digest, epochs, knn):
-        r = client.create_run(exp, run_name=name, tags={"facevae.kind": "model"})
-        rid = r.info.run_id
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        from pipeline.compare import METRICS
+
+        c = self.client
+        tags = {"facevae.kind": "model", **({"mlflow.user": user} if user else {})}
+        rid = c.create_run(self.exp, run_name=f"z{latent}-e{epochs}", tags=tags).info.run_id
         for k, v in (("train.latent_dim", latent), ("train.epochs", epochs), ("data.n_train", 380)):
-            client.log_param(rid, k, v)
+            c.log_param(rid, k, v)
         for k, _, _ in METRICS:
-            client.log_metric(rid, k, knn if k == "knn_accuracy" else 0.5, step=0)
-        client.log_inputs(rid, [DatasetInput(Dataset("facevae-train", digest, "local", "data/processed/dataset.pt"),
-                                             [InputTag("mlflow.data.context", "training")])])
-        client.set_terminated(rid)
+            if k != skip:
+                c.log_metric(rid, k, {"knn_accuracy": knn, "test_psnr": psnr}.get(k, 0.5), step=0)
+        c.log_inputs(rid, [DatasetInput(Dataset("facevae-train", digest, "local", "data/processed/dataset.pt"),
+                                        [InputTag("mlflow.data.context", "training")])])
+        c.set_terminated(rid)
+        if register:
+            c.create_model_version("facevae", f"runs:/{rid}/vae-z{latent}", rid)
         time.sleep(0.02)  # distinct start times: newest first
         return rid
 
-    other_data = model_run("z8-e80", 8, "aaaa", 80, 1.0)  # the best kNN, but of other data
-    model_run("z32-e80", 32, "bbbb", 80, 0.95)  # an older run of the same size and kind: the newest one counts
-    z16 = model_run("z16-e80", 16, "bbbb", 80, 0.7)
-    short = model_run("z16-e6", 16, "bbbb", 6, 1.0)  # this data, but 6 epochs: newer than z16-e80, not like it
-    z32 = model_run("z32-e80", 32, "bbbb", 80, 0.9)
+
+def test_compare_ranks_only_runs_of_the_newest_runs_data_and_epochs(tmp_path, capsys):
+    """A store with model runs of two datasets and two budgets: only the newest run's kind is compared (and
+    the champion chosen among them); the others are named in one line."""
+    from pipeline.compare import best, collect
+
+    store = _Store(tmp_path)
+    client = store.client
+    other_data = store.model_run(8, 1.0, digest="aaaa")  # the best kNN, but of other data
+    store.model_run(32, 0.95, digest="bbbb")  # an older run of the same size and kind: the newest one counts
+    z16 = store.model_run(16, 0.7, digest="bbbb")
+    short = store.model_run(16, 1.0, digest="bbbb", epochs=6)  # this data, 6 epochs: newer than z16-e80, not like it
+    z32 = store.model_run(32, 0.9, digest="bbbb")
     rows = collect(client, "facevae")
     assert [r["run_id"] for r in rows] == [z16, z32] and best(rows)["run_id"] == z32
     out = capsys.readouterr().out
@@ -112,36 +131,14 @@ def test_compare_skips_a_run_missing_a_metric_breaks_a_knn_tie_by_psnr_and_moves
     """On a real sqlite store: the newest run of a size that lacks a metric gives way to the older complete one;
     kNN accuracies equal to two decimals are decided by test PSNR; the champion alias lands on the version
     registered by the winning run."""
-    import time
+    from pipeline.compare import best, collect, promote_champion
 
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-    from mlflow.tracking import MlflowClient
-
-    from pipeline.compare import METRICS, best, collect, promote_champion
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                          registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.create_experiment("facevae", artifact_location=str(tmp_path / "art"))
-    client.create_registered_model("facevae")
-
-    def model_run(latent, knn, psnr, skip=None):
-        r = client.create_run(exp, run_name=f"z{latent}-e80", tags={"facevae.kind": "model"})
-        rid = r.info.run_id
-        for k, v in (("train.latent_dim", latent), ("train.epochs", 80), ("data.n_train", 380)):
-            client.log_param(rid, k, v)
-        for k, _, _ in METRICS:
-            if k != skip:
-                client.log_metric(rid, k, {"knn_accuracy": knn, "test_psnr": psnr}.get(k, 0.5), step=0)
-        client.log_inputs(rid, [DatasetInput(Dataset("facevae-train", "d1", "local", "data/processed/dataset.pt"),
-                                             [InputTag("mlflow.data.context", "training")])])
-        client.set_terminated(rid)
-        client.create_model_version("facevae", f"runs:/{rid}/vae-z{latent}", rid)
-        time.sleep(0.02)
-        return rid
-
-    z20 = model_run(20, 0.951, 24.0)
-    z30 = model_run(30, 0.949, 25.0)       # kNN 0.95 too, and the higher PSNR: the best
-    model_run(30, 1.0, 30.0, skip="silhouette")  # newest of its size, but a metric is missing: not compared
+    store = _Store(tmp_path)
+    client = store.client
+    z20 = store.model_run(20, 0.951, 24.0, register=True)
+    z30 = store.model_run(30, 0.949, 25.0, register=True)  # kNN 0.95 too, and the higher PSNR: the best
+    # newest of its size, but a metric is missing: not compared
+    store.model_run(30, 1.0, 30.0, skip="silhouette", register=True)
     rows = collect(client, "facevae")
     assert [(r["latent_dim"], r["run_id"]) for r in rows] == [(20, z20), (30, z30)]
     top = best(rows)
@@ -173,29 +170,13 @@ def test_the_runs_pictures_stay_readable_and_bounded_for_a_sweep_of_fifteen(tmp_
 
 
 def test_on_a_shared_server_compare_takes_this_users_runs_and_says_how_many_others_it_left(tmp_path, capsys):
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-    from mlflow.tracking import MlflowClient
+    from pipeline.compare import collect
 
-    from pipeline.compare import METRICS, collect
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.create_experiment("facevae", artifact_location=str(tmp_path / "art"))
-
-    def model_run(user, latent, knn):
-        rid = client.create_run(exp, run_name=f"z{latent}-e80", tags={"facevae.kind": "model",
-                                                                       "mlflow.user": user}).info.run_id
-        for k, v in (("train.latent_dim", latent), ("train.epochs", 80), ("data.n_train", 380)):
-            client.log_param(rid, k, v)
-        for k, _, _ in METRICS:
-            client.log_metric(rid, k, knn if k == "knn_accuracy" else 0.5, step=0)
-        client.log_inputs(rid, [DatasetInput(Dataset("facevae-train", "d", "local", "x"),
-                                             [InputTag("mlflow.data.context", "training")])])
-        client.set_terminated(rid)
-        return rid
-
-    mine = [model_run("alice", 20, 0.9), model_run("alice", 30, 0.8)]
-    model_run("bob", 50, 1.0)
-    model_run("carol", 30, 1.0)  # newer than alice's z30: would replace it if everyone's runs counted
+    store = _Store(tmp_path)
+    client = store.client
+    mine = [store.model_run(20, 0.9, user="alice"), store.model_run(30, 0.8, user="alice")]
+    store.model_run(50, 1.0, user="bob")
+    store.model_run(30, 1.0, user="carol")  # newer than alice's z30: would replace it if everyone's runs counted
     assert [r["run_id"] for r in collect(client, "facevae", user="alice")] == mine
     assert capsys.readouterr().out == ("compare: the server holds runs of 2 other user(s) (bob, carol); comparing "
                                        "alice's 2 only (--all-users compares everyone's)\n")
