@@ -19,16 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from PIL import features
+
 from ..errors import UserError
 
-def _pillow_reads(feature: str) -> bool:
-    from PIL import features
-
-    return bool(features.check(feature))
-
-
 # AVIF: read when this Pillow was built with it (Pillow 11.2+ wheels are), refused with a hint otherwise
-_AVIF = {".avif"} if _pillow_reads("avif") else set()
+_AVIF = {".avif"} if features.check("avif") else set()
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".jif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", *_AVIF}
 # image formats people have but Pillow cannot read without plugins: refused with a hint, not ignored
 UNSUPPORTED_EXTENSIONS = {".heic", ".heif", ".avif", ".svg", ".psd", ".raw", ".cr2", ".nef", ".arw", ".dng"} - _AVIF
