@@ -18,7 +18,8 @@ reconstruction metrics, latent means, kNN / linear probe / silhouette. Prints on
 "test_psnr", "test_ssim", "probe_accuracy", "probe_std", "knn_accuracy", "axes_test_accuracy", "silhouette",
 "seconds", "device"}, and the PCA yardstick's figures on the same split (k = latent_dim eigenfaces of the training
 images, pipeline.yardstick): "pca_k", "pca_train_psnr", "pca_test_psnr", "pca_test_ssim", "pca_probe_accuracy",
-"pca_knn_accuracy". With --pictures, writes each setting's test reconstruction grid (original / VAE / PCA rows) and t-SNE map there.
+"pca_knn_accuracy". The VAE's reconstructions are from the codes reconstruct.refine_steps refine, as the reconstruct
+stage's; "encoder_train_psnr", "encoder_test_psnr" ... are those from the encoder's mean. With --pictures, writes each setting's test reconstruction grid (original / VAE / PCA rows) and t-SNE map there.
 """
 
 from __future__ import annotations
@@ -70,12 +71,14 @@ def run_setting(name: str, params: Params, device: str, pictures: Path | None) -
     train_seconds = time.perf_counter() - t_train
     best_epoch = trainer.keep_best()
     model = trainer.model.eval()
+    steps = params.reconstruct.refine_steps
+    vae = (lambda b: reconstruct(model, b, refine_steps=steps))
     out = {"setting": name, "images_train": len(train["ids"]), "images_test": len(test["ids"]),
            "validation": cfg.validation, "epochs": cfg.epochs, "best_epoch": best_epoch, "arch": cfg.arch,
-           "linear": cfg.linear, "recon": cfg.recon, "weight_decay": cfg.weight_decay}
+           "linear": cfg.linear, "recon": cfg.recon, "weight_decay": cfg.weight_decay, "refine_steps": steps}
     eigen = fit_eigenfaces(ds, cfg.latent_dim)
     out["pca_k"] = eigen.k
-    for who, fn in (("", lambda b: reconstruct(model, b)), ("pca_", eigen.reconstruct)):
+    for who, fn in (("", vae), ("encoder_", lambda b: reconstruct(model, b)), ("pca_", eigen.reconstruct)):
         for split, part in (("train", train), ("test", test)):
             m = split_metrics(part["images"], fn)
             out[f"{who}{split}_psnr"], out[f"{who}{split}_ssim"] = round(m["psnr"], 2), round(m["ssim"], 4)
@@ -91,7 +94,7 @@ def run_setting(name: str, params: Params, device: str, pictures: Path | None) -
                 "device": str(trainer.device)})
     if pictures is not None:
         pictures.mkdir(parents=True, exist_ok=True)
-        save_recon_grid(test["images"][:20], reconstruct(model, test["images"][:20]),
+        save_recon_grid(test["images"][:20], vae(test["images"][:20]),
                         eigen.reconstruct(test["images"][:20]), path=pictures / f"{name}_recon_test.png")
         coords = tsne_coords(x, "auto", 0)
         save_tsne_plot(coords, frame["label"], frame["split"], pictures / f"{name}_tsne.png", title=name,

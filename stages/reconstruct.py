@@ -1,6 +1,6 @@
 """DVC stage reconstruct: models/ + data/processed -> reports/recon_train.png, reports/recon_test.png
 (originals in a row above the VAE's reconstructions, PCA's below them) and metrics/recon.json (MSE, PSNR, SSIM per
-split, of at most 5,000 images of each, and the same for PCA with k = latent_dim fitted on the training images in its
+split, of at most 5,000 images of each, reconstructed from the codes `reconstruct.refine_steps` refine, and the same for PCA with k = latent_dim fitted on the training images in its
 `pca` section; on the model's MLflow run they are test_psnr, train_ssim, pca_test_psnr ...)."""
 
 from pathlib import Path
@@ -32,13 +32,17 @@ def run(params):
     ds_all = load_dataset(DATASET)
     eigen = fit_eigenfaces(ds_all, model.latent_dim)
     metrics, pca, files = {}, {"k": eigen.k}, []
+
+    def vae(images):
+        return reconstruct(model, images, refine_steps=params.reconstruct.refine_steps)
+
     for split in ("train", "test"):
         ds = subset(ds_all, split)
-        metrics[split] = split_metrics(ds["images"], lambda b: reconstruct(model, b))
+        metrics[split] = split_metrics(ds["images"], vae)
         pca[split] = split_metrics(ds["images"], eigen.reconstruct)
         shown = ds["images"][grid_indices(ds, params.reconstruct.per_class)]
         path = RECON_GRID.format(split=split)
-        save_recon_grid(shown, reconstruct(model, shown), eigen.reconstruct(shown), path=path, per_row=10)
+        save_recon_grid(shown, vae(shown), eigen.reconstruct(shown), path=path, per_row=10)
         files.append(path)
     write_json(RECON_METRICS, {**metrics, "pca": pca})
     flat = {f"{who}{s}_{k}": v for who, part in (("", metrics), ("pca_", pca)) for s, m in part.items()

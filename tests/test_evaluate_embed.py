@@ -396,6 +396,68 @@ def test_reconstructions_in_batches_are_the_models_of_the_whole_batch():
     assert reconstruct(model, images[:0]).numel() == 0
 
 
+def _linear_vae(seed=0):
+    """A VAE whose decoder is the linear path alone (the convolutions' last layer starts at zero), started at the
+    eigenfaces of 8 random images (7 components: their whole affine span), and test images in that span (the
+    means of two of them: mid-range, so no pixel of a reconstruction is clipped)."""
+    from pipeline.model import ConvVAE
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = ConvVAE(8, 16, arch="bn", linear="pca")
+    train = torch.randint(60, 196, (8, 3, 16, 16), dtype=torch.uint8, generator=g)
+    assert model.init_linear(train) == 7
+    test = ((train[:6].int() + train[1:7].int()) // 2).to(torch.uint8)
+    return model.eval(), test
+
+
+def test_refined_codes_reach_the_least_squares_code_of_a_linear_decoder():
+    """With a linear decoder x = m + B z, the best code is the least-squares one (numpy's lstsq, an independent
+    oracle): from an encoder knocked off it, the refined codes reconstruct as well as it; the encoder's mean
+    does not."""
+    from pipeline.evaluate import reconstruct
+
+    model, images = _linear_vae()
+    with torch.no_grad():
+        model.lin_enc.mul_(0.5)
+    x = images.double().flatten(1).numpy() / 255
+    m, b = model.lin_mean.double().numpy(), model.lin_dec.detach().double().numpy()
+    coef = np.linalg.lstsq(b, (x - m).T, rcond=None)[0]
+    best = ((m + (b @ coef).T - x) ** 2).mean(axis=1)
+
+    def mse(recon):
+        return ((recon.double().flatten(1).numpy() - x) ** 2).mean(axis=1)
+
+    encoder, refined = mse(reconstruct(model, images)), mse(reconstruct(model, images, refine_steps=200))
+    assert (best < 1e-5).all()  # the test images lie in the span (up to uint8 rounding)
+    assert (encoder > best + 1e-3).all()  # the knocked-off encoder is measurably off
+    assert (refined < best + 2e-5).all()
+
+
+def test_refining_never_does_worse_than_the_encoders_mean_and_leaves_the_weights_alone():
+    from pipeline.evaluate import REFINE_LR, refine_codes
+
+    model, images = _tiny_model_and_data(n=6)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = images.float() / 255
+
+    def objective(z):  # the MAP objective of refine_codes' documentation
+        with torch.no_grad():
+            err = ((model.decode(z) - x) ** 2).flatten(1).mean(1)
+        return x[0].numel() / 2 * err.log() + 0.5 * (z ** 2).sum(1)
+
+    with torch.no_grad():
+        mu, _ = model.encode(x)
+    assert torch.equal(refine_codes(model, x, 0), mu)  # 0 steps: the encoder's mean itself
+    assert REFINE_LR > 0
+    for steps in (1, 3, 10):
+        z = refine_codes(model, x, steps)
+        assert (objective(z) <= objective(mu) + 1e-4).all()
+    assert (objective(refine_codes(model, x, 10)) < objective(mu) - 0.05).all()  # and it does move
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
 @pytest.mark.parametrize("n,want", [(400, 30.0), (91, 30.0), (90, 29.7), (32, 10.3), (12, 3.7), (4, 1.0), (2, 1.0)])
 def test_auto_perplexity_follows_the_number_of_images(n, want):
     from pipeline.embed import perplexity_for
