@@ -19,7 +19,7 @@ reconstruction metrics, latent means, kNN / linear probe / silhouette. Prints on
 "seconds", "device"}, and the PCA yardstick's figures on the same split (k = latent_dim eigenfaces of the training
 images, pipeline.yardstick): "pca_k", "pca_train_psnr", "pca_test_psnr", "pca_test_ssim", "pca_probe_accuracy",
 "pca_knn_accuracy". The VAE's reconstructions are from the codes reconstruct.refine_steps refine, as the reconstruct
-stage's; "encoder_train_psnr", "encoder_test_psnr" ... are those from the encoder's mean. With --pictures, writes each setting's test reconstruction grid (original / VAE / PCA rows) and t-SNE map there.
+stage's; "encoder_train_psnr", "encoder_test_psnr" ... (when it refines) are those from the encoder's mean. With --pictures, writes each setting's test reconstruction grid (original / VAE / PCA rows) and t-SNE map there.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def run_setting(name: str, params: Params, device: str, pictures: Path | None) -
            "linear": cfg.linear, "recon": cfg.recon, "weight_decay": cfg.weight_decay, "refine_steps": steps}
     eigen = fit_eigenfaces(ds, cfg.latent_dim)
     out["pca_k"] = eigen.k
-    for who, fn in (("", vae), ("encoder_", lambda b: reconstruct(model, b)), ("pca_", eigen.reconstruct)):
+    encoder = (("encoder_", lambda b: reconstruct(model, b)),) if steps else ()  # 0 steps: the same as ""
+    for who, fn in (("", vae), *encoder, ("pca_", eigen.reconstruct)):
         for split, part in (("train", train), ("test", test)):
             m = split_metrics(part["images"], fn)
             out[f"{who}{split}_psnr"], out[f"{who}{split}_ssim"] = round(m["psnr"], 2), round(m["ssim"], 4)
