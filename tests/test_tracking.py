@@ -366,7 +366,7 @@ def test_logging_the_model_leaves_the_callers_model_and_the_process_as_they_were
     from pipeline.model import ConvVAE
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setattr(utils, "_tracking_uri", None)
+    monkeypatch.setattr(utils, "_tracking_uri", None)  # isolation from other tests: the code reads MLflow's public API
     if env:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     else:
@@ -380,7 +380,8 @@ def test_logging_the_model_leaves_the_callers_model_and_the_process_as_they_were
     run.finish()
     assert model.training and model.encoder[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert all(v.data_ptr() == weights[k][0] and torch.equal(v, weights[k][1]) for k, v in model.state_dict().items())
-    assert os.environ.get("MLFLOW_TRACKING_URI") == (uri if env else None) and utils._tracking_uri is None
+    assert os.environ.get("MLFLOW_TRACKING_URI") == (uri if env else None)
+    assert mlflow.is_tracking_uri_set() == env and (not env or mlflow.get_tracking_uri() == uri)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     loaded = mlflow.pytorch.load_model(f"runs:/{run.run_id}/vae-z3", dst_path=str(tmp_path / "loaded"))
     assert loaded(images.float() / 255).shape == (2, 3, 16, 16)

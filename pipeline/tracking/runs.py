@@ -184,9 +184,9 @@ def fluent_tracking_uri(uri: str):
     block only: ``mlflow.set_tracking_uri`` changes the whole process and also writes MLFLOW_TRACKING_URI
     into its environment, which :func:`~.store.tracking_uri` would read afterwards. Both are put back."""
     import mlflow
-    from mlflow.tracking._tracking_service import utils
 
-    before, env = getattr(utils, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(uri)
     try:
         yield
