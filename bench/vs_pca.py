@@ -41,7 +41,7 @@ README_HEADER = ("| real photos | training / test faces | epochs | VAE test PSNR
 
 # The recipe a result line records, and the value a line written before the field was recorded had
 RECIPE = {"arch": ("model", "arch", "bn"), "linear": ("model", "linear", "pca"), "recon": ("train", "recon", "gaussian"),
-          "weight_decay": ("train", "weight_decay", 0.0)}
+          "weight_decay": ("train", "weight_decay", 0.0), "refine_steps": ("reconstruct", "refine_steps", 0)}
 
 
 def default_recipe(r: dict) -> bool:

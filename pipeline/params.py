@@ -187,7 +187,7 @@ class Train:
 @dataclass(frozen=True)
 class Reconstruct:
     per_class: int = knob(10, "images per label in each reconstruction grid", POSITIVE)
-    refine_steps: int = knob(0, "gradient steps that refine each image's code, from the encoder's mean to the code "
+    refine_steps: int = knob(25, "gradient steps that refine each image's code, from the encoder's mean to the code "
                                  "the decoder reconstructs it best from (the MAP code; the encoder's guess for a face "
                                  "it never saw is off); 0: the encoder's mean", NON_NEGATIVE)
 

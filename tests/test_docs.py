@@ -83,12 +83,13 @@ def test_a_vs_pca_table_is_one_row_per_default_run_of_a_named_set(tmp_path):
     (tmp_path / "r").mkdir()
     from pipeline.params import Params
 
-    t = Params().train
+    t, refine = Params().train, Params().reconstruct.refine_steps
     row = {"photos": "serena", "images_train": 26, "images_test": 6, "epochs": 750, "validation": 0,
            "test_psnr": 21.5, "pca_test_psnr": 19.0, "probe_accuracy": 0.9, "pca_probe_accuracy": 0.6,
-           "arch": "bn", "linear": "pca", "recon": t.recon, "weight_decay": t.weight_decay}
+           "arch": "bn", "linear": "pca", "recon": t.recon, "weight_decay": t.weight_decay, "refine_steps": refine}
     lines = [row, {**row, "set": ["train.beta=0.5"], "test_psnr": 30.0},  # not the default recipe: left out
              {**row, "weight_decay": t.weight_decay + 0.5, "test_psnr": 31.0},  # another day's recipe: left out
+             {**row, "refine_steps": refine + 1, "test_psnr": 32.0},  # another day's reconstruction: left out
              {**row, "set": ["split.test_per_class=3"], "test_psnr": 22.0}]  # the default recipe, 3 held out
     (tmp_path / "r" / "a.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
     out = figures.block("vs-pca r/*.jsonl", tmp_path)
