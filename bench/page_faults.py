@@ -23,7 +23,8 @@ MEASURE = """
 import json, resource, statistics, sys
 sys.path.insert(0, {root!r})
 from pipeline.runtime import keep_freed_memory
-from pipeline.train import TrainConfig, Trainer
+from pipeline.train import Trainer
+from pipeline.train_config import TrainConfig
 if {keep}:
     assert keep_freed_memory()
 import torch

@@ -45,7 +45,8 @@ from pipeline.plots import save_recon_grid, save_tsne_plot  # noqa: E402
 from pipeline.faces import CropSpec  # noqa: E402
 from pipeline.preprocess import build_dataset, subset  # noqa: E402
 from pipeline.runtime import keep_freed_memory, resolve_device  # noqa: E402
-from pipeline.train import TrainConfig, Trainer  # noqa: E402
+from pipeline.train import Trainer  # noqa: E402
+from pipeline.train_config import TrainConfig  # noqa: E402
 from pipeline.yardstick import codes_frame, fit_eigenfaces  # noqa: E402
 
 SETTINGS = {

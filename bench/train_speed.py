@@ -40,7 +40,8 @@ from pipeline.model import ARCHS, LINEARS, ConvVAE  # noqa: E402
 from pipeline.params import load  # noqa: E402
 from pipeline.preprocess import load_image  # noqa: E402
 from pipeline.runtime import keep_freed_memory, resolve_device  # noqa: E402
-from pipeline.train import TrainConfig, Trainer  # noqa: E402
+from pipeline.train import Trainer  # noqa: E402
+from pipeline.train_config import TrainConfig  # noqa: E402
 
 # dense bf16 peak FLOP/s by device name (the MFU denominator)
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}

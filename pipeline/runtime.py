@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import time
 from contextlib import contextmanager
 
 import torch
@@ -183,3 +185,32 @@ def training_process(device_name: str = "auto"):
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+class Progress:
+    """Training progress on stderr: a tqdm bar on a terminal; in a log file or a DVC queue log one line per
+    tenth of the run (and the last epoch), not a bar redrawn every epoch."""
+
+    LINES = 10
+
+    def __init__(self, target: int, initial: int = 0):
+        self.target, self.t0 = target, time.perf_counter()
+        self.every = max(1, round(target / self.LINES))
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=target, initial=initial, desc="train", unit="epoch", dynamic_ncols=True)
+
+    def update(self, row: dict) -> None:
+        losses = {k: f"{row[k]:.1f}" for k in ("loss", "recon", "kl")}
+        if self.bar is not None:
+            self.bar.set_postfix(losses)
+            self.bar.update(1)
+        elif row["epoch"] % self.every == 0 or row["epoch"] == self.target:
+            print(f"train: epoch {row['epoch']}/{self.target}  " + "  ".join(f"{k} {v}" for k, v in losses.items())
+                  + f"  ({time.perf_counter() - self.t0:.0f} s)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -16,93 +16,25 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import signal
-import sys
 import time
-import dataclasses
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from .augment import augment
+from .checkpoint import code_fingerprint
 from .errors import UserError
 from .io import save_torch
 from .losses import vae_loss
 from .model import ModelConfig, to_float
-from .params import (AUTO_AUGMENT_BELOW, KL, Arch, Augment, Device, Linear, Optimizer, Params, Precision, Recon,
-                     Schedule)
-from .runtime import GracefulStop, batch_norm_across_processes, distributed_world, resolve_device
-
-WARMUP_SHARE = 0.05  # cosine: the learning rate climbs from lr / 25 to lr over this share of the steps
-CODE_FILES = ("model.py", "losses.py", "train.py")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """What the trainer needs: the keys of params.yaml's train section that shape the weights (their meaning
-    and default live in :mod:`pipeline.params`, nowhere else), the model's arch and the images' size. Saved as
-    models/config.json and in every checkpoint."""
-
-    latent_dim: int
-    epochs: int
-    batch_size: int
-    lr: float
-    seed: int
-    device: Device
-    beta: float
-    kl: KL
-    recon: Recon
-    kl_warmup_epochs: int
-    precision: Precision
-    compile: bool
-    arch: Arch
-    linear: Linear
-    optimizer: Optimizer
-    weight_decay: float
-    schedule: Schedule
-    augment: Augment  # True | False | "auto": on below AUTO_AUGMENT_BELOW training images
-    image_size: int
-    validation: int  # training images held out to choose the best epoch (params' "auto" resolved to a number)
-
-    @classmethod
-    def from_params(cls, params: Params | None = None, n_train: int | None = None, **overrides) -> TrainConfig:
-        """From ``params`` (the typed defaults when None), with ``overrides`` (tests, benchmarks) on top; given
-        the number of training images, the validation images are ``params.train.validation_for`` them and the
-        epochs ``params.train.epochs_for`` the rest (without it, ``validation: auto`` is none)."""
-        params = params or Params()
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in asdict(params.train).items() if k in fields}
-        if n_train is not None:
-            values["validation"] = params.train.validation_for(n_train)
-            values["epochs"] = params.train.epochs_for(n_train - values["validation"])
-        elif values["validation"] == "auto":
-            values["validation"] = 0
-        return cls(**{**values, "image_size": params.preprocess.size, "arch": params.model.arch,
-                      "linear": params.model.linear, **overrides})
-
-    def trajectory(self) -> dict:
-        """Everything that shapes the sequence of weights except how many epochs are run (which does
-        shape it under a schedule that depends on the total)."""
-        d = asdict(self)
-        if self.schedule == "constant":
-            d.pop("epochs")
-        return d
-
-
-def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
-    """The learning rate of optimizer step ``step`` (0-based) of ``total_steps``: constant, or a linear
-    warm-up from lr / 25 over WARMUP_SHARE of the steps, then a cosine down to lr / 100."""
-    if cfg.schedule == "constant":
-        return cfg.lr
-    warm = max(1, int(WARMUP_SHARE * total_steps))
-    if step < warm:
-        return cfg.lr * (0.04 + 0.96 * step / warm)
-    t = min(1.0, (step - warm) / max(1, total_steps - warm))
-    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+from .params import AUTO_AUGMENT_BELOW
+from .runtime import GracefulStop, Progress, batch_norm_across_processes, distributed_world, resolve_device
+from .train_config import TrainConfig, autocast_dtype, lr_at
 
 
 def validation_split(n: int, n_val: int, seed: int, labels: torch.Tensor | None = None
@@ -122,42 +54,6 @@ def validation_split(n: int, n_val: int, seed: int, labels: torch.Tensor | None 
     keep = torch.ones(n, dtype=torch.bool)
     keep[val] = False
     return torch.nonzero(keep).flatten(), val
-
-
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """A random variant of each image of a float batch, on its device: a horizontal flip (half of them), a
-    rotation of up to 10 degrees, a shift of up to 5 % of the side each way, a scale of 0.9-1.1 and a
-    brightness of 0.8-1.2 (the ranges measured best on real photos of one person: docs/benchmarks.md)."""
-    import torch.nn.functional as F
-
-    b, dev = x.shape[0], x.device
-    r = torch.rand((b, 6), generator=gen, device=dev)
-    flip = torch.where(r[:, 0] < 0.5, -1.0, 1.0)
-    inv_scale = 1.0 / (0.9 + 0.2 * r[:, 1])
-    angle = (r[:, 5] - 0.5) * (2 * math.radians(10))
-    cos, sin = torch.cos(angle) * inv_scale, torch.sin(angle) * inv_scale
-    theta = torch.zeros((b, 2, 3), device=dev)
-    theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
-    theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
-    theta[:, 0, 2], theta[:, 1, 2] = (r[:, 2] - 0.5) * 0.2, (r[:, 3] - 0.5) * 0.2
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return (out * (0.8 + 0.4 * r[:, 4]).view(b, 1, 1, 1)).clamp_(0.0, 1.0)
-
-
-def autocast_dtype(precision: str, device: torch.device):
-    """bf16 autocast where it pays (CUDA) when 'auto'; None means plain fp32."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-def code_fingerprint() -> str:
-    """A hash of the training code: a checkpoint from other code is never continued."""
-    h = hashlib.sha256()
-    for name in CODE_FILES:
-        h.update((Path(__file__).parent / name).read_bytes())
-    return h.hexdigest()[:16]
 
 
 class Trainer:
@@ -400,87 +296,3 @@ class Trainer:
         state = self.state_dict()
         state["finished"] = self.epoch >= self.cfg.epochs
         save_torch(state, path)
-
-
-class Progress:
-    """Training progress on stderr: a tqdm bar on a terminal; in a log file or a DVC queue log one line per
-    tenth of the run (and the last epoch), not a bar redrawn every epoch."""
-
-    LINES = 10
-
-    def __init__(self, target: int, initial: int = 0):
-        self.target, self.t0 = target, time.perf_counter()
-        self.every = max(1, round(target / self.LINES))
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=target, initial=initial, desc="train", unit="epoch", dynamic_ncols=True)
-
-    def update(self, row: dict) -> None:
-        losses = {k: f"{row[k]:.1f}" for k in ("loss", "recon", "kl")}
-        if self.bar is not None:
-            self.bar.set_postfix(losses)
-            self.bar.update(1)
-        elif row["epoch"] % self.every == 0 or row["epoch"] == self.target:
-            print(f"train: epoch {row['epoch']}/{self.target}  " + "  ".join(f"{k} {v}" for k, v in losses.items())
-                  + f"  ({time.perf_counter() - self.t0:.0f} s)", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def load_checkpoint(path: str | Path) -> dict | None:
-    """The checkpoint at ``path``, or None if there is none or it cannot be read (never half-loaded)."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a checkpoint we cannot read is as good as none: start over
-        return None
-    if not well_formed(ckpt):
-        print(f"train: {path} is not a checkpoint of this trainer (other structure); it is not continued")
-        return None
-    return ckpt
-
-
-CHECKPOINT_KEYS = {"model": dict, "optimizer": dict, "epoch": int, "history": str, "shuffle_rng": torch.Tensor,
-                   "noise_rng": torch.Tensor, "augment_rng": torch.Tensor, "config": str, "code": str, "meta": str}
-
-
-def well_formed(ckpt) -> bool:
-    """``ckpt`` has :meth:`Trainer.state_dict`'s keys, types and JSON fields (a history list, a config and meta
-    object), so reading it cannot fail half-way."""
-    if not isinstance(ckpt, dict) or not all(isinstance(ckpt.get(k), t) for k, t in CHECKPOINT_KEYS.items()):
-        return False
-    try:
-        shapes = (json.loads(ckpt["history"]), json.loads(ckpt["config"]), json.loads(ckpt["meta"]))
-    except ValueError:
-        return False
-    best = all(k in ckpt for k in ("best_epoch", "best_val_mse", "best_model")) or \
-        not any(k in ckpt for k in ("best_epoch", "best_val_mse", "best_model"))
-    return [type(x) for x in shapes] == [list, dict, dict] and ckpt["epoch"] >= 0 and best
-
-
-def can_continue(ckpt: dict | None, cfg: TrainConfig, resume: bool) -> bool:
-    """Continue from ``ckpt``? Only with the same trajectory config and code, not past cfg.epochs, and
-    only if it is unfinished (a crash or a stop) or ``resume`` asks to extend a finished run."""
-    if not ckpt:
-        return False
-    try:
-        saved = TrainConfig(**json.loads(ckpt["config"]))
-    except TypeError:  # a config with other keys: other code wrote it
-        return False
-    same = saved.trajectory() == cfg.trajectory() and ckpt.get("code") == code_fingerprint()
-    return same and int(ckpt["epoch"]) <= cfg.epochs and (resume or not ckpt.get("finished", False))
-
-
-def train(images: torch.Tensor, cfg: TrainConfig, on_epoch: Callable[[int, dict], None] | None = None,
-          progress: bool = True):
-    """Train a fresh model on ``images`` (uint8 N x C x S x S); return (model, history)."""
-    trainer = Trainer(images, cfg)
-    history = trainer.fit(on_epoch=on_epoch, progress=progress)
-    trainer.keep_best()
-    return trainer.model, history

@@ -52,7 +52,8 @@ class TrainingData:
 def train_stage(params: Params) -> None:
     from .paths import project_root
     from .tracking.store import check_reachable, tracking_uri
-    from .train import TrainConfig, Trainer
+    from .train import Trainer
+    from .train_config import TrainConfig
 
     cfg = TrainConfig.from_params(params)
     keep_freed_memory()  # no page faults to refill each step's activations (~15 % of a CPU step)
@@ -114,7 +115,7 @@ def decide_resume(trainer, params: Params, digest: str, root) -> bool:
     import json
 
     from .tracking.runs import close_abandoned_run
-    from .train import can_continue, load_checkpoint
+    from .checkpoint import can_continue, load_checkpoint
 
     cfg = trainer.cfg
     ckpt = load_checkpoint(CHECKPOINT)
@@ -139,7 +140,7 @@ def decide_resume(trainer, params: Params, digest: str, root) -> bool:
 
 def is_this_training_finished(ckpt, cfg) -> bool:
     """``ckpt`` is this very training, run to its end: same trajectory and code, finished at cfg.epochs."""
-    from .train import can_continue
+    from .checkpoint import can_continue
 
     return bool(ckpt) and bool(ckpt.get("finished")) and int(ckpt.get("epoch", -1)) == cfg.epochs \
         and can_continue(ckpt, cfg, resume=True)

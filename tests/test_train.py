@@ -9,7 +9,10 @@ import torch
 from pipeline.errors import UserError
 from pipeline.model import load_model, save_model
 from pipeline.params import Params, from_flat
-from pipeline.train import TrainConfig, Trainer, can_continue, load_checkpoint, train
+from pipeline.checkpoint import can_continue, code_fingerprint, load_checkpoint
+from pipeline.runtime import Progress
+from pipeline.train import Trainer
+from pipeline.train_config import TrainConfig
 
 
 def _images(n=12, size=32, seed=0):
@@ -27,6 +30,14 @@ NOTEBOOK = {"arch": "seed", "linear": "none", "recon": "mse", "optimizer": "adam
 def _cfg(**kw):
     return TrainConfig.from_params(**{**NOTEBOOK, "latent_dim": 4, "epochs": 2, "batch_size": 4, "lr": 1e-3,
                                       "seed": 0, "device": "cpu", "precision": "auto", "image_size": 32, **kw})
+
+
+def train(images, cfg, on_epoch=None, progress=True):
+    """A fresh model trained on ``images``, the best epoch's weights kept: (model, history)."""
+    trainer = Trainer(images, cfg)
+    history = trainer.fit(on_epoch=on_epoch, progress=progress)
+    trainer.keep_best()
+    return trainer.model, history
 
 
 def test_same_seed_same_losses_on_cpu():
@@ -274,7 +285,7 @@ def test_divergence_stops_training_with_one_clear_error(tmp_path, recon, device)
 
 
 def test_cosine_schedule_warms_up_then_decays_and_constant_stays():
-    from pipeline.train import lr_at
+    from pipeline.train_config import lr_at
 
     cfg = _cfg(lr=1e-3, schedule="cosine")
     total = 1000  # warm-up: 5 % = 50 steps
@@ -292,7 +303,7 @@ def test_the_trainer_follows_the_schedule_and_logs_the_lr():
     trainer = Trainer(_images(n=12), _cfg(epochs=4, schedule="cosine", optimizer="adamw", weight_decay=0.01))
     assert isinstance(trainer.opt, torch.optim.AdamW) and trainer.opt.defaults["weight_decay"] == 0.01
     history = trainer.fit(progress=False)
-    from pipeline.train import lr_at
+    from pipeline.train_config import lr_at
 
     # 3 steps an epoch, 12 in all: each epoch's row holds the lr of its last step
     assert [r["lr"] for r in history] == pytest.approx([lr_at(trainer.cfg, 3 * e + 2, 12) for e in range(4)])
@@ -300,7 +311,7 @@ def test_the_trainer_follows_the_schedule_and_logs_the_lr():
 
 
 def test_augment_is_seeded_keeps_shape_and_range_and_changes_images():
-    from pipeline.train import augment
+    from pipeline.augment import augment
 
     x = _images(n=8).float() / 255
     a = augment(x, torch.Generator().manual_seed(0))
@@ -328,7 +339,6 @@ def test_augmented_training_is_deterministic_and_resumes_exactly(tmp_path):
 def test_a_cosine_run_is_not_extended_to_more_epochs():
     """Under a schedule that depends on the total, 100 + 50 epochs is not 150 epochs: train afresh."""
     done = {"config": json.dumps(_cfg(epochs=2, schedule="cosine").__dict__), "epoch": 2, "finished": True}
-    from pipeline.train import code_fingerprint
 
     done["code"] = code_fingerprint()
     assert not can_continue(done, _cfg(epochs=4, schedule="cosine"), resume=True)
@@ -348,7 +358,6 @@ def test_augment_auto_is_on_for_a_homework_sized_set_only():
 def test_progress_in_a_log_is_a_line_per_tenth_of_the_run(capsys):
     """Not a terminal (a log file, a DVC queue log): ten lines for 80 epochs, the last one included; a
     short resumed run still ends on its last epoch."""
-    from pipeline.train import Progress
 
     p = Progress(80)
     for e in range(1, 81):
@@ -413,7 +422,7 @@ def test_the_augment_seeds_cover_flipped_and_unflipped_images():
 
 @pytest.mark.parametrize("seed", AUGMENT_SEEDS)
 def test_augment_is_the_documented_flip_turn_scale_shift_and_brightness(seed):
-    from pipeline.train import augment
+    from pipeline.augment import augment
 
     x = _images(n=4, size=16, seed=seed).float() / 255
     r = torch.rand((4, 6), generator=torch.Generator().manual_seed(seed)).tolist()  # augment's own draws
@@ -425,7 +434,6 @@ def test_augment_is_the_documented_flip_turn_scale_shift_and_brightness(seed):
 def test_progress_on_a_terminal_is_one_tqdm_bar(monkeypatch, capsys):
     import types
 
-    from pipeline.train import Progress
 
     bars = []
 
@@ -459,7 +467,6 @@ def test_progress_on_a_terminal_is_one_tqdm_bar(monkeypatch, capsys):
 @pytest.mark.parametrize("target, printed", [(5, [1, 2, 3, 4, 5]), (25, [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 25]),
                                              (30, [3, 6, 9, 12, 15, 18, 21, 24, 27, 30])])
 def test_progress_in_a_log_prints_every_tenth_rounded_and_the_last(monkeypatch, capsys, target, printed):
-    from pipeline.train import Progress
 
     monkeypatch.setattr(__import__("sys").stderr, "isatty", lambda: False)
     p = Progress(target)
@@ -508,7 +515,6 @@ def test_a_checkpoint_whose_config_has_other_keys_is_not_continued(tmp_path):
 
 
 def test_a_checkpoint_holds_everything_to_resume_and_names_its_code():
-    from pipeline.train import code_fingerprint
 
     trainer = Trainer(_images(), _cfg())
     trainer.meta = {"mlflow_run_id": "abc"}
@@ -524,7 +530,7 @@ def test_a_checkpoint_holds_everything_to_resume_and_names_its_code():
 
 def test_a_last_short_batch_is_a_step_of_its_own_in_the_schedule():
     """10 images in batches of 4: 3 steps an epoch (4, 4, 2), 9 in all over 3 epochs."""
-    from pipeline.train import lr_at
+    from pipeline.train_config import lr_at
 
     trainer = Trainer(_images(n=10), _cfg(epochs=3, schedule="cosine"))
     history = trainer.fit(progress=False)

@@ -204,7 +204,8 @@ def test_a_checkpoint_of_other_data_is_not_continued(tmp_path, monkeypatch):
     from dataclasses import replace
 
     from pipeline.params import Params
-    from pipeline.train import TrainConfig, Trainer
+    from pipeline.train import Trainer
+    from pipeline.train_config import TrainConfig
     from pipeline.train_stage import decide_resume
 
     monkeypatch.chdir(tmp_path)
@@ -257,7 +258,8 @@ def test_a_finished_checkpoint_of_this_very_training_is_taken_not_retrained(tmp_
     from dataclasses import replace
 
     from pipeline.params import Params
-    from pipeline.train import TrainConfig, Trainer
+    from pipeline.train import Trainer
+    from pipeline.train_config import TrainConfig
     from pipeline.train_stage import decide_resume
 
     monkeypatch.chdir(tmp_path)
