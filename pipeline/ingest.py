@@ -25,20 +25,19 @@ import contextlib
 import csv
 import difflib
 import hashlib
-import io
 import json
 import unicodedata
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from . import sources, synthetic
 from .errors import UserError
+from .images import inspect_image
 from .io import atomic_dir
+from .params import Data, Preprocess
 from .names import UniqueNames, label_problem, printable, safe_component
 from .sources import IMAGE_EXTENSIONS, Item, Rejected
+
 MANIFEST_COLUMNS = ["relpath", "label", "sha256", "width", "height", "source"]
 REJECTED_COLUMNS = ["path", "reason"]
 RECORD = "ingest.json"  # the settings and code that wrote data/raw
@@ -101,48 +100,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-FLAT_STDDEV = 1.0  # grey levels: a photo decoding to less spread than this is one flat colour (a corrupt stream)
-
-
-def inspect_image(data: bytes, min_size: int = 1) -> tuple[int, int]:
-    """Decode fully, as preprocess will (upright from EXIF, as RGB: :func:`pipeline.images.upright_rgb`), and
-    return (width, height) as stored, or raise Rejected with the reason: not an image, truncated, a bomb,
-    EXIF that cannot be read, or a picture of one flat colour (a corrupt JPEG whose decoder filled it grey)."""
-    from PIL import ImageStat
-
-    from .images import upright_rgb
-
-    if not data:
-        raise Rejected("empty file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's warnings about odd EXIF: the checks below decide
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                size = im.size
-                im.load()
-                try:
-                    rgb = upright_rgb(im)
-                except Exception as e:  # fuzzed EXIF: TypeError, struct.error, KeyError ... from Pillow
-                    raise Rejected(f"unreadable EXIF orientation ({type(e).__name__}); re-save the photo "
-                                   f"without its metadata") from None
-    except Rejected:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise Rejected(f"decompression bomb (Pillow refuses images over {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
-    except UnidentifiedImageError:
-        raise Rejected("not an image (content not recognised)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise Rejected(f"truncated or corrupt image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    if min(size) < min_size:
-        raise Rejected(f"too small ({size[0]}x{size[1]} < preprocess.min_size {min_size})")
-    small = rgb.copy()
-    small.thumbnail((256, 256))
-    if max(ImageStat.Stat(small).stddev) < FLAT_STDDEV:
-        raise Rejected("one flat colour (a corrupt image whose decoding filled it in, or a blank picture)")
-    return size
-
-
 def check_not_an_output(source: Path, outputs: list[Path]) -> None:
     """Refuse a source inside a pipeline output (the pipeline would delete or overwrite the user's files) or
     holding one (its own results would be read back as photos)."""
@@ -157,8 +114,9 @@ def check_not_an_output(source: Path, outputs: list[Path]) -> None:
                             f"folder of their own (e.g. photos/) and set data.source to that folder")
 
 
-def ingest(source: str, out_dir: str | Path, per_class: int = 100, seed: int = 0, identities: int = 0,
-           labels: list[str] | None = None, min_size: int = 1, min_per_label: int = 1,
+def ingest(source: str, out_dir: str | Path, per_class: int = Data.per_class, seed: int = Data.seed,
+           identities: int = Data.identities, labels: list[str] | None = None, min_size: int = Preprocess.min_size,
+           min_per_label: int = 1,
            outputs: list[str | Path] = ()) -> IngestResult:
     """Ingest ``source`` into ``out_dir`` (replaced atomically as a whole). Stops with one line when no image,
     only one label, or a label with fewer than ``min_per_label`` images is left, and before reading anything
@@ -202,10 +160,11 @@ def ingest(source: str, out_dir: str | Path, per_class: int = 100, seed: int = 0
 
 
 def _code_digest() -> str:
-    """A hash of the code that decides what data/raw holds (this module, the sources and the synthetic
-    generator)."""
+    """A hash of the code that decides what data/raw holds (this module, the image checks, the sources and the
+    synthetic generator)."""
     h = hashlib.sha256()
-    for module in (__file__, synthetic.__file__, *sorted(Path(sources.__file__).parent.glob("*.py"))):
+    for module in (__file__, Path(__file__).parent / "images.py", synthetic.__file__,
+                   *sorted(Path(sources.__file__).parent.glob("*.py"))):
         h.update(Path(module).read_bytes())
     return h.hexdigest()
 

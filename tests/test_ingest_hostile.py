@@ -11,7 +11,8 @@ from PIL import Image
 from helpers import noise, png
 
 from pipeline.errors import UserError
-from pipeline.ingest import ingest, inspect_image, Rejected
+from pipeline.images import inspect_image
+from pipeline.ingest import ingest, Rejected
 from pipeline.preprocess import load_image
 
 
@@ -283,7 +284,7 @@ def test_a_bad_zip_member_is_refused_and_the_rest_ingested(tmp_path, monkeypatch
     monkeypatch.setattr(archive, "MAX_MEMBER_BYTES", 2000)
     big = _zip(tmp_path / "big.zip", [*[(n, png(i, (8, 8))) for i, (n, _) in enumerate(good)],
                                        ("happy/x.png", png(53, (200, 200)))])
-    result = ingest(str(big), tmp_path / "raw-big", min_per_label=1)
+    result = ingest(str(big), tmp_path / "raw-big", min_size=1, min_per_label=1)  # 8 x 8 photos
     assert result.counts() == {"angry": 3, "happy": 3}
     assert "over the 2,000-byte limit" in (tmp_path / "raw-big" / "rejected.csv").read_text()
 

@@ -264,7 +264,7 @@ def test_hidden_files_and_folders_are_skipped_even_when_they_are_images(tmp_path
 
 @pytest.mark.parametrize("side, accepted", [(32, True), (31, False)])
 def test_min_size_keeps_an_image_exactly_at_the_limit_and_refuses_one_below(tmp_path, side, accepted):
-    from pipeline.ingest import inspect_image
+    from pipeline.images import inspect_image
     from pipeline.sources import Rejected
 
     data = png(3, size=(side, 40))

@@ -201,7 +201,7 @@ def test_each_kept_image_keeps_its_own_label_and_pixels_after_no_face_refusals(t
         (src / label).mkdir(parents=True)
         for i in range(4):
             (src / label / f"{i}.png").write_bytes(png(base + i, size=(16, 16)))
-    ingest(str(src), tmp_path / "raw")
+    ingest(str(src), tmp_path / "raw", min_size=1)  # 16 x 16 photos
     refused = {"angry/0.png", "angry/2.png", "happy/1.png"}
     real = pre.decode_one
 
