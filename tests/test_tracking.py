@@ -170,6 +170,26 @@ def test_the_ui_address_opens_the_experiments_runs_in_the_model_training_view(mo
     assert {c["metricSectionId"] for c in pictures} == {sections[1]} and not any(c["showRunParams"] for c in pictures)
     assert {k for c in pictures for k in c["imageKeys"]} >= {"reconstruct/recon_test", "tsne/tsne", "train/loss"}
     assert view["isAccordionReordered"] is True
+    # every run of a sweep in every chart: the UI's default shows the first 10 runs, each card compares 10
+    assert view["runsHiddenMode"] == "SHOW_ALL" and {c["runsCountToCompare"] for c in cards} == {100}
+
+
+def test_the_model_runs_of_a_sweep_of_twenty_have_twenty_colours_in_the_ui(monkeypatch, tmp_path):
+    """The UI's own colours repeat within ten runs: each model run carries the colour tag the UI's colour picker
+    writes, the palette in the order the runs were made."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking.view import RUN_COLOUR_TAG, RUN_COLOURS
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    runs = []
+    for d in range(21):
+        runs.append(TrainingRun.create("facevae", f"z{d}-e1", {}, {}, root=tmp_path))
+        runs[-1].finish()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    colours = [client.get_run(r.run_id).data.tags[RUN_COLOUR_TAG] for r in runs]
+    assert len(set(colours[:20])) == 20 and colours[:20] == RUN_COLOURS and colours[20] == colours[0]
 
 
 def test_the_project_root_is_dvcs_root_under_dvc_else_the_nearest_folder_with_dvc_yaml(monkeypatch, tmp_path):

@@ -22,6 +22,7 @@ from ..io import read_json, write_json
 from ..paths import TRAIN_CONFIG, project_root
 from .outbox import Outbox, log_image, log_metrics
 from .provenance import source_tags
+from .view import RUN_COLOUR_TAG, next_run_colour
 from .store import (check_artifact_location, check_reachable, checked_run, checked_run_id, client,
                     experiment_id, is_run_id, open_store, tracking_uri)
 
@@ -90,7 +91,8 @@ class TrainingRun:
         ``datasets`` (:func:`~.provenance.dataset_inputs`) as its inputs."""
         store, uri, root = cls._store(root)
         exp_id = experiment_id(store, experiment, uri, root)
-        run = store.create_run(exp_id, run_name=run_name, tags=source_tags({**tags, "facevae.kind": "model"}))
+        tags = {**tags, RUN_COLOUR_TAG: next_run_colour(store, exp_id), "facevae.kind": "model"}
+        run = store.create_run(exp_id, run_name=run_name, tags=source_tags(tags))
         run_id = checked_run(run, uri, f"the tracking store {uri}", store).info.run_id
         log_params(store, run_id, params)
         if datasets:
