@@ -9,11 +9,12 @@ from sklearn.metrics import silhouette_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from .errors import UserError
-from .model import batched
 
 
 def latents_frame(model, ds: dict, batch_size: int = 64) -> pd.DataFrame:
     """One row per image: id, label, split, mu_0..mu_{D-1}, logvar_0..logvar_{D-1}."""
+    from .model import batched  # torch: only the latents stage encodes (the tsne stage imports no torch)
+
     mu, logvar = (t.numpy() for t in batched(lambda m, x: m.encode(x), model, ds["images"], batch_size))
     d = mu.shape[1]
     frame = pd.DataFrame({

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from .io import atomic_path
 
@@ -30,6 +34,8 @@ def recon_grid(original: torch.Tensor, *recons: torch.Tensor, per_row: int = 10,
 
     ``original`` and each of ``recons`` are N x 3 x S x S floats in [0, 1] (or uint8 for ``original``).
     """
+    import torch
+
     if original.dtype == torch.uint8:
         original = original.float() / 255.0
     n, _, s, _ = original.shape
@@ -115,6 +121,7 @@ def image_rows(rows: list, pad: int = 2, label_width: int = 0, labels: list[str]
                columns: list[str] | None = None) -> np.ndarray:
     """An H x W x 3 uint8 picture of rows of images (each row a K x 3 x S x S float tensor in [0, 1] or
     uint8), at their native size, with optional text left of each row and above each column."""
+    import torch
     from PIL import Image, ImageDraw
 
     rows = [r.float() / 255.0 if r.dtype == torch.uint8 else r for r in rows]

@@ -5,8 +5,12 @@ latent means (:func:`pipeline.embed.cluster_metrics`): a VAE that does no better
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 # PCA is fitted on at most this many training images (a seeded random draw): 20,000 faces of 128 x 128 are
 # 3.9 GB of float32, more than the fit needs to find 20-64 components
@@ -33,6 +37,7 @@ class Eigenfaces:
         return images.reshape(len(images), -1).numpy().astype(np.float32) / 255.0
 
     def fit(self, images: torch.Tensor) -> "Eigenfaces":
+        import torch
         from sklearn.decomposition import PCA
 
         n = len(images)
@@ -53,6 +58,8 @@ class Eigenfaces:
                                for i in range(0, len(images), batch)] or [np.zeros((0, self.k), np.float32)])
 
     def reconstruct(self, images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+        import torch
+
         out = []
         for i in range(0, len(images), batch):
             part = images[i:i + batch]

@@ -532,3 +532,17 @@ def test_the_tsne_stage_fits_the_label_axes_on_the_training_images_and_scores_th
     metrics = json.loads((tmp_path / "metrics/tsne.json").read_text())
     assert metrics["axes_test_accuracy"] == 0.75
     assert metrics["n_test"] == 4 and metrics["knn_accuracy"] == 0.75
+
+
+def test_the_tsne_stage_and_the_modules_it_reads_import_no_torch():
+    """torch's import is seconds of a stage that needs none: the t-SNE, probe and kNN work on numpy."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "import stages.tsne, pipeline.embed, pipeline.yardstick, pipeline.plots; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
