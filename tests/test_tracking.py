@@ -425,7 +425,8 @@ def test_log_stage_on_sqlite_makes_a_child_run_and_links_the_summary_to_the_mode
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     run = TrainingRun.create("facevae", "z3-e2", {"train.latent_dim": 3}, {}, root=tmp_path)
-    run.log_model(ConvVAE(3, 16, arch="bn"), torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8), "vae-z3")
+    run.log_model(ConvVAE(3, 16, arch="bn"), torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8), "vae-z3",
+                  registered_name="facevae")
     run.finish()
     run.save(tmp_path / "models")
     write_json(tmp_path / "models" / "config.json", {"latent_dim": 3, "epochs": 2})
@@ -448,6 +449,11 @@ def test_log_stage_on_sqlite_makes_a_child_run_and_links_the_summary_to_the_mode
     (model,) = client.search_logged_models([parent.info.experiment_id])
     assert {m.key: m.value for m in model.metrics}.items() >= {"probe_accuracy": 0.912, "test_psnr": 25.46}.items()
     assert any(a.path.startswith("images") for a in client.list_artifacts(run.run_id))
+    # the registry says what the version is: the key metrics, as tags of the run's model version
+    version = client.get_model_version("facevae", "1")
+    assert version.run_id == run.run_id
+    assert {k: version.tags[k] for k in ("probe_accuracy", "test_psnr")} == {"probe_accuracy": "0.912",
+                                                                            "test_psnr": "25.46"}
 
 
 

@@ -22,9 +22,9 @@ from ..io import read_json, write_json
 from ..paths import TRAIN_CONFIG, project_root
 from .outbox import Outbox, log_image, log_metrics
 from .provenance import source_tags
-from .view import RUN_COLOUR_TAG, next_run_colour
 from .store import (check_artifact_location, check_reachable, checked_run, checked_run_id, client,
                     experiment_id, is_run_id, open_store, tracking_uri)
+from .view import KEY_METRICS, RUN_COLOUR_TAG, next_run_colour
 
 RUN_FILE = "mlflow_run.json"
 CHAMPION = "champion"  # the registered model's alias of the version to use: the first, then make compare's best
@@ -327,6 +327,19 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, images):
         store.set_terminated(cid, status="FAILED")
         raise
     store.set_terminated(cid, status="FINISHED")
+    if parent is not None:
+        tag_versions(store, parent_id, summary)
     return cid
+
+
+def tag_versions(store, run_id: str, metrics: dict) -> None:
+    """The registry says what each version is: the key metrics of the run that registered it (:data:`KEY_METRICS`
+    and PCA's test PSNR, as each stage computes them) become tags of its model versions."""
+    keys = [k for k in (*KEY_METRICS, "pca_test_psnr") if k in metrics]
+    if not keys:
+        return
+    for version in store.search_model_versions(f"run_id = '{run_id}'"):
+        for key in keys:
+            store.set_model_version_tag(version.name, version.version, key, str(metrics[key]))
 
 
