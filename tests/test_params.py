@@ -113,7 +113,7 @@ def test_every_section_field_is_a_key():
 
 def test_params_yaml_is_the_generated_one_with_each_meaning_above_its_key(tmp_path):
     """params.yaml's comments come from the sections too (`python -m pipeline.params yaml`)."""
-    from pipeline.params import params_yaml
+    from pipeline.params_file import params_yaml
 
     text = committed_params_yaml(tmp_path).read_text()
     assert text == params_yaml()
@@ -167,7 +167,7 @@ def test_params_are_read_as_dvc_reads_them(tmp_path, section, key, text, want):
     """The value a stage runs with is the one dvc.lock and `dvc params diff` record (DVC's YAML 1.2 parser)."""
     from dvc.utils.serialize import parse_yaml
 
-    from pipeline.params import read_yaml
+    from pipeline.params_file import read_yaml
 
     path = _params_with(tmp_path, section, key, text)
     assert read_yaml(path.read_text()) == parse_yaml(path.read_text(), "params.yaml")
