@@ -17,7 +17,7 @@ from pipeline.paths import (DATASET, EXPLORE_METRICS, EXPRESSION_VECTOR, INTERPO
 from pipeline.plots import image_rows, save_gif, save_rows
 from pipeline.preprocess import load_dataset, subset
 from pipeline.runtime import resolve_device
-from pipeline.tracking.runs import log_stage
+from pipeline.tracking.stage_runs import log_stage
 
 PICTURES = {"samples": SAMPLES, "interpolation": INTERPOLATION, "expression_vector": EXPRESSION_VECTOR}
 

@@ -9,7 +9,7 @@ from pipeline.model import load_model
 from pipeline.paths import DATASET, LATENTS, MODELS, PCA_CODES
 from pipeline.preprocess import load_dataset
 from pipeline.runtime import resolve_device
-from pipeline.tracking.runs import log_stage
+from pipeline.tracking.stage_runs import log_stage
 from pipeline.yardstick import codes_frame, fit_eigenfaces
 
 

@@ -12,7 +12,7 @@ from pipeline.embed import (PROBE_FOLDS, cluster_metrics, label_axes, mu_matrix,
 from pipeline.io import write_json, write_text
 from pipeline.paths import LATENTS, MODELS, PCA_CODES, TSNE_COORDS, TSNE_METRICS, TSNE_PLOT
 from pipeline.plots import save_tsne_plot
-from pipeline.tracking.runs import log_stage
+from pipeline.tracking.stage_runs import log_stage
 from pipeline.yardstick import versus
 
 nan = float("nan")

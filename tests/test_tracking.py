@@ -215,8 +215,8 @@ def test_importing_the_tracking_modules_imports_no_mlflow_and_sets_no_environmen
     from helpers import ROOT
 
     code = ("import os, sys; sys.path.insert(0, sys.argv[1]); before = dict(os.environ); "
-            "import pipeline.tracking.runs, pipeline.tracking.store, pipeline.tracking.outbox, "
-            "pipeline.tracking.view, pipeline.tracking.provenance, pipeline.tracking.__main__; "
+            "import pipeline.tracking.runs, pipeline.tracking.stage_runs, pipeline.tracking.store, "
+            "pipeline.tracking.outbox, pipeline.tracking.view, pipeline.tracking.provenance, pipeline.tracking.__main__; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'), "
             "sorted(k for k in os.environ if os.environ.get(k) != before.get(k)))")
     out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, check=True)
@@ -418,7 +418,7 @@ def test_log_stage_on_sqlite_makes_a_child_run_and_links_the_summary_to_the_mode
 
     from pipeline.io import write_json
     from pipeline.model import ConvVAE
-    from pipeline.tracking.runs import log_stage
+    from pipeline.tracking.stage_runs import log_stage
 
     monkeypatch.setattr(utils, "_tracking_uri", None)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

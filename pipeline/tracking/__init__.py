@@ -3,8 +3,8 @@
 * :mod:`.store`: where the store is (``MLFLOW_TRACKING_URI``, else the project's ``mlflow.db``), a server
   checked before any work, opening the store, the experiment by name;
 * :mod:`.provenance`: where a model came from (git commit, file hashes, source tags, dataset inputs);
-* :mod:`.runs`: the model's run (:class:`~.runs.TrainingRun`) and a child run per downstream stage
-  (:func:`~.runs.log_stage`);
+* :mod:`.runs`: the model's run (:class:`~.runs.TrainingRun`), its logged and registered model;
+* :mod:`.stage_runs`: a child run per downstream stage (:func:`~.stage_runs.log_stage`);
 * :mod:`.outbox`: what a training could not send while the server was away, sent later;
 * :mod:`.view`: the experiment's view in the MLflow UI (``make ui``).
 
