@@ -1,0 +1,57 @@
+"""Wall time of each downstream stage as DVC runs it (``python -m stages.<name>`` in the project root, after a
+`make run`), the median of ``--repeat`` runs, and the part of it that is importing the stage's modules:
+
+    python bench/stage_times.py [--stages reconstruct,latents,tsne,explore] [--repeat 3] [--out FILE]
+
+Prints one JSON line per stage (and appends it to ``--out``): stage, runs, median_s, min_s, import_s (a fresh
+process importing ``stages.<name>`` and nothing else), torch_at_import (whether importing the stage loads torch).
+Each run writes the stage's outputs again (the same bytes) and logs one more MLflow child run, as a rerun does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(args: list[str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"bench/stage_times.py: {' '.join(args[1:])} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return time.perf_counter() - t0, out.stdout
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stages", default="reconstruct,latents,tsne,explore")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if not (ROOT / "models" / "vae.pt").exists():
+        raise SystemExit("bench/stage_times.py: no models/vae.pt; run `make run` first")
+    for stage in args.stages.split(","):
+        runs = [timed([sys.executable, "-m", f"stages.{stage}"])[0] for _ in range(args.repeat)]
+        probe = ("import sys, time; t = time.perf_counter(); import stages.%s; "
+                 "print(time.perf_counter() - t, 'torch' in sys.modules)" % stage)
+        _, text = timed([sys.executable, "-c", probe])
+        import_s, torch_imported = text.split()
+        row = {"stage": stage, "runs": args.repeat, "median_s": round(statistics.median(runs), 2),
+               "min_s": round(min(runs), 2), "import_s": round(float(import_s), 2),
+               "torch_at_import": torch_imported == "True", "cpu": platform.processor() or platform.machine()}
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
