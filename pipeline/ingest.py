@@ -22,7 +22,6 @@ Stray non-image files are skipped and counted; empty label folders are warned ab
 from __future__ import annotations
 
 import contextlib
-import csv
 import difflib
 import hashlib
 import json
@@ -34,12 +33,12 @@ from . import sources, synthetic
 from .errors import UserError
 from .images import inspect_image
 from .io import atomic_dir
+from .manifest import MANIFEST_COLUMNS, REJECTED_COLUMNS, read_csv, read_manifest, write_csv
+from .names import UniqueNames, label_problem, safe_component
 from .params import Data, Preprocess
-from .names import UniqueNames, label_problem, printable, safe_component
+from .paths import check_not_an_output
 from .sources import IMAGE_EXTENSIONS, Item, Rejected
 
-MANIFEST_COLUMNS = ["relpath", "label", "sha256", "width", "height", "source"]
-REJECTED_COLUMNS = ["path", "reason"]
 RECORD = "ingest.json"  # the settings and code that wrote data/raw
 
 
@@ -100,20 +99,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_not_an_output(source: Path, outputs: list[Path]) -> None:
-    """Refuse a source inside a pipeline output (the pipeline would delete or overwrite the user's files) or
-    holding one (its own results would be read back as photos)."""
-    src = source.resolve()
-    for out in outputs:
-        out = Path(out).resolve()
-        if src == out or out in src.parents:
-            raise UserError(f"data.source: '{source}' is inside the pipeline output '{out}', which the pipeline "
-                            f"replaces; move the photos elsewhere (e.g. photos/) and set data.source to that folder")
-        if src in out.parents:
-            raise UserError(f"data.source: '{source}' holds the pipeline output '{out}'; put the photos in a "
-                            f"folder of their own (e.g. photos/) and set data.source to that folder")
-
-
 def ingest(source: str, out_dir: str | Path, per_class: int = Data.per_class, seed: int = Data.seed,
            identities: int = Data.identities, labels: list[str] | None = None, min_size: int = Preprocess.min_size,
            min_per_label: int = 1,
@@ -160,10 +145,11 @@ def ingest(source: str, out_dir: str | Path, per_class: int = Data.per_class, se
 
 
 def _code_digest() -> str:
-    """A hash of the code that decides what data/raw holds (this module, the image checks, the sources and the
-    synthetic generator)."""
+    """A hash of the code that decides what data/raw holds (this module, the image checks, the listings, the
+    sources and the synthetic generator)."""
     h = hashlib.sha256()
-    for module in (__file__, Path(__file__).parent / "images.py", synthetic.__file__,
+    here = Path(__file__).parent
+    for module in (__file__, here / "images.py", here / "manifest.py", synthetic.__file__,
                    *sorted(Path(sources.__file__).parent.glob("*.py"))):
         h.update(Path(module).read_bytes())
     return h.hexdigest()
@@ -175,7 +161,7 @@ def _keep(out_dir: Path, record: dict, result: IngestResult) -> bool:
     try:
         if json.loads((out_dir / RECORD).read_text(encoding="utf-8")) != record:
             return False
-        rows, rejected = read_manifest(out_dir), _read_csv(out_dir / "rejected.csv")
+        rows, rejected = read_manifest(out_dir), read_csv(out_dir / "rejected.csv")
         files = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if not p.is_dir()}
         if files != {r["relpath"] for r in rows} | {"manifest.csv", "rejected.csv", RECORD}:
             return False
@@ -297,8 +283,8 @@ def write_raw(keep: list[Checked], out_dir: Path, result: IngestResult, record: 
             dest.write_bytes(data)
             result.accepted.append({"relpath": relpath, "label": c.item.label, "sha256": c.sha256,
                                     "width": c.width, "height": c.height, "source": c.item.source})
-        _write_csv(tmp / "manifest.csv", MANIFEST_COLUMNS, result.accepted)
-        _write_csv(tmp / "rejected.csv", REJECTED_COLUMNS, result.rejected)
+        write_csv(tmp / "manifest.csv", MANIFEST_COLUMNS, result.accepted)
+        write_csv(tmp / "rejected.csv", REJECTED_COLUMNS, result.rejected)
         if record is not None:
             (tmp / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -319,22 +305,3 @@ def _store_paths(items: list[Item]) -> list[str]:
         stem = item.name[:-len(name.suffix)] if ext else item.name
         paths.append(f"{folders[item.label]}/{in_folder[item.label].claim(safe_component(stem), ext)}")
     return paths
-
-
-def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
-        w.writeheader()
-        w.writerows({k: printable(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows)
-
-
-def read_manifest(raw_dir: str | Path) -> list[dict]:
-    path = Path(raw_dir) / "manifest.csv"
-    if not path.exists():
-        raise UserError(f"{path} not found; run the ingest stage first (dvc repro ingest)")
-    return _read_csv(path)
-
-
-def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import UserError
+
 RAW = "data/raw"  # ingest: <label>/<image>, manifest.csv, rejected.csv
 DATASET = "data/processed/dataset.pt"  # preprocess: uint8 images, labels, ids, split
 SPLIT = "data/processed/split.csv"
@@ -45,3 +47,17 @@ def project_root(start: str | Path | None = None) -> Path:
         if (p / "dvc.yaml").exists():
             return p
     return here
+
+
+def check_not_an_output(source: Path, outputs: list[Path]) -> None:
+    """Refuse a source inside a pipeline output (the pipeline would delete or overwrite the user's files) or
+    holding one (its own results would be read back as photos)."""
+    src = source.resolve()
+    for out in outputs:
+        out = Path(out).resolve()
+        if src == out or out in src.parents:
+            raise UserError(f"data.source: '{source}' is inside the pipeline output '{out}', which the pipeline "
+                            f"replaces; move the photos elsewhere (e.g. photos/) and set data.source to that folder")
+        if src in out.parents:
+            raise UserError(f"data.source: '{source}' holds the pipeline output '{out}'; put the photos in a "
+                            f"folder of their own (e.g. photos/) and set data.source to that folder")

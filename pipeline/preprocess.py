@@ -22,7 +22,7 @@ from PIL import Image
 from .errors import UserError
 from .images import to_rgb, upright_rgb  # noqa: F401  (to_rgb: part of this module's interface)
 from .faces import CropSpec, NoFace, choose_crop
-from .ingest import read_manifest
+from .manifest import read_manifest
 from .io import save_torch
 from .parallel import ordered_map
 

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from helpers import png
 
 from pipeline.errors import UserError
-from pipeline.ingest import ingest, read_manifest
+from pipeline.ingest import ingest
+from pipeline.manifest import read_manifest
 from pipeline.names import MAX_COMPONENT_BYTES, UniqueNames, label_problem, safe_component
 
 
