@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageOps  # noqa: E402
 
 from pipeline.faces import CropSpec, detect_faces, on_face  # noqa: E402
 from pipeline.preprocess import decode_one  # noqa: E402
-from pipeline.synthetic import SCENE, face_scenes, in_scene  # noqa: E402
+from scenes import SCENE, face_scenes, in_scene  # noqa: E402
 
 SKIMAGE_FACES = ("astronaut.png", "camera.png")
 SKIMAGE_OTHERS = ("brick.png", "cell.png", "chelsea.png", "coffee.png", "coins.png", "color.png", "grass.png",

@@ -35,7 +35,7 @@ def make_photos(folder: Path, n: int, width: int, height: int) -> list[Path]:
 
     paths = []
     per_class = (n + 1) // 2
-    for k, (label, name, data) in enumerate(synthetic.generate(per_class, seed=0)):
+    for k, (label, name, data) in enumerate(synthetic.generate(per_class, seed=0, identities=0)):
         if k >= n:
             break
         face = Image.open(io.BytesIO(data)).resize((height, height), Image.Resampling.BILINEAR)

@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 from pipeline.embed import cluster_metrics, label_axes, latents_frame, mu_matrix, tsne_coords  # noqa: E402
 from pipeline.evaluate import reconstruct, split_metrics  # noqa: E402
 from pipeline.ingest import ingest  # noqa: E402
-from pipeline.params import Params, from_flat, load  # noqa: E402
+from pipeline.params import Params, from_flat  # noqa: E402
+from pipeline.params_file import load  # noqa: E402
 from pipeline.plots import save_recon_grid, save_tsne_plot  # noqa: E402
 from pipeline.faces import CropSpec  # noqa: E402
 from pipeline.preprocess import build_dataset, subset  # noqa: E402
@@ -79,7 +80,7 @@ def run_setting(name: str, params: Params, device: str, pictures: Path | None) -
            "linear": cfg.linear, "recon": cfg.recon, "weight_decay": cfg.weight_decay, "refine_steps": steps}
     eigen = fit_eigenfaces(ds, cfg.latent_dim)
     out["pca_k"] = eigen.k
-    encoder = (("encoder_", lambda b: reconstruct(model, b)),) if steps else ()  # 0 steps: the same as ""
+    encoder = (("encoder_", lambda b: reconstruct(model, b, refine_steps=0)),) if steps else ()  # 0 steps: the same as ""
     for who, fn in (("", vae), *encoder, ("pca_", eigen.reconstruct)):
         for split, part in (("train", train), ("test", test)):
             m = split_metrics(part["images"], fn)

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline import synthetic  # noqa: E402
 from pipeline.losses import vae_loss  # noqa: E402
 from pipeline.model import ARCHS, LINEARS, ConvVAE  # noqa: E402
-from pipeline.params import load  # noqa: E402
+from pipeline.params_file import load  # noqa: E402
 from pipeline.preprocess import load_image  # noqa: E402
 from pipeline.runtime import keep_freed_memory, resolve_device  # noqa: E402
 from pipeline.train import Trainer  # noqa: E402
@@ -53,7 +53,7 @@ def make_images(folder: Path, n: int, size: int) -> None:
     import io
 
     per_class = max(1, n // 2)
-    for label, name, data in synthetic.generate(per_class, seed=0):
+    for label, name, data in synthetic.generate(per_class, seed=0, identities=0):
         (folder / label).mkdir(parents=True, exist_ok=True)
         img = Image.open(io.BytesIO(data))
         if size != img.size[0]:
@@ -69,7 +69,7 @@ def sync(device):
 
 
 def reference(folder: Path, device, batch: int, seed: int = 0):
-    """The seed's loop; returns a function that trains one epoch and returns the number of images."""
+    """The notebook's loop; returns a function that trains one epoch and returns the number of images."""
     from torchvision import datasets, transforms
 
     torch.manual_seed(seed)
@@ -84,7 +84,7 @@ def reference(folder: Path, device, batch: int, seed: int = 0):
         for x, _ in loader:
             x = x.to(device)
             recon, mu, logvar = model(x)
-            loss = vae_loss(recon, x, mu, logvar, kl="seed_mean")["loss"]
+            loss = vae_loss(recon, x, mu, logvar, kl="notebook_mean")["loss"]
             opt.zero_grad()
             loss.backward()
             opt.step()

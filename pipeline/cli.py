@@ -8,7 +8,8 @@ from typing import Callable
 
 from .errors import Stopped, UserError
 from .io import remove_stale_temps
-from .params import Params, load
+from .params import Params
+from .params_file import load
 from .paths import OUTPUT_FOLDERS
 from .tracking.store import mlflow_settings
 

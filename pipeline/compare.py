@@ -273,7 +273,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     def go():
-        from .params import load
+        from .params_file import load
 
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in the output
         mlflow = load().mlflow if args.experiment is None or args.model_name is None else None

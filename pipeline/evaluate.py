@@ -41,9 +41,9 @@ def refine_codes(model, x: torch.Tensor, steps: int) -> torch.Tensor:
     return best
 
 
-def reconstruct(model, images_uint8: torch.Tensor, batch_size: int = 64, refine_steps: int = 0) -> torch.Tensor:
+def reconstruct(model, images_uint8: torch.Tensor, refine_steps: int, batch_size: int = 64) -> torch.Tensor:
     """Deterministic reconstructions of uint8 images, as float in [0, 1] on the CPU: from the encoder's mean,
-    or from the codes :func:`refine_codes` finds in ``refine_steps`` steps."""
+    or (``refine_steps`` > 0) from the codes :func:`refine_codes` finds in that many steps."""
     with torch.no_grad():  # refine_codes takes the gradients it needs itself
         out = batched(lambda m, x: m.decode(refine_codes(m, x, refine_steps)), model, images_uint8, batch_size)
     return out[0] if out else torch.empty(0)

@@ -3,7 +3,7 @@
 ``preprocess.face_crop``:
 
 - ``center``: the largest centred square (the default; what the built-in faces need).
-- ``none``: the whole picture, squeezed to a square (aspect ratio not kept, like the seed's ``Resize((128, 128))``).
+- ``none``: the whole picture, squeezed to a square (aspect ratio not kept, like the notebook's ``Resize((128, 128))``).
 - ``detect``: the largest frontal face found by ``haarcascade_frontalface_default.xml``, the cascade that the
   opencv-python-headless wheel ships (nothing is downloaded), widened by ``preprocess.face_margin`` (a fraction of
   the face's width on every side) to a square and kept inside the picture. Where no face is found the picture is

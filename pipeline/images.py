@@ -39,7 +39,7 @@ def upright_rgb(img: Image.Image) -> Image.Image:
 FLAT_STDDEV = 1.0  # grey levels: a photo decoding to less spread than this is one flat colour (a corrupt stream)
 
 
-def inspect_image(data: bytes, min_size: int = 1) -> tuple[int, int]:
+def inspect_image(data: bytes, min_size: int) -> tuple[int, int]:
     """Decode fully, as preprocess will (upright from EXIF, as RGB: :func:`pipeline.images.upright_rgb`), and
     return (width, height) as stored, or raise Rejected with the reason: not an image, truncated, a bomb,
     EXIF that cannot be read, or a picture of one flat colour (a corrupt JPEG whose decoder filled it grey)."""

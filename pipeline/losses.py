@@ -2,13 +2,13 @@
 
 For a batch of B images of P = 3 x H x W pixel values and D latent dimensions, per image:
 
-* ``sse``: squared error summed over the P values (the seed's ``F.mse_loss(..., reduction='sum')``),
+* ``sse``: squared error summed over the P values (the notebook's ``F.mse_loss(..., reduction='sum')``),
   logged whatever the options so runs stay comparable.
 * ``kl``: KL(N(mu, sigma^2) || N(0, I)) = -0.5 * sum_d (1 + log sigma^2 - mu^2 - sigma^2).
 
 Reconstruction term (``recon``), per image:
 
-* ``mse`` (default, the seed's): sse.
+* ``mse`` (the notebook's): sse.
 * ``bce``: Bernoulli negative log-likelihood summed over the P values.
 * ``gaussian``: a calibrated Gaussian decoder (the "optimal sigma-VAE" of Rybkin et al., 2021): the
   Gaussian negative log-likelihood with the variance set to its analytic optimum, the batch's mean squared
@@ -17,7 +17,7 @@ Reconstruction term (``recon``), per image:
 KL term (``kl_mode``):
 
 * ``elbo`` (default): minimise the batch mean of recon + beta * kl: the per-image negative ELBO.
-* ``seed_mean``: the notebook's loss, the recon term summed over the batch plus
+* ``notebook_mean``: the notebook's loss, the recon term summed over the batch plus
   beta * -0.5 * torch.mean(1 + log sigma^2 - mu^2 - sigma^2) over batch and latent dims.
 
 ``neg_elbo`` = recon + kl per image (beta 1, no warm-up) is returned for every variant.
@@ -30,7 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .params import KL, Recon, choices
+from .params import KL, Recon, Train, choices
 
 RECON_MODES = choices(Recon)
 KL_MODES = choices(KL)
@@ -47,7 +47,7 @@ def recon_per_image(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(recon, x, reduction="none").flatten(1).sum(dim=1)
 
 
-def recon_term(recon: torch.Tensor, x: torch.Tensor, mode: str = "mse", batch_size: int | None = None,
+def recon_term(recon: torch.Tensor, x: torch.Tensor, mode: str, batch_size: int | None = None,
                all_sum=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (recon term per image [B], sse per image [B]) for ``mode``. For ``gaussian`` on one process's
     shard of a batch, ``all_sum`` sums a tensor over the processes (differentiably) and ``batch_size`` is the
@@ -70,7 +70,7 @@ def recon_term(recon: torch.Tensor, x: torch.Tensor, mode: str = "mse", batch_si
 
 
 def vae_loss(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-             beta: float = 1.0, kl: str = "elbo", recon_mode: str = "mse",
+             beta: float = Train.beta, kl: str = Train.kl, recon_mode: str = Train.recon,
              batch_size: int | None = None, all_sum=None) -> dict[str, torch.Tensor]:
     """Return {'loss': the objective to minimise; per-image means of 'recon', 'kl', 'sse'; and 'sums': the
     sums over these images of the per-image objective, recon, kl and sse, what a trainer adds up over an
@@ -87,11 +87,11 @@ def vae_loss(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: tor
     b = batch_size or x.shape[0]
     if kl == "elbo":
         loss = (rec + beta * kld).sum() / b
-    elif kl == "seed_mean":
+    elif kl == "notebook_mean":
         loss = rec.sum() + beta * (-0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / (b * mu.shape[1]))
     else:
         raise ValueError(f"unknown KL variant {kl!r}; expected one of {KL_MODES}")
-    # the per-image objective summed over these images (seed_mean's loss is already a sum over the batch)
+    # the per-image objective summed over these images (notebook_mean's loss is already a sum over the batch)
     loss_sum = loss * b if kl == "elbo" else loss
     sums = torch.stack([loss_sum, rec.sum(), kld.sum(), sse.sum()]).detach()
     return {"loss": loss, "recon": rec.mean(), "kl": kld.mean(), "sse": sse.mean(), "sums": sums}

@@ -1,9 +1,11 @@
 """data/raw's listings: ``manifest.csv`` (every accepted image: relpath, label, sha256, width, height, source) and
-``rejected.csv`` (every refused file and why), written by ingest and read by ingest and preprocess."""
+``rejected.csv`` (every refused file and why), written by ingest and read by ingest and preprocess, and
+:class:`IngestResult`, the tally an ingest keeps of them while it reads a source."""
 
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
@@ -30,3 +32,56 @@ def read_manifest(raw_dir: str | Path) -> list[dict]:
 def read_csv(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+@dataclass
+class IngestResult:
+    accepted: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # stray non-image files (not images by their names)
+    warnings: list[str] = field(default_factory=list)
+    labels_seen: set[str] = field(default_factory=set)  # every label the source has, kept or not
+    kept: bool = False  # data/raw already held what this ingest would write: left as it was
+
+    def wanted(self, label: str, labels: list[str] | None) -> bool:
+        """Note that the source has ``label``; keep its items if ``labels`` (data.labels) is empty or names it."""
+        self.labels_seen.add(label)
+        return not labels or label in labels
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for row in self.accepted:
+            out[row["label"]] = out.get(row["label"], 0) + 1
+        return dict(sorted(out.items()))
+
+    def reject(self, path: str, reason: str) -> None:
+        self.rejected.append({"path": path, "reason": reason})
+
+    def skip(self, path: str) -> None:
+        self.skipped.append(path)
+
+    @property
+    def ignored(self) -> int:
+        return len(self.skipped)
+
+    def skipped_list(self, shown: int = 5) -> str:
+        """' (a.txt, b.doc, … and 3 more)': the first skipped files, for the summary line."""
+        if not self.skipped:
+            return ""
+        more = f", … and {len(self.skipped) - shown} more" if len(self.skipped) > shown else ""
+        return " (" + ", ".join(self.skipped[:shown]) + more + ")"
+
+    def reasons(self) -> str:
+        """Rejections counted by reason: '2 too small; 1 empty file' (or 'none')."""
+        reasons: dict[str, int] = {}
+        for row in self.rejected:
+            key = row["reason"].split(" (")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        return "; ".join(f"{n} {r}" for r, n in sorted(reasons.items())) or "none"
+
+    def summary(self) -> str:
+        per_label = ", ".join(f"{k} {v}" for k, v in self.counts().items())
+        if self.kept:
+            return f"ingest: data/raw is up to date ({len(self.accepted)} images: {per_label}); kept as it is"
+        return (f"ingest: accepted {len(self.accepted)} images ({per_label}); rejected {len(self.rejected)} "
+                f"({self.reasons()}); ignored {self.ignored} non-image files{self.skipped_list()}")

@@ -1,4 +1,4 @@
-"""The convolutional VAE, with the seed notebook's shapes.
+"""The convolutional VAE, with the lecture notebook's shapes.
 
 A batch of 16 images [16, 3, 128, 128] -> encoder -> h [16, 1024] -> fc1 -> mu [16, latent_dim],
 fc2 -> log sigma^2 [16, latent_dim] -> z = mu + sigma * eps -> fc3 -> [16, 1024] -> decoder ->
@@ -8,9 +8,9 @@ The encoder halves the resolution with stride-2 4x4 convolutions until a 256 x 2
 remains; the decoder mirrors it with transposed convolutions. Other input sizes that are powers of two
 (>= 16) work too: the number of stages follows the size, h stays 1024.
 
-``arch`` chooses the layers between the convolutions, the shapes stay the seed's:
+``arch`` chooses the layers between the convolutions, the shapes stay the notebook's:
 
-* ``seed``: the notebook's, each convolution followed by ReLU.
+* ``notebook``: the notebook's, each convolution followed by ReLU.
 * ``bn``: each convolution followed by BatchNorm and LeakyReLU(0.2) (the last decoder layer keeps its
   sigmoid): gradients reach the first layers at every scale, so fine detail (teeth, brows) is learnt in
   a fraction of the epochs (docs/benchmarks.md).
@@ -38,7 +38,7 @@ from torch import nn
 
 from .errors import UserError
 from .io import read_json, save_torch, write_json
-from .params import Arch, Linear, choices
+from .params import Arch, Linear, Model, Preprocess, Train, choices
 
 H_DIM = 1024
 BOTTLENECK_CHANNELS = 256  # 256 x 2 x 2 = 1024
@@ -59,14 +59,14 @@ def _stage_channels(size: int) -> list[int]:
 
 def _activation(arch: str, channels: int) -> list[nn.Module]:
     """What follows a (transposed) convolution with ``channels`` outputs."""
-    if arch == "seed":
+    if arch == "notebook":
         return [nn.ReLU(inplace=True)]
     return [nn.BatchNorm2d(channels), nn.LeakyReLU(0.2, inplace=True)]
 
 
 class ConvVAE(nn.Module):
-    def __init__(self, latent_dim: int = 32, image_size: int = 128, in_channels: int = 3, arch: str = "seed",
-                 linear: str = "none"):
+    def __init__(self, latent_dim: int = Train.latent_dim, image_size: int = Preprocess.size, in_channels: int = 3,
+                 arch: str = Model.arch, linear: str = Model.linear):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
@@ -79,7 +79,7 @@ class ConvVAE(nn.Module):
         enc: list[nn.Module] = []
         c_in = in_channels
         for c in chans:
-            enc += [nn.Conv2d(c_in, c, kernel_size=4, stride=2, padding=1, bias=arch == "seed"),
+            enc += [nn.Conv2d(c_in, c, kernel_size=4, stride=2, padding=1, bias=arch == "notebook"),
                     *_activation(arch, c)]
             c_in = c
         enc.append(nn.Flatten())
@@ -92,7 +92,7 @@ class ConvVAE(nn.Module):
         for i, (c_from, c_to) in enumerate(zip(rev, rev[1:] + [in_channels])):
             last = i == len(rev) - 1
             dec.append(nn.ConvTranspose2d(c_from, c_to, kernel_size=4, stride=2, padding=1,
-                                          bias=arch == "seed" or last))
+                                          bias=arch == "notebook" or last))
             dec += ([nn.Identity() if linear == "pca" else nn.Sigmoid()]) if last else _activation(arch, c_to)
         self.decoder = nn.Sequential(*dec)
         if linear == "pca":  # the linear path: zero until init_linear, saved with the weights
@@ -154,7 +154,7 @@ class ConvVAE(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None):
-        """Return (reconstruction, mu, logvar) like the seed's model(x). ``eps`` (optional) is the
+        """Return (reconstruction, mu, logvar) like the notebook's model(x). ``eps`` (optional) is the
         standard normal noise of the reparameterisation (the trainer draws it from its own generator)."""
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar, eps)
@@ -191,7 +191,7 @@ class ModelConfig:
     image_size: int
     in_channels: int
     arch: str
-    linear: str = "none"  # model_config.json of models trained before the linear path existed
+    linear: str = "none"  # what a model_config.json written before the linear path existed means
 
     def build(self) -> ConvVAE:
         return ConvVAE(self.latent_dim, self.image_size, self.in_channels, self.arch, self.linear)

@@ -1,7 +1,7 @@
 """params.yaml as typed sections: the one place where each knob's type, allowed values, default and meaning live.
 
-``load()`` reads params.yaml once into a :class:`Params` (``p.train.latent_dim``, ``p.preprocess.size`` ...) and
-checks every key: an unknown key (``train.latnet_dim``), a missing one or a bad value is one line naming the key
+:func:`pipeline.params_file.load` reads params.yaml once into a :class:`Params` (``p.train.latent_dim``,
+``p.preprocess.size`` ...) and checks every key: an unknown key (``train.latnet_dim``), a missing one or a bad value is one line naming the key
 and what a good value looks like. The choices of each mode (``Recon``, ``Arch`` ...) are ``Literal`` types here,
 imported by the modules that act on them. Nothing here imports torch: a stage can refuse bad params in a blink.
 params.yaml holds the project's values; a test checks that they are these defaults.
@@ -14,10 +14,7 @@ import difflib
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Literal, get_args, get_origin, get_type_hints
-
-import yaml
 
 from .errors import UserError
 
@@ -25,10 +22,10 @@ from .errors import UserError
 Source = str  # 'synthetic', a folder, an archive or a CSV
 Crop = Literal["center", "none", "detect"]
 NoFace = Literal["reject", "center"]
-Arch = Literal["bn", "seed"]
+Arch = Literal["bn", "notebook"]
 Linear = Literal["pca", "none"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
-KL = Literal["elbo", "seed_mean"]
+KL = Literal["elbo", "notebook_mean"]
 Recon = Literal["gaussian", "mse", "bce"]
 Precision = Literal["auto", "fp32", "bf16"]
 Optimizer = Literal["adamw", "adam"]
@@ -117,8 +114,8 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class Model:
-    arch: Arch = knob("bn", "`bn`: BatchNorm + LeakyReLU after each of the seed's convolutions | `seed`: the "
-                            "notebook's layers (ReLU)")
+    arch: Arch = knob("bn", "`bn`: BatchNorm + LeakyReLU after each of the notebook's convolutions | "
+                            "`notebook`: the notebook's layers (ReLU)")
     linear: Linear = knob("pca", "`pca`: a linear path beside the convolutions, started at the training images' "
                                  "eigenfaces (probabilistic PCA), the convolutions learn what it misses | `none`: "
                                  "convolutions only (the notebook's)")
@@ -147,7 +144,7 @@ class Train:
     seed: int = knob(0, "weights init, shuffling and sampling noise (same seed on CPU → same losses)", SEED)
     device: Device = knob("auto", "`auto` | `cpu` | `cuda` | `mps`")
     beta: float = knob(1.0, "weight of the KL term", (lambda v: _number(v) and v >= 0, "a finite number >= 0"))
-    kl: KL = knob("elbo", "`elbo`: per-image KL, the correct ELBO; `seed_mean`: the notebook's `torch.mean` KL "
+    kl: KL = knob("elbo", "`elbo`: per-image KL, the correct ELBO; `notebook_mean`: the notebook's `torch.mean` KL "
                           "(almost no KL weight)")
     recon: Recon = knob("gaussian", "`gaussian` | `mse` | `bce` (see Loss options)")
     kl_warmup_epochs: int = knob(0, "ramp the KL weight from 0 to β over this many epochs",
@@ -268,17 +265,6 @@ KEYS = keys()
 _YAML12_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def check_value(key: str, value, where: str = "params.yaml"):
     """``value`` for ``key`` if it is valid (a YAML 1.2 number written as text, '1e-3', becomes a float), else a
     UserError naming the key and what a good value looks like."""
@@ -304,24 +290,6 @@ def from_flat(values: dict[str, Any], where: str = "params.yaml") -> Params:
         section, name = key.split(".", 1)
         checked[section][name] = check_value(key, values[key], where)
     return Params(**{name: cls(**checked[name]) for name, cls in SECTIONS.items()})
-
-
-def load(path: str | Path = "params.yaml") -> Params:
-    """params.yaml, read once and checked (:func:`from_flat`)."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: file not found; run from the project root (where params.yaml lives)")
-    from .params_file import YAMLError, read_yaml
-
-    try:
-        raw = read_yaml(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, YAMLError) as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected sections like 'train:' and 'data:'; `python -m pipeline.params yaml` prints a complete one")
-    return from_flat(_flatten(raw), str(path))
 
 
 if __name__ == "__main__":  # python -m pipeline.params [yaml]: the params reference table, or params.yaml

@@ -1,4 +1,4 @@
-"""params.yaml as a file: read exactly as DVC reads it (:func:`read_yaml`), and written as committed, every key at
+"""params.yaml as a file: read exactly as DVC reads it (:func:`read_yaml`) and checked (:func:`load`), and written as committed, every key at
 its default with its meaning above it (:func:`params_yaml`, ``python -m pipeline.params yaml``), or as the
 reference table of every key (:func:`reference`, ``python -m pipeline.params``). The keys themselves live in
 :mod:`pipeline.params`."""
@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from pathlib import Path
+from typing import Any
 
 import yaml
 
-from .params import KEYS, Params
+from .errors import UserError
+from .params import KEYS, Params, from_flat
 
 
 class YAMLError(Exception):
@@ -36,6 +39,33 @@ def read_yaml(text: str):
         err = YAMLError(str(e))
         err.problem, err.problem_mark = getattr(e, "problem", str(e)), getattr(e, "problem_mark", None)
         raise err from None
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    """params.yaml, read once and checked (:func:`from_flat`)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found; run from the project root (where params.yaml lives)")
+    try:
+        raw = read_yaml(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, YAMLError) as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected sections like 'train:' and 'data:'; `python -m pipeline.params yaml` prints a complete one")
+    return from_flat(_flatten(raw), str(path))
 
 
 def _shown(v) -> str:

@@ -47,7 +47,8 @@ def main(argv=None) -> None:
 
     def go():
         from . import compare
-        from .params import KEYS, load
+        from .params import KEYS
+        from .params_file import load
 
         check, hint, _ = KEYS["train.latent_dim"]
         sizes = []

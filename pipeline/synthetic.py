@@ -41,7 +41,7 @@ MOUTH_INSIDE = (70, 18, 24)
 TEETH = (246, 244, 236)
 
 
-def _rng(seed: int, label: str, index: int) -> np.random.Generator:
+def photo_rng(seed: int, label: str, index: int) -> np.random.Generator:
     label_key = zlib.crc32(label.encode("utf-8"))
     return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, label_key, index]))
 
@@ -267,7 +267,7 @@ def person_of(index: int, identities: int) -> int | None:
     return index % identities if identities > 0 else None
 
 
-def generate(per_class: int, seed: int = 0, labels=LABELS, size: int = 128, identities: int = 0):
+def generate(per_class: int, seed: int, identities: int, labels=LABELS, size: int = 128):
     """Yield (label, filename, png bytes) for ``per_class`` photos of each label, deterministically.
     ``identities`` people take turns in front of the camera; 0: every photo shows a new person."""
     from .parallel import ordered_map
@@ -278,39 +278,9 @@ def generate(per_class: int, seed: int = 0, labels=LABELS, size: int = 128, iden
 
 def _photo(job) -> tuple[str, str, bytes]:
     seed, label, i, size, identities = job
-    rng = _rng(seed, label, i)
+    rng = photo_rng(seed, label, i)
     who = person_of(i, identities)
     if who is None:
         return label, f"{label}_{i:04d}.png", png_bytes(render_face(label, rng, size))
-    person = draw_person(_rng(seed, "person", who))
+    person = draw_person(photo_rng(seed, "person", who))
     return label, f"{label}_p{who}_{i:04d}.png", png_bytes(render(person, label, rng, size))
-
-
-def in_scene(face: Image.Image, canvas: tuple[int, int], box: tuple[int, int, int, int], seed: int = 0) -> Image.Image:
-    """``face`` resized into ``box`` (left, top, right, bottom) of a ``canvas``-sized (w, h) photo-like scene:
-    a smooth random colour field with noise, nothing face-like. For testing and measuring face detection."""
-    rng = np.random.default_rng(seed)
-    w, h = canvas
-    corners = rng.integers(40, 216, (2, 2, 3)).astype(np.float64)
-    ty = np.linspace(0.0, 1.0, h)[:, None, None]
-    tx = np.linspace(0.0, 1.0, w)[None, :, None]
-    bg = (corners[0, 0] * (1 - tx) + corners[0, 1] * tx) * (1 - ty) + (corners[1, 0] * (1 - tx) + corners[1, 1] * tx) * ty
-    bg = bg + rng.normal(0.0, 6.0, bg.shape)
-    scene = Image.fromarray(np.clip(np.rint(bg), 0, 255).astype(np.uint8), "RGB")
-    scene.paste(face.convert("RGB").resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.LANCZOS), box[:2])
-    return scene
-
-
-SCENE = (640, 480)
-SCENE_PLACEMENTS = ((160, (100, 80)), (300, (250, 100)))  # (side, top-left corner) of a face in a scene
-
-
-def face_scenes(per_class: int, seed: int = 0, labels=LABELS):
-    """Yield (label, index, scene, box): each of ``per_class`` rendered faces per label pasted into a 640x480
-    scene at 160 px and at 300 px; ``box`` is where the face went. For testing and measuring face detection."""
-    for label in labels:
-        for i in range(per_class):
-            face = render_face(label, _rng(seed, label, i))
-            for side, (x, y) in SCENE_PLACEMENTS:
-                box = (x, y, x + side, y + side)
-                yield label, i, in_scene(face, SCENE, box, seed=i), box

@@ -10,7 +10,7 @@
 * Speed switches (``precision``, ``compile``; channels_last and the fused Adam) change only the
   arithmetic, not the algorithm: with them off the loop is the plain fp32 one.
 * The recipe (``arch``, ``linear``, ``optimizer``, ``schedule``, ``augment``) is chosen by measurement
-  (bench/quality.py, docs/benchmarks.md); ``arch: seed``, ``linear: none``, ``optimizer: adam``,
+  (bench/quality.py, docs/benchmarks.md); ``arch: notebook``, ``linear: none``, ``optimizer: adam``,
   ``schedule: constant``, ``augment: false`` is the lecture notebook's.
 """
 

@@ -13,7 +13,7 @@ from pipeline.model import ConvVAE
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return ConvVAE(4, 32, arch="bn").eval()
+    return ConvVAE(4, 32, arch="bn", linear="none").eval()
 
 
 def test_expression_vector_is_the_difference_of_the_label_means():
@@ -129,7 +129,7 @@ def test_the_explore_stage_builds_the_vector_from_the_training_latents_only(tmp_
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    cfg = ModelConfig(latent_dim=2, image_size=16, in_channels=3, arch="bn")
+    cfg = ModelConfig(latent_dim=2, image_size=16, in_channels=3, arch="bn", linear="none")
     torch.manual_seed(0)
     save_model(cfg.build().eval(), cfg, tmp_path / "models")
     n, labels = 24, ["angry", "happy"] * 12

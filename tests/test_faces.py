@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 from helpers import copy_repo, dvc, git_init, png, ran_stages, set_params
 from pipeline.faces import CropSpec, NoFace, choose_crop, detect_faces, on_face, square_around
 from pipeline.preprocess import decode_one, load_image
-from pipeline.synthetic import SCENE, face_scenes, in_scene
+from bench.scenes import SCENE, face_scenes, in_scene
 
 HOPPER = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
 NO_FACE = [os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images", n) for n in ("china.jpg", "flower.jpg")]

@@ -72,10 +72,10 @@ def test_decompression_bomb_is_reported_as_such(monkeypatch):
     data = png(Image.new("L", (400, 400)))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 160,000 pixels > 2 x limit: Pillow's error
     with pytest.raises(Rejected, match="decompression bomb"):
-        inspect_image(data)
+        inspect_image(data, 32)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # between 1x and 2x: Pillow only warns
     with pytest.raises(Rejected, match="decompression bomb"):
-        inspect_image(data)
+        inspect_image(data, 32)
 
 
 def _marked(img):

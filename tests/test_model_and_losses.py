@@ -59,16 +59,16 @@ def test_per_image_terms():
 
 
 def test_elbo_loss_is_mean_over_images_of_recon_plus_beta_kl():
-    out = vae_loss(R, X, MU, LOGVAR, beta=1.0, kl="elbo")
+    out = vae_loss(R, X, MU, LOGVAR, beta=1.0, kl="elbo", recon_mode="mse")
     assert out["loss"].item() == pytest.approx(((3.0 + 0.5) + (0.12 + KL2)) / 2)
     assert out["recon"].item() == pytest.approx((3.0 + 0.12) / 2)
     assert out["kl"].item() == pytest.approx((0.5 + KL2) / 2)
-    beta4 = vae_loss(R, X, MU, LOGVAR, beta=4.0, kl="elbo")["loss"].item()
+    beta4 = vae_loss(R, X, MU, LOGVAR, beta=4.0, kl="elbo", recon_mode="mse")["loss"].item()
     assert beta4 == pytest.approx(((3.0 + 4 * 0.5) + (0.12 + 4 * KL2)) / 2)
 
 
-def test_seed_mean_matches_the_notebook():
-    out = vae_loss(R, X, MU, LOGVAR, beta=1.0, kl="seed_mean")
+def test_notebook_mean_matches_the_notebook():
+    out = vae_loss(R, X, MU, LOGVAR, beta=1.0, kl="notebook_mean", recon_mode="mse")
     # MSE summed over the whole batch + -0.5 * mean over batch and latent dims = (KL_1 + KL_2) / 4
     assert out["loss"].item() == pytest.approx(3.12 + (0.5 + KL2) / 4)
     notebook = torch.nn.functional.mse_loss(R, X, reduction="sum") + \
@@ -111,7 +111,7 @@ def test_gaussian_decoder_uses_the_optimal_variance():
 
 
 def test_bn_arch_keeps_the_seed_interface_and_normalises_between_layers():
-    seed, bn = ConvVAE(32, arch="seed"), ConvVAE(32, arch="bn")
+    seed, bn = ConvVAE(32, arch="notebook", linear="none"), ConvVAE(32, arch="bn", linear="none")
     x = torch.rand(4, 3, 128, 128)
     for m in (seed, bn):
         recon, mu, logvar = m(x)
@@ -140,7 +140,7 @@ def test_gaussian_shards_of_a_batch_add_up_to_the_whole_batch():
     assert sum(own).item() != pytest.approx(whole.item(), rel=1e-3)
 
 
-@pytest.mark.parametrize("kl", ["elbo", "seed_mean"])
+@pytest.mark.parametrize("kl", ["elbo", "notebook_mean"])
 @pytest.mark.parametrize("recon_mode", ["mse", "gaussian"])
 def test_an_empty_shard_adds_nothing_and_the_shards_sums_are_the_whole_batchs(recon_mode, kl):
     """A last batch of 2 images on 3 processes: one process holds none. Its loss and sums are 0, not NaN,
@@ -152,7 +152,7 @@ def test_an_empty_shard_adds_nothing_and_the_shards_sums_are_the_whole_batchs(re
     assert shards[2]["loss"].item() == 0.0 and shards[2]["sums"].tolist() == [0.0, 0.0, 0.0, 0.0]
     assert sum(s["loss"] for s in shards).item() == pytest.approx(whole["loss"].item(), rel=1e-6)
     assert sum(s["sums"] for s in shards).tolist() == pytest.approx(whole["sums"].tolist(), rel=1e-6)
-    # the sums are the per-image means times the batch (seed_mean's objective is a sum over the batch)
+    # the sums are the per-image means times the batch (notebook_mean's objective is a sum over the batch)
     assert whole["sums"][1:].tolist() == pytest.approx([2 * whole[k].item() for k in ("recon", "kl", "sse")])
     assert whole["sums"][0].item() == pytest.approx(whole["loss"].item() * (2 if kl == "elbo" else 1))
 
@@ -224,7 +224,7 @@ def test_linear_path_output_is_clipped_in_eval_only_and_reaches_every_value_in_t
 
 
 def test_linear_none_has_no_linear_parameters_and_refuses_unknown():
-    assert not any(n.startswith("lin_") for n, _ in ConvVAE(4, 16, arch="bn").named_parameters())
+    assert not any(n.startswith("lin_") for n, _ in ConvVAE(4, 16, arch="bn", linear="none").named_parameters())
     with pytest.raises(ValueError, match="linear"):
         ConvVAE(4, 16, linear="kernel")
 

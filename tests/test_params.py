@@ -12,7 +12,8 @@ import yaml
 
 from helpers import ROOT
 from pipeline.errors import UserError
-from pipeline.params import KEYS, SECTIONS, Params, choices, from_flat, load
+from pipeline.params import KEYS, SECTIONS, Params, choices, from_flat
+from pipeline.params_file import load
 
 
 def committed_params_yaml(tmp_path) -> Path:
@@ -100,7 +101,7 @@ def test_reading_params_does_not_import_torch(tmp_path):
     from helpers import write_params
 
     write_params(tmp_path)
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pipeline.params import load; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pipeline.params_file import load; "
             "p = load(sys.argv[2]); print(p.train.latent_dim, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(ROOT), str(tmp_path / "params.yaml")], capture_output=True,
                          text=True, check=True).stdout
@@ -231,3 +232,26 @@ def test_every_key_refuses_values_of_another_type_than_its_default(key):
     for value in _wrong_values(key, flat[key]):
         with pytest.raises(UserError, match=f"^params.yaml: {re.escape(key)} = .* is not valid; expected "):
             from_flat({**flat, key: value})
+
+
+def test_the_defaults_of_the_functions_that_take_params_are_the_params_defaults():
+    """A function called without a knob behaves as the default run does: its default is the params default
+    (or it has none). An independent oracle: the values written in the committed params.yaml."""
+    import inspect
+
+    from pipeline.ingest import ingest
+    from pipeline.losses import vae_loss
+    from pipeline.model import ConvVAE
+
+    committed = yaml.safe_load(subprocess.run(["git", "show", ":params.yaml"], cwd=ROOT, capture_output=True,
+                                              text=True, check=True).stdout)
+    takes = {ConvVAE.__init__: {"latent_dim": "train.latent_dim", "image_size": "preprocess.size",
+                                "arch": "model.arch", "linear": "model.linear"},
+             vae_loss: {"beta": "train.beta", "kl": "train.kl", "recon_mode": "train.recon"},
+             ingest: {"per_class": "data.per_class", "seed": "data.seed", "identities": "data.identities",
+                      "min_size": "preprocess.min_size"}}
+    for fn, knobs in takes.items():
+        sig = inspect.signature(fn).parameters
+        for arg, key in knobs.items():
+            section, name = key.split(".")
+            assert sig[arg].default == committed[section][name], f"{fn.__qualname__}({arg}=...) vs {key}"

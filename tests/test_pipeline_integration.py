@@ -140,7 +140,7 @@ def test_mlflow_run_holds_params_history_and_artifacts(project, mlflow_client):
     assert p["train.latent_dim"] == "8" and p["train.epochs"] == "2" and p["preprocess.size"] == "128"
     assert p["data.source"] == "synthetic" and p["mlflow.experiment"] == "facevae"
     # only what shaped the model: the downstream stages' params are on their child runs
-    from pipeline.params import load
+    from pipeline.params_file import load
 
     shaping = {k for k in load(proj / "params.yaml").flat() if k.split(".")[0] in ("data", "split", "preprocess", "model",
                                                                              "train", "mlflow")}
@@ -340,7 +340,7 @@ def test_latents_and_recon_metrics_are_what_the_saved_model_gives(project):
     reconstruct.refine_steps refine, and each image's is at least as good as its reconstruction from mu."""
     from pipeline.evaluate import reconstruct
     from pipeline.model import load_model
-    from pipeline.params import load
+    from pipeline.params_file import load
 
     proj, _ = project
     steps = load(proj / "params.yaml").reconstruct.refine_steps

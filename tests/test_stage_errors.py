@@ -5,7 +5,7 @@ import pytest
 from helpers import CODE, ROOT, run, set_params, stage, write_params
 from pipeline.errors import UserError
 from pipeline.ingest import ingest
-from pipeline.params import load
+from pipeline.params_file import load
 
 
 def _stage(project, name):
@@ -58,7 +58,7 @@ def test_params_file_checks(tmp_path):
     with pytest.raises(UserError, match="not valid YAML"):
         load(tmp_path / "params.yaml")
     write_params(tmp_path, {"train": {"kl": "mean"}})
-    with pytest.raises(UserError, match=r"train.kl = 'mean' is not valid; expected elbo \| seed_mean"):
+    with pytest.raises(UserError, match=r"train.kl = 'mean' is not valid; expected elbo \| notebook_mean"):
         load(tmp_path / "params.yaml")
 
 

@@ -23,7 +23,7 @@ def _images(n=12, size=32, seed=0):
 
 
 # the lecture notebook's recipe (the pipeline's defaults are measured better: pipeline/params.py), small
-NOTEBOOK = {"arch": "seed", "linear": "none", "recon": "mse", "optimizer": "adam", "schedule": "constant", "augment": False,
+NOTEBOOK = {"arch": "notebook", "linear": "none", "recon": "mse", "optimizer": "adam", "schedule": "constant", "augment": False,
             "weight_decay": 0.0}
 
 
@@ -72,7 +72,7 @@ def test_trainer_matches_the_plain_seed_loop_within_float_tolerance(device):
         history = trainer.fit(progress=False)
 
         torch.manual_seed(cfg.seed)
-        model = ConvVAE(cfg.latent_dim, cfg.image_size).to(device)
+        model = ConvVAE(cfg.latent_dim, cfg.image_size, arch=cfg.arch, linear=cfg.linear).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         shuffle = torch.Generator(device=device).manual_seed(cfg.seed)
         noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
@@ -84,7 +84,7 @@ def test_trainer_matches_the_plain_seed_loop_within_float_tolerance(device):
                 eps = torch.randn((len(idx), cfg.latent_dim), generator=noise, device=device)
                 x = data[idx]
                 recon, mu, logvar = model(x, eps=eps)
-                loss = vae_loss(recon, x, mu, logvar)["loss"]
+                loss = vae_loss(recon, x, mu, logvar, recon_mode=cfg.recon)["loss"]
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -112,8 +112,8 @@ def test_loss_goes_down(device):
     assert history[-1]["recon"] < 0.95 * history[0]["recon"]
 
 
-def test_seed_mean_variant_trains_and_reports_comparable_terms():
-    _, history = train(_images(), _cfg(kl="seed_mean", beta=1.0), progress=False)
+def test_notebook_mean_variant_trains_and_reports_comparable_terms():
+    _, history = train(_images(), _cfg(kl="notebook_mean", beta=1.0), progress=False)
     r = history[-1]
     # the notebook's objective divides the KL by batch * latent dims: loss per image < recon + kl
     assert r["loss"] < r["recon"] + r["kl"] or r["kl"] == pytest.approx(0, abs=1e-3)
@@ -232,11 +232,11 @@ def test_kl_warmup_ramps_beta():
 
 
 @pytest.mark.parametrize("recon", ["mse", "bce", "gaussian"])
-@pytest.mark.parametrize("kl", ["elbo", "seed_mean"])
+@pytest.mark.parametrize("kl", ["elbo", "notebook_mean"])
 def test_every_loss_option_trains_and_reports_its_own_terms(recon, kl, device):
     """Each option's reconstruction term against what it must equal or differ from: mse is the summed squared
     error itself; bce is a cross-entropy (above the 0 of a perfect match for images that are not all 0 or
-    1); gaussian is a log-likelihood that is not the squared error. seed_mean's loss puts the KL at 1/(batch
+    1); gaussian is a log-likelihood that is not the squared error. notebook_mean's loss puts the KL at 1/(batch
     x latent) of its per-image value; elbo's at full weight."""
     history = Trainer(_images(), _cfg(recon=recon, kl=kl, device=device)).fit(progress=False)
     for r in history:
@@ -484,9 +484,9 @@ def test_train_config_from_params_takes_its_fields_and_the_size_and_arch():
 
     p = Params()
     p = replace(p, train=replace(p.train, latent_dim=20, epochs=3, lr=0.01, resume=True, checkpoint_every=5),
-                preprocess=replace(p.preprocess, size=64), model=replace(p.model, arch="seed"))
+                preprocess=replace(p.preprocess, size=64), model=replace(p.model, arch="notebook"))
     cfg = TrainConfig.from_params(p)
-    assert (cfg.latent_dim, cfg.epochs, cfg.lr, cfg.image_size, cfg.arch) == (20, 3, 0.01, 64, "seed")
+    assert (cfg.latent_dim, cfg.epochs, cfg.lr, cfg.image_size, cfg.arch) == (20, 3, 0.01, 64, "notebook")
     assert not hasattr(cfg, "checkpoint_every")  # a key of the stage, not of training
 
 

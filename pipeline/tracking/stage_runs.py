@@ -55,7 +55,7 @@ def _log_stage(uri, root, model_dir, stage, params, metrics, artifacts, images):
         parent = store.get_run(parent_id)
         exp_id = parent.info.experiment_id
     except Exception:  # the store that holds the model's run is not this one (e.g. data pulled from DVC)
-        from ..params import load
+        from ..params_file import load
 
         parent = None
         exp_id = experiment_id(store, load(root / "params.yaml").mlflow.experiment, uri, root)

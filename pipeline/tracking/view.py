@@ -61,7 +61,7 @@ def ui_url(host: str = "127.0.0.1", port: str | int = 5000, root: Path | None = 
     when the experiment does not exist yet."""
     import json
 
-    from ..params import load
+    from ..params_file import load
 
     root = root or project_root()
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
