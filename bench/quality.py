@@ -44,7 +44,8 @@ from pipeline.params import Params, from_flat  # noqa: E402
 from pipeline.params_file import load  # noqa: E402
 from pipeline.plots import save_recon_grid, save_tsne_plot  # noqa: E402
 from pipeline.faces import CropSpec  # noqa: E402
-from pipeline.preprocess import build_dataset, subset  # noqa: E402
+from pipeline.dataset import subset  # noqa: E402
+from pipeline.preprocess import build_dataset  # noqa: E402
 from pipeline.runtime import keep_freed_memory, resolve_device  # noqa: E402
 from pipeline.train import Trainer  # noqa: E402
 from pipeline.train_config import TrainConfig  # noqa: E402
@@ -63,9 +64,9 @@ def run_setting(name: str, params: Params, device: str, pictures: Path | None) -
     with tempfile.TemporaryDirectory() as tmp:
         ingest(d.source, Path(tmp) / "raw", per_class=d.per_class, seed=d.seed, identities=d.identities,
                labels=d.labels, min_size=p.min_size, min_per_label=params.split.test_per_class + 1)
-        ds, _ = build_dataset(Path(tmp) / "raw", p.size, params.split.test_per_class, params.split.seed,
-                              CropSpec.from_params(p))
-    train, test = subset(ds, "train"), subset(ds, "test")
+        ds, _ = build_dataset(Path(tmp) / "raw", Path(tmp) / "dataset", p.size, params.split.test_per_class,
+                              params.split.seed, CropSpec.from_params(p))
+        train, test = subset(ds, "train"), subset(ds, "test")  # copies, read before the folder goes
     cfg = replace(TrainConfig.from_params(params, n_train=len(train["ids"])), device=device)
     trainer = Trainer(train["images"], cfg, labels=train["labels"])
     t_train = time.perf_counter()

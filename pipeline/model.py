@@ -111,10 +111,11 @@ class ConvVAE(nn.Module):
         """Start the linear path at the whitened eigenfaces of ``images_uint8`` (the training images; at most
         LINEAR_FIT_IMAGES of them, a seeded draw); return how many latent dimensions it covers (at most
         latent_dim and one less than the images). The others start at zero."""
-        n = images_uint8.shape[0]
+        n = images_uint8.shape[0]  # a tensor, or a pipeline.dataset.ImageReader
+        pick = slice(None)
         if n > LINEAR_FIT_IMAGES:
-            pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:LINEAR_FIT_IMAGES]
-            images_uint8 = images_uint8[pick.sort().values.to(images_uint8.device)]
+            pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:LINEAR_FIT_IMAGES].sort().values
+        images_uint8 = images_uint8[pick]
         x = images_uint8.reshape(images_uint8.shape[0], -1).double().cpu() / 255.0
         mean = x.mean(dim=0)
         x -= mean

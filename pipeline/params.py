@@ -31,6 +31,7 @@ Precision = Literal["auto", "fp32", "bf16"]
 Optimizer = Literal["adamw", "adam"]
 Schedule = Literal["cosine", "constant"]
 Augment = Literal["auto", True, False]
+Stream = Literal["auto", True, False]
 
 AUTO_AUGMENT_BELOW = 100  # train.augment auto: the homework's 16 + 16 photos are augmented, the built-in 380 not
 AUTO_VALIDATION_FROM = 200  # train.validation auto: sets of at least this many training images hold a tenth out
@@ -161,6 +162,10 @@ class Train:
                                     f"{AUTO_AUGMENT_BELOW} training images, e.g. the homework's 16 + 16 photos) | "
                                     "`true` | `false`",
                             hint=f"auto (on below {AUTO_AUGMENT_BELOW} training images), true or false")
+    stream: Stream = knob("auto", "read each batch from data/processed/dataset/images.npy instead of holding the "
+                                  "training images on the device: `auto` (when they take more than half the "
+                                  "memory available: the GPU's free memory on CUDA, else the machine's) | `true` | "
+                                  "`false`")
     resume: bool = knob(False, "raising `train.epochs` continues the saved run instead of restarting (with "
                                "`train.schedule: constant`; a cosine schedule is fixed by its total, so a longer run "
                                "starts over)", BOOL)

@@ -9,7 +9,7 @@ from pathlib import Path
 from .errors import UserError
 
 RAW = "data/raw"  # ingest: <label>/<image>, manifest.csv, rejected.csv
-DATASET = "data/processed/dataset.pt"  # preprocess: uint8 images, labels, ids, split
+DATASET = "data/processed/dataset"  # preprocess: images.npy (uint8 N x 3 x S x S) + index.json (labels, ids, split)
 SPLIT = "data/processed/split.csv"
 CROPS = "data/processed/crops.csv"
 PREPROCESS_REJECTED = "data/processed/rejected.csv"

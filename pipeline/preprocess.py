@@ -14,17 +14,19 @@ import io
 import math
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
-import torch
 from PIL import Image
 
+from .dataset import DatasetWriter, load_dataset
 from .errors import UserError
 from .images import to_rgb, upright_rgb  # noqa: F401  (to_rgb: part of this module's interface)
 from .faces import CropSpec, NoFace, choose_crop
 from .manifest import read_manifest
-from .io import save_torch
 from .parallel import ordered_map
+
+CHUNK = 512  # images decoded before they are written out: 25 MB at 128 px
 
 
 @contextlib.contextmanager
@@ -79,25 +81,25 @@ def _decode_one(args) -> tuple[np.ndarray | None, dict] | str:
         return f"preprocess: cannot decode {path} ({e}); rerun ingest or remove the file"
 
 
+def decoded(paths: list, size: int, workers: int | None = None, crop: CropSpec = CropSpec()) -> Iterator:
+    """(uint8 3 x size x size array, or None for a picture refused for having no face; where it was cropped)
+    for each of ``paths`` in order, decoded over all cores (worker processes; below 64 images, or with
+    workers=1, in this process). A crop refused gets {'crop': 'rejected', 'reason': ...}."""
+    for r in ordered_map(_decode_one, [(p, size, crop) for p in paths], workers):
+        if isinstance(r, str):
+            raise UserError(r)
+        yield r
+
+
 def decode_images(paths: list, size: int, workers: int | None = None,
                   crop: CropSpec = CropSpec()) -> tuple[np.ndarray, list[dict]]:
-    """Decode and crop ``paths`` into a uint8 N x 3 x size x size array, in order, over all cores (worker
-    processes; below 64 images, or with workers=1, in this process), with where each crop was taken
-    (see :func:`decode_one`). A picture refused for having no face gets {'crop': 'rejected', 'reason': ...}
-    and an all-zero image."""
+    """:func:`decoded` as one uint8 N x 3 x size x size array (refused pictures all zero) and the crops."""
     out = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
     crops: list[dict] = []
-    jobs = [(p, size, crop) for p in paths]
-
-    def collect(results):
-        for i, r in enumerate(results):
-            if isinstance(r, str):
-                raise UserError(r)
-            if r[0] is not None:
-                out[i] = r[0]
-            crops.append(r[1])
-
-    collect(ordered_map(_decode_one, jobs, workers))
+    for i, (image, where) in enumerate(decoded(paths, size, workers, crop)):
+        if image is not None:
+            out[i] = image
+        crops.append(where)
     return out, crops
 
 
@@ -119,99 +121,44 @@ def stratified_split(ids: list[str], labels: list[str], test_per_class: int, see
     return is_test
 
 
-def build_dataset(raw_dir: str | Path, size: int, test_per_class: int, seed: int,
-                  crop: CropSpec = CropSpec()) -> tuple[dict, list[dict]]:
-    """Read ``raw_dir``'s manifest and images into a dict of tensors (see :func:`save_dataset`), and one row per
-    manifest image saying where it was cropped or why it was refused (id, label, source, crop, left, top,
-    right, bottom, reason)."""
+def build_dataset(raw_dir: str | Path, out: str | Path, size: int, test_per_class: int, seed: int,
+                  crop: CropSpec = CropSpec(), chunk: int = CHUNK) -> tuple[dict, list[dict]]:
+    """Decode ``raw_dir``'s manifest images into the dataset folder ``out`` (:mod:`pipeline.dataset`), ``chunk``
+    images at a time, so memory does not grow with the number of pictures. Returns the dataset as
+    :func:`~pipeline.dataset.load_dataset` reads it, and one row per manifest image saying where it was cropped
+    or why it was refused (id, label, source, crop, left, top, right, bottom, reason)."""
     raw_dir = Path(raw_dir)
     rows = sorted(read_manifest(raw_dir), key=lambda r: r["relpath"])
     if not rows:
         raise UserError(f"{raw_dir}/manifest.csv lists no images; check data.source and rerun ingest")
-    images, crops = decode_images([raw_dir / r["relpath"] for r in rows], size, crop=crop)
-    report = [{"id": r["relpath"], "label": r["label"], "source": r.get("source", r["relpath"]), **c}
-              for r, c in zip(rows, crops)]
-    keep = [i for i, c in enumerate(crops) if c["crop"] != "rejected"]
-    if not keep:
-        raise UserError(f"preprocess: no face found in any of the {len(rows)} images of {raw_dir}; use "
-                        f"preprocess.face_crop: center, or preprocess.no_face: center to keep them centre-cropped")
-    for label in sorted({r["label"] for r in rows}):
-        kept = sum(1 for i in keep if rows[i]["label"] == label)
-        refused = sum(1 for r in report if r["label"] == label and r["crop"] == "rejected")
-        if refused and kept < test_per_class + 1:
-            raise UserError(f"preprocess: label '{label}' keeps {kept} images after {refused} with no face were "
-                            f"refused, but split.test_per_class {test_per_class} needs {test_per_class + 1}; "
-                            f"add photos, set preprocess.no_face: center, or lower split.test_per_class")
-    ids = [rows[i]["relpath"] for i in keep]
-    labels = [rows[i]["label"] for i in keep]
-    is_test = stratified_split(ids, labels, test_per_class, seed)
-    classes = sorted(set(labels))
-    return {
-        "images": torch.from_numpy(images[keep] if len(keep) < len(rows) else images),
-        "labels": torch.tensor([classes.index(x) for x in labels], dtype=torch.int64),
-        "is_test": torch.tensor(is_test, dtype=torch.bool),
-        "ids": ids,
-        "classes": classes,
-    }, report
-
-
-def save_dataset(ds: dict, path: str | Path) -> None:
-    save_torch(ds, path)
-
-
-def load_dataset(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path} not found; run the preprocess stage first (dvc repro preprocess)")
-    try:
-        ds = torch.load(path, weights_only=True)
-    except Exception as e:  # truncated, overwritten, not a torch file
-        raise UserError(f"{path} is damaged ({type(e).__name__}); rebuild it with `dvc repro -f preprocess`") from None
-    wrong = dataset_problem(ds)
-    if wrong:
-        raise UserError(f"{path} is not a dataset of this pipeline ({wrong}); rebuild it with "
-                        f"`dvc repro -f preprocess`")
-    return ds
-
-
-def dataset_problem(ds) -> str | None:
-    """What makes ``ds`` other than :func:`build_dataset`'s layout (None when nothing does): images uint8
-    N x 3 x S x S, labels int64 in [0, len(classes)), is_test bool, N ids, classes of distinct strings."""
-    if not isinstance(ds, dict):
-        return f"a {type(ds).__name__}, not a dict"
-    missing = [k for k in ("images", "labels", "is_test", "ids", "classes") if k not in ds]
-    if missing:
-        return f"no {', '.join(missing)}"
-    images, labels, is_test, ids, classes = (ds[k] for k in ("images", "labels", "is_test", "ids", "classes"))
-    if not (torch.is_tensor(images) and images.dtype == torch.uint8 and images.dim() == 4 and images.shape[1] == 3
-            and images.shape[2] == images.shape[3]):
-        what = f"{images.dtype} {tuple(images.shape)}" if torch.is_tensor(images) else type(images).__name__
-        return f"images are {what}, not uint8 N x 3 x S x S"
-    n = images.shape[0]
-    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
-            and len(set(classes)) == len(classes)):
-        return "classes are not a list of distinct label names"
-    if not (torch.is_tensor(labels) and labels.dtype == torch.int64 and labels.shape == (n,)):
-        return f"labels are not {n} integers"
-    if n and not (0 <= int(labels.min()) and int(labels.max()) < len(classes)):
-        return f"labels outside 0..{len(classes) - 1}"
-    if not (torch.is_tensor(is_test) and is_test.dtype == torch.bool and is_test.shape == (n,)):
-        return f"is_test is not {n} booleans"
-    if not (isinstance(ids, list) and len(ids) == n and all(isinstance(i, str) for i in ids)):
-        return f"ids are not {n} names"
-    return None
-
-
-def subset(ds: dict, split: str) -> dict:
-    """The 'train' or 'test' part of a dataset dict (or 'all')."""
-    if split == "all":
-        return ds
-    mask = ds["is_test"] if split == "test" else ~ds["is_test"]
-    idx = mask.nonzero().flatten()
-    return {
-        "images": ds["images"][idx],
-        "labels": ds["labels"][idx],
-        "is_test": ds["is_test"][idx],
-        "ids": [ds["ids"][i] for i in idx.tolist()],
-        "classes": ds["classes"],
-    }
+    report, keep, buffer = [], [], []
+    with DatasetWriter(out, len(rows), size) as writer:
+        for i, (image, where) in enumerate(decoded([raw_dir / r["relpath"] for r in rows], size, crop=crop)):
+            report.append({"id": rows[i]["relpath"], "label": rows[i]["label"],
+                           "source": rows[i].get("source", rows[i]["relpath"]), **where})
+            if image is not None:
+                keep.append(i)
+                buffer.append(image)
+            if len(buffer) == chunk:
+                writer.add(np.stack(buffer))
+                buffer = []
+        if buffer:
+            writer.add(np.stack(buffer))
+        if not keep:
+            raise UserError(f"preprocess: no face found in any of the {len(rows)} images of {raw_dir}; use "
+                            f"preprocess.face_crop: center, or preprocess.no_face: center to keep them "
+                            f"centre-cropped")
+        for label in sorted({r["label"] for r in rows}):
+            kept = sum(1 for i in keep if rows[i]["label"] == label)
+            refused = sum(1 for r in report if r["label"] == label and r["crop"] == "rejected")
+            if refused and kept < test_per_class + 1:
+                raise UserError(f"preprocess: label '{label}' keeps {kept} images after {refused} with no face "
+                                f"were refused, but split.test_per_class {test_per_class} needs "
+                                f"{test_per_class + 1}; add photos, set preprocess.no_face: center, or lower "
+                                f"split.test_per_class")
+        ids = [rows[i]["relpath"] for i in keep]
+        labels = [rows[i]["label"] for i in keep]
+        classes = sorted(set(labels))
+        writer.finish(ids, [classes.index(x) for x in labels], stratified_split(ids, labels, test_per_class, seed),
+                      classes)
+    return load_dataset(out), report

@@ -33,6 +33,22 @@ KEEP_MMAP_THRESHOLD = 512 << 20  # blocks below this come from the heap, not fro
 KEEP_TRIM_THRESHOLD = 1 << 30  # the heap is given back to the kernel only past this much free space
 
 
+def fits_in_memory(nbytes: int, device: torch.device) -> bool:
+    """Whether ``nbytes`` of training images take at most half the memory available to ``device`` now."""
+    return nbytes <= _memory_available(device) // 2
+
+
+def _memory_available(device: torch.device) -> int:
+    """The GPU's free memory on CUDA, else the machine's (MemAvailable: free and reclaimable)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):  # not Linux
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def keep_freed_memory() -> bool:
     """Let this process reuse the memory of the previous training step instead of faulting it in again.
 

@@ -1,7 +1,9 @@
 """The training engine: torch only (no MLflow, no DVC), so the benchmark and the tests run it bare.
 
 * The whole dataset sits on the device as uint8 and is shuffled there with a seeded generator: no
-  per-epoch decoding, no DataLoader workers.
+  per-epoch decoding, no DataLoader workers. A set larger than memory comes as an
+  :class:`~pipeline.dataset.ImageReader` instead: the same shuffled batches are read from the file, the next
+  one while the current one trains, into page-locked memory on CUDA (the same losses on CPU).
 * On CPU, the same seed gives the same losses, and training E1 epochs, saving, then continuing to E2
   gives exactly the losses of E2 epochs straight: the checkpoint holds weights, optimizer state, both
   random generators, the epoch and the history.
@@ -28,6 +30,7 @@ import torch
 
 from .augment import augment
 from .checkpoint import code_fingerprint
+from .dataset import ImageReader, validation_split
 from .errors import UserError
 from .io import save_torch
 from .losses import vae_loss
@@ -37,36 +40,19 @@ from .runtime import GracefulStop, Progress, batch_norm_across_processes, distri
 from .train_config import TrainConfig, autocast_dtype, lr_at
 
 
-def validation_split(n: int, n_val: int, seed: int, labels: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(trained, validation) indices of ``n`` training images, ``n_val`` of them for validation: each label's
-    share in proportion to its count (largest remainders first), drawn with ``seed``; both sorted."""
-    if n_val <= 0:
-        return torch.arange(n), torch.arange(0)
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.zeros(n, dtype=torch.long) if labels is None else torch.as_tensor(labels).long()
-    groups = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels)]
-    quota = [n_val * len(g) / n for g in groups]
-    take = [int(q) for q in quota]
-    for i in sorted(range(len(groups)), key=lambda i: take[i] - quota[i])[:n_val - sum(take)]:
-        take[i] += 1
-    val = torch.cat([g[torch.randperm(len(g), generator=gen)[:k]] for g, k in zip(groups, take)]).sort().values
-    keep = torch.ones(n, dtype=torch.bool)
-    keep[val] = False
-    return torch.nonzero(keep).flatten(), val
-
-
 class Trainer:
     """Holds model, optimizer, data and random state; ``fit`` runs epochs up to a target."""
 
-    def __init__(self, images: torch.Tensor, cfg: TrainConfig, device: torch.device | None = None,
+    def __init__(self, images: torch.Tensor | ImageReader, cfg: TrainConfig, device: torch.device | None = None,
                  labels: torch.Tensor | None = None):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError("images must be a uint8 tensor N x C x H x W")
         self.cfg = cfg
+        self.streaming = isinstance(images, ImageReader)  # read each batch from the file
         # the validation images (cfg.validation of them, stratified by ``labels``) are never trained on
         fit_idx, val_idx = validation_split(images.shape[0], cfg.validation, cfg.seed, labels)
-        images, val_images = images[fit_idx], images[val_idx]
+        pick = images.subset if self.streaming else images.__getitem__
+        images, val_images = pick(fit_idx), pick(val_idx)
         self.device = device or resolve_device(cfg.device)
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
         self.channels_last = self.device.type in ("cuda", "cpu")  # measured faster on both (docs/benchmarks.md)
@@ -99,8 +85,13 @@ class Trainer:
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         self.opt = opt_cls(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                            fused=self.device.type in ("cuda", "cpu") or None)
-        self.data = images.to(self.device).contiguous(memory_format=fmt)
-        self.val_data = val_images.to(self.device).contiguous(memory_format=fmt) if len(val_idx) else None
+        self.memory_format = fmt
+        if self.streaming:
+            images.pin = val_images.pin = self.device.type == "cuda"
+            self.data, self.val_data = images, (val_images if len(val_idx) else None)
+        else:
+            self.data = images.to(self.device).contiguous(memory_format=fmt)
+            self.val_data = val_images.to(self.device).contiguous(memory_format=fmt) if len(val_idx) else None
         self.best: dict = {}  # with validation: the epoch with the lowest val_mse so far, its error and weights
         self.shuffle_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
@@ -176,18 +167,20 @@ class Trainer:
         total_steps = steps_per_epoch * max(self.cfg.epochs, epoch)
         order = torch.randperm(n, generator=self.shuffle_gen, device=self.device)
         sums = torch.zeros(4, device=self.device)  # loss, recon, kl, sse; each summed over images
-        for start in range(0, n, bs):
-            idx = order[start:start + bs]
-            b = idx.shape[0]
+        # each process's images of each batch; with augmentation every process makes the whole batch's
+        # variants and keeps its rows
+        rows = [order[s:s + bs] if self.augment else order[s:s + bs][self.rank::self.world] for s in range(0, n, bs)]
+        for start, images in zip(range(0, n, bs), self.batches(self.data, rows)):
+            b = min(bs, n - start)
             # every process draws the whole batch's noise and keeps its shard's rows: the same numbers
             # as a single process, whatever the number of processes
             eps = torch.randn((b, self.cfg.latent_dim), generator=self.noise_gen, device=self.device)
             if self.world > 1:
-                idx, eps = idx[self.rank::self.world], eps[self.rank::self.world]
-            if self.augment:  # every process makes the whole batch's variants and keeps its rows
-                x = augment(to_float(self.data[order[start:start + bs]]), self.augment_gen)[self.rank::self.world]
+                eps = eps[self.rank::self.world]
+            if self.augment:
+                x = augment(to_float(images), self.augment_gen)[self.rank::self.world]
             else:
-                x = to_float(self.data[idx])
+                x = to_float(images)
             for group in self.opt.param_groups:
                 group["lr"] = lr_at(self.cfg, (epoch - 1) * steps_per_epoch + start // bs, total_steps)
             sums += self._step(x, eps, beta, b)["sums"]
@@ -222,12 +215,21 @@ class Trainer:
         """The validation images' mean squared error per pixel, reconstructed from the posterior mean in eval
         mode (as the reconstruct stage measures)."""
         self.net.eval()
-        sse = 0.0
-        for i in range(0, self.val_data.shape[0], 64):
-            x = to_float(self.val_data[i:i + 64])
+        sse, n = 0.0, self.val_data.shape[0]
+        for images in self.batches(self.val_data, [slice(i, i + 64) for i in range(0, n, 64)]):
+            x = to_float(images)
             sse += float(((self.model.reconstruct(x).float() - x) ** 2).sum())
         self.net.train()
-        return sse / self.val_data.numel()
+        return sse / (n * math.prod(self.val_data.shape[1:]))
+
+    def batches(self, data, rows: list):
+        """``data[r]`` on the device for each ``r`` of ``rows``, in order; from an :class:`ImageReader`, each
+        batch is read while the one before it trains."""
+        if not self.streaming:
+            yield from (data[r] for r in rows)
+            return
+        for images in data.read_ahead(rows):
+            yield images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
 
     def keep_best(self) -> int:
         """With validation, load the weights of the epoch with the lowest validation error (0: the start) and

@@ -1,4 +1,4 @@
-"""The train stage: data/processed/dataset.pt -> models/ (vae.pt + model_config.json: the model; config.json: the
+"""The train stage: data/processed/dataset/ -> models/ (vae.pt + model_config.json: the model; config.json: the
 training config; checkpoint.pt; mlflow_run.json), metrics/train.json and the per-epoch table
 metrics/train_history.csv, with the model's MLflow run.
 
@@ -42,7 +42,7 @@ MODEL_SECTIONS = ("data", "split", "preprocess", "model", "train", "mlflow")
 
 @dataclass
 class TrainingData:
-    images: object  # uint8 tensor N x C x S x S, the training split
+    images: object  # the training split: a uint8 tensor N x C x S x S, or an ImageReader of the file
     labels: object
     ids: list
     test: dict  # the held-out split: the run's evaluation dataset
@@ -60,7 +60,7 @@ def train_stage(params: Params) -> None:
     with training_process(cfg.device) as device, out_of_memory_as_user_error(device, cfg.batch_size, cfg.image_size):
         root = project_root()
         check_reachable(tracking_uri(root))  # refuse in seconds, before training, if the server is down
-        data = load_training_data(params)
+        data = load_training_data(params, device)
         cfg = TrainConfig.from_params(params, n_train=len(data.ids))  # a small set trains more epochs
         trainer = Trainer(data.images, cfg, device, labels=data.labels)
         resume = decide_resume(trainer, params, data.digest, root)
@@ -76,15 +76,24 @@ def train_stage(params: Params) -> None:
         log_outputs(trainer, run, params, data, seconds, metrics["images_per_second"])
 
 
-def load_training_data(params: Params) -> TrainingData:
-    from .preprocess import load_dataset, subset
-    from .tracking.provenance import file_sha256
+def load_training_data(params: Params, device) -> TrainingData:
+    """The training split, held in memory, or read batch by batch from the file (``train.stream``)."""
+    from .dataset import ImageReader, dataset_digest, load_dataset, subset
+    from .runtime import fits_in_memory
 
     everything = load_dataset(DATASET)
     check_downstream(params, everything)
-    train = subset(everything, "train")
-    return TrainingData(train["images"], train["labels"], train["ids"], subset(everything, "test"),
-                        file_sha256(DATASET))
+    rows = (~everything["is_test"]).nonzero().flatten()
+    nbytes = len(rows) * everything["images"][0].numel()
+    stream = params.train.stream
+    if stream is True or (stream == "auto" and not fits_in_memory(nbytes, device)):
+        images = ImageReader(DATASET, rows)
+        print(f"train: reading the {len(rows)} training images ({nbytes / 2 ** 30:.1f} GB) from {DATASET} batch by "
+              f"batch (train.stream: {str(stream).lower()})")
+    else:
+        images = everything["images"][rows]  # a copy in memory
+    return TrainingData(images, everything["labels"][rows], [everything["ids"][i] for i in rows.tolist()],
+                        subset(everything, "test"), dataset_digest(DATASET))
 
 
 def check_downstream(params: Params, ds: dict) -> None:
@@ -162,9 +171,9 @@ def open_model_run(trainer, params: Params, data: TrainingData, resume: bool, ro
     # the continued training's run, if this store holds it; else a new one with the data as its inputs
     run = resume and TrainingRun.reopen(trainer.meta.get("mlflow_run_id"), name, run_params, tags, root, curves)
     if not run:
-        datasets = dataset_inputs({"training": ("facevae-train", data.images.numpy(), data.labels.numpy()),
-                                   "evaluation": ("facevae-test", data.test["images"].numpy(),
-                                                  data.test["labels"].numpy())}, data.digest, DATASET)
+        datasets = dataset_inputs({"training": ("facevae-train", data.images, data.labels.numpy()),
+                                   "evaluation": ("facevae-test", data.test["images"], data.test["labels"].numpy())},
+                                  data.digest, DATASET)
         run = TrainingRun.create(params.mlflow.experiment, name, run_params, tags, root, datasets, curves)
         for row in trainer.history:  # a continued training whose run this store lacks: its epochs so far
             run.log_epoch(int(row["epoch"]), row)

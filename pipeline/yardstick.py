@@ -70,7 +70,7 @@ class Eigenfaces:
 
 def fit_eigenfaces(ds: dict, latent_dim: int, seed: int = 0) -> Eigenfaces:
     """PCA with k = :func:`components` fitted on ``ds``'s training images (a dataset dict of
-    :func:`pipeline.preprocess.load_dataset`)."""
+    :func:`pipeline.dataset.load_dataset`)."""
     train = ds["images"][~ds["is_test"]]
     return Eigenfaces(components(latent_dim, len(train)), seed).fit(train)
 

@@ -15,7 +15,7 @@ from pipeline.model import load_model
 from pipeline.paths import (DATASET, EXPLORE_METRICS, EXPRESSION_VECTOR, INTERPOLATION, INTERPOLATION_GIF, LATENTS,
                             MODELS, SAMPLES)
 from pipeline.plots import image_rows, save_gif, save_rows
-from pipeline.preprocess import load_dataset, subset
+from pipeline.dataset import load_dataset, subset
 from pipeline.runtime import resolve_device
 from pipeline.tracking.stage_runs import log_stage
 

@@ -7,7 +7,7 @@ from pipeline.embed import latents_frame
 from pipeline.io import write_text
 from pipeline.model import load_model
 from pipeline.paths import DATASET, LATENTS, MODELS, PCA_CODES
-from pipeline.preprocess import load_dataset
+from pipeline.dataset import load_dataset
 from pipeline.runtime import resolve_device
 from pipeline.tracking.stage_runs import log_stage
 from pipeline.yardstick import codes_frame, fit_eigenfaces

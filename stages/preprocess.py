@@ -1,4 +1,5 @@
-"""DVC stage preprocess: data/raw -> data/processed/dataset.pt (uint8 N x 3 x S x S, labels, ids, split),
+"""DVC stage preprocess: data/raw -> data/processed/dataset/ (images.npy: uint8 N x 3 x S x S; index.json: labels,
+ids, split),
 data/processed/split.csv (id, label, split), data/processed/crops.csv (where each picture was cropped) and
 data/processed/rejected.csv (pictures refused here: no face found)."""
 
@@ -8,16 +9,15 @@ from pipeline.cli import stage_main
 from pipeline.faces import CropSpec
 from pipeline.io import write_text
 from pipeline.paths import CROPS, DATASET, PREPROCESS_REJECTED, RAW, SPLIT
-from pipeline.preprocess import build_dataset, save_dataset
+from pipeline.preprocess import build_dataset
 
 CROP_COLUMNS = ["id", "label", "source", "crop", "left", "top", "right", "bottom"]
 
 
 def run(params):
     p = params.preprocess
-    ds, report = build_dataset(RAW, p.size, params.split.test_per_class, params.split.seed,
+    ds, report = build_dataset(RAW, DATASET, p.size, params.split.test_per_class, params.split.seed,
                                CropSpec.from_params(p))
-    save_dataset(ds, DATASET)
     split = pd.DataFrame({"id": ds["ids"], "label": [ds["classes"][y] for y in ds["labels"].tolist()],
                           "split": ["test" if t else "train" for t in ds["is_test"].tolist()]})
     write_text(SPLIT, split.to_csv(index=False))

@@ -13,7 +13,7 @@ from pipeline.io import write_json
 from pipeline.model import load_model
 from pipeline.paths import DATASET, MODELS, RECON_GRID, RECON_METRICS
 from pipeline.plots import save_recon_grid
-from pipeline.preprocess import load_dataset, subset
+from pipeline.dataset import load_dataset, subset
 from pipeline.runtime import resolve_device
 from pipeline.tracking.stage_runs import log_stage
 from pipeline.yardstick import fit_eigenfaces, versus

@@ -1,4 +1,4 @@
-"""DVC stage train: data/processed/dataset.pt -> models/ (the model, its configs, checkpoint.pt, mlflow_run.json),
+"""DVC stage train: data/processed/dataset/ -> models/ (the model, its configs, checkpoint.pt, mlflow_run.json),
 metrics/train.json and metrics/train_history.csv, with the model's MLflow run (pipeline/train_stage.py).
 
 models/ is a persistent DVC output, so the checkpoint survives for resuming: after a crash or a stop the next

@@ -65,22 +65,23 @@ def write_params(project: Path, updates: dict | None = None) -> None:
 
 
 def small_project(path: Path, model: dict | None = None, per_class: int = 6, drop: int = 0, **train) -> Path:
-    """A project folder (params.yaml and data/processed/dataset.pt, no code) for running the train stage in:
+    """A project folder (params.yaml and data/processed/dataset/, no code) for running the train stage in:
     per_class synthetic 32 x 32 images a label (2 of each held out), less the first ``drop`` training images;
     ``train`` and ``model`` override SMALL's params."""
     import torch
 
     from pipeline.ingest import ingest
-    from pipeline.preprocess import build_dataset, save_dataset
+    from pipeline.dataset import save_dataset
+    from pipeline.preprocess import build_dataset
 
     path.mkdir(parents=True)
     write_params(path, {**SMALL, "train": {**SMALL["train"], **train}, **({"model": model} if model else {})})
     ingest("synthetic", path / "data/raw", per_class=per_class)
-    ds = build_dataset(path / "data/raw", 32, 2, 0)[0]
+    ds = build_dataset(path / "data/raw", path / "data/processed/dataset", 32, 2, 0)[0]
     keep = [i for i in range(len(ds["ids"])) if ds["is_test"][i] or i >= drop]
     ds = {**{k: v[keep] for k, v in ds.items() if torch.is_tensor(v)}, "ids": [ds["ids"][i] for i in keep],
           "classes": ds["classes"]}
-    save_dataset(ds, path / "data/processed/dataset.pt")
+    save_dataset(ds, path / "data/processed/dataset")
     return path
 
 

@@ -84,3 +84,19 @@ def test_draw_photo_sets_from_a_clone_of_the_facial_expressions_layout(tmp_path)
 
 def test_figures_check_passes_on_the_committed_docs():
     bench("figures.py", "--check")
+
+
+def test_scale(tmp_path):
+    out = bench("scale.py", "--sizes", "50,90", "--distinct", "20", "--train-up-to", "50", "--stream-up-to", "50",
+                "--workdir", str(tmp_path)).stdout
+    lines = [json.loads(x) for x in out.strip().splitlines()]
+    assert [(r["step"], r["faces"]) for r in lines] == [("preprocess", 50), ("encode", 50), ("train", 30),
+                                                         ("train_stream", 30), ("preprocess", 90), ("encode", 90)]
+    assert all(r["seconds"] > 0 and 0 < r["peak_anon_gb"] <= r["peak_rss_gb"] for r in lines)
+    assert list(tmp_path.iterdir()) == []  # the sets are removed
+
+
+def test_commands_on_a_fresh_clone():
+    """`make install` with the installed venv is nothing to do: the clone, the make call and the JSON line."""
+    r = last_json(bench("commands.py", "--commands", "install").stdout)
+    assert r["command"] == "make install" and 0 <= r["seconds"] < 600 and len(r["commit"]) >= 7

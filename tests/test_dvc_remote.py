@@ -13,7 +13,7 @@ from helpers import BIN, clone, dvc, ran_stages, run, stale
 
 pytestmark = pytest.mark.integration
 
-OUTPUTS = ["data/raw/manifest.csv", "data/processed/dataset.pt", "models/vae.pt", "reports/recon_test.png",
+OUTPUTS = ["data/raw/manifest.csv", "data/processed/dataset/images.npy", "models/vae.pt", "reports/recon_test.png",
            "data/latents/latents.csv", "reports/tsne.png", "metrics/recon.json", "metrics/tsne.json"]
 
 
@@ -44,7 +44,7 @@ def test_push_in_one_clone_pull_in_another(tmp_path, pushed):
     run(["git", "clone", "-q", str(a), str(b)], tmp_path)
     assert not (b / "models").exists() and not (b / "data/processed").exists()
     out = _pull(b)
-    assert "pull: 3 folder listings checked" in out.stdout
+    assert "pull: 4 folder listings checked" in out.stdout
     assert stale(b) == set()
     again = dvc(b, "repro")
     assert ran_stages(again.stdout) == ["ingest"]  # finds the pulled data/raw up to date: nothing else runs

@@ -124,7 +124,7 @@ def test_the_explore_stage_builds_the_vector_from_the_training_latents_only(tmp_
     import stages.explore as explore_stage
     from pipeline.model import ModelConfig, save_model
     from pipeline.params import Params
-    from pipeline.preprocess import save_dataset
+    from pipeline.dataset import save_dataset
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -137,7 +137,7 @@ def test_the_explore_stage_builds_the_vector_from_the_training_latents_only(tmp_
     ids = [f"{labels[i]}/{i}.png" for i in range(n)]
     save_dataset({"images": torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8),
                   "labels": torch.tensor([i % 2 for i in range(n)]), "is_test": torch.tensor(is_test),
-                  "ids": ids, "classes": ["angry", "happy"]}, tmp_path / "data/processed/dataset.pt")
+                  "ids": ids, "classes": ["angry", "happy"]}, tmp_path / "data/processed/dataset")
     mu0 = [(10.0 if labels[i] == "angry" else -10.0) if is_test[i] else (0.0 if labels[i] == "angry" else 1.0)
            for i in range(n)]
     (tmp_path / "data/latents").mkdir(parents=True)

@@ -154,8 +154,8 @@ def test_the_train_stage_refuses_a_hostile_server_in_one_line_before_training(se
     assert p.returncode == 2, p.stderr
     assert p.stderr.startswith("error: ") and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
     assert not outside.exists() and not (tmp_path / "x.json").exists()
-    # no outbox file, no run file anywhere (ingest.json: the small project's own data)
-    assert sorted(f.name for f in tmp_path.rglob("*.json")) == ["ingest.json"]
+    # no outbox file, no run file anywhere (index.json, ingest.json: the small project's own data)
+    assert sorted(f.name for f in tmp_path.rglob("*.json")) == ["index.json", "ingest.json"]
     assert not (project / ".mlflow-outbox").exists()
     assert not (project / "models").exists() and "epoch" not in p.stdout  # refused before training
 

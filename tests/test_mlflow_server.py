@@ -8,6 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from helpers import (BIN, ROOT, TINY, MlflowServer, copy_repo, dvc, epoch_line, git_init, refused_port, run,
                      set_params, small_project, start_train_stage, train_stage)
+from pipeline.dataset import load_dataset
 from pipeline.io import read_json
 
 pytestmark = pytest.mark.integration
@@ -41,7 +42,7 @@ def test_pipeline_against_a_real_server(tmp_path, monkeypatch):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
         mlflow.set_tracking_uri(server.uri)
         model = mlflow.pytorch.load_model(f"runs:/{run_id}/vae-z8")  # the logged model's name
-        ds = torch.load(proj / "data/processed/dataset.pt", weights_only=True)
+        ds = load_dataset(proj / "data/processed/dataset")
         x = ds["images"][:3].float() / 255
         with torch.no_grad():
             y = model(x)

@@ -219,8 +219,8 @@ def _wrong_values(key: str, default):
         return [True, False, "3", 2.5, None, [1]]
     if isinstance(default, float):  # '1e-3' is a number to YAML 1.2 and DVC, so text that is a number is one
         return [True, False, "fast", None, [0.5]]
-    if isinstance(default, str):  # train.augment is true | false | auto
-        return [None, ["x"], ""] + ([] if key == "train.augment" else [True, False])
+    if isinstance(default, str):  # train.augment and train.stream are true | false | auto
+        return [None, ["x"], ""] + ([] if key in ("train.augment", "train.stream") else [True, False])
     return ["happy", [1], ["a", 2], [True], [None], [""], [["a"]]]
 
 

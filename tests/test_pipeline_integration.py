@@ -1,6 +1,5 @@
 """The real `dvc repro` on tiny params in a copy of the repo, with a real MLflow store."""
 
-import hashlib
 import json
 import math
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.dataset import dataset_digest, load_dataset
 from helpers import TINY, clone, copy_repo, dvc, git_init, noise, ran_stages, run, set_params, stale, store
 
 STAGES = ["ingest", "preprocess", "train", "reconstruct", "latents", "tsne", "explore"]
@@ -49,7 +49,7 @@ def test_ingest_and_preprocess_outputs(project):
     assert manifest["label"].value_counts().to_dict() == {"happy": 6, "angry": 6}
     assert (proj / "data/raw/happy/happy_p0_0000.png").exists()
     assert pd.read_csv(proj / "data/raw/rejected.csv").empty
-    ds = torch.load(proj / "data/processed/dataset.pt", weights_only=True)
+    ds = load_dataset(proj / "data/processed/dataset")
     assert ds["images"].shape == (12, 3, 128, 128) and ds["images"].dtype == torch.uint8
     assert int(ds["is_test"].sum()) == 4
     split = pd.read_csv(proj / "data/processed/split.csv")
@@ -157,7 +157,7 @@ def test_mlflow_run_holds_params_history_and_artifacts(project, mlflow_client):
     assert tags["mlflow.source.git.commit"] == head and tags["mlflow.source.name"].endswith("stages/train.py")
     assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.user"]
     # the processed data as the run's dataset inputs, digest = its hash
-    digest = hashlib.sha256((proj / "data/processed/dataset.pt").read_bytes()).hexdigest()[:32]
+    digest = dataset_digest(proj / "data/processed/dataset")[:32]
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
     assert {n: (d.dataset.digest, {t.key: t.value for t in d.tags}["mlflow.data.context"]) for n, d in inputs.items()} \
         == {"facevae-train": (digest, "training"), "facevae-test": (digest, "evaluation")}
@@ -335,7 +335,7 @@ def test_a_changed_photo_folder_is_read_again_by_a_plain_repro(tmp_path):
 
 
 def test_latents_and_recon_metrics_are_what_the_saved_model_gives(project):
-    """Recomputed from models/ and dataset.pt: mu_* and logvar_* are the model's encoding of each image (in the
+    """Recomputed from models/ and the dataset: mu_* and logvar_* are the model's encoding of each image (in the
     dataset's order, plain torch); recon.json's PSNR / MSE are those of the reconstructions from the codes
     reconstruct.refine_steps refine, and each image's is at least as good as its reconstruction from mu."""
     from pipeline.evaluate import reconstruct
@@ -346,7 +346,7 @@ def test_latents_and_recon_metrics_are_what_the_saved_model_gives(project):
     steps = load(proj / "params.yaml").reconstruct.refine_steps
     assert steps > 0  # the default: the run refines
     model = load_model(proj / "models", "cpu").eval()
-    ds = torch.load(proj / "data/processed/dataset.pt", weights_only=True)
+    ds = load_dataset(proj / "data/processed/dataset")
     x = ds["images"].float() / 255
     with torch.no_grad():
         mu, logvar = model.encode(x)
@@ -369,14 +369,14 @@ def test_latents_and_recon_metrics_are_what_the_saved_model_gives(project):
 
 def test_a_preprocess_rerun_that_writes_the_same_bytes_leaves_train_untouched(own_project):
     """preprocess.face_margin only matters to face_crop: detect. Changing it under the default centre crop reruns
-    preprocess, which writes a byte-identical dataset.pt: DVC then finds train and everything after it up to date."""
+    preprocess, which writes a byte-identical dataset: DVC then finds train and everything after it up to date."""
     proj = own_project
-    before = hashlib.sha256((proj / "data/processed/dataset.pt").read_bytes()).hexdigest()
+    before = dataset_digest(proj / "data/processed/dataset")
     model = (proj / "models/vae.pt").read_bytes()
     set_params(proj, {"preprocess": {"face_margin": 0.5}})
     assert stale(proj) == {"preprocess"}
     out = dvc(proj, "repro")
     assert ran_stages(out.stdout) == ["ingest", "preprocess"], out.stdout
-    assert hashlib.sha256((proj / "data/processed/dataset.pt").read_bytes()).hexdigest() == before
+    assert dataset_digest(proj / "data/processed/dataset") == before
     assert (proj / "models/vae.pt").read_bytes() == model
     assert stale(proj) == set()

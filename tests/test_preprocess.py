@@ -1,4 +1,5 @@
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ from PIL import Image
 from helpers import png
 
 from pipeline.errors import UserError
-from pipeline.preprocess import build_dataset, load_image, stratified_split, subset
+from pipeline.dataset import subset
+from pipeline.preprocess import build_dataset, load_image, stratified_split
 from pipeline.ingest import ingest
 
 
@@ -83,7 +85,7 @@ def test_too_few_images_in_a_class_is_one_clear_error():
 
 def test_build_dataset_from_ingested_synthetic(tmp_path):
     ingest("synthetic", tmp_path / "raw", per_class=4, seed=0)
-    ds, _ = build_dataset(tmp_path / "raw", 64, test_per_class=1, seed=0)
+    ds, _ = build_dataset(tmp_path / "raw", tmp_path / "ds", 64, test_per_class=1, seed=0)
     assert ds["images"].shape == (8, 3, 64, 64) and ds["images"].dtype == torch.uint8
     assert ds["classes"] == ["angry", "happy"]
     assert ds["labels"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
@@ -93,16 +95,64 @@ def test_build_dataset_from_ingested_synthetic(tmp_path):
     assert len(subset(ds, "train")["ids"]) == 6
 
 
-def test_saved_dataset_is_byte_identical_for_the_same_input(tmp_path):
-    """Identical data must hash identically, or DVC retrains after every rerun of preprocess."""
-    ingest("synthetic", tmp_path / "raw", per_class=3, seed=0)
-    ds, _ = build_dataset(tmp_path / "raw", 32, test_per_class=1, seed=0)
-    from pipeline.preprocess import save_dataset
+def test_chunked_writing_is_byte_identical_to_the_whole_array_and_to_numpys_own_file(tmp_path):
+    """Identical data must hash identically, or DVC retrains after every rerun of preprocess; the chunk size
+    changes nothing, and images.npy is the file np.save writes for the same array."""
+    from pipeline.dataset import load_dataset, save_dataset
 
-    save_dataset(ds, tmp_path / "a.pt")
-    save_dataset(build_dataset(tmp_path / "raw", 32, test_per_class=1, seed=0)[0], tmp_path / "b.pt")
-    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
-    assert torch.equal(torch.load(tmp_path / "a.pt", weights_only=True)["images"], ds["images"])
+    ingest("synthetic", tmp_path / "raw", per_class=5, seed=0)
+    files = {}
+    for chunk in (1, 3, 512):
+        ds, _ = build_dataset(tmp_path / "raw", tmp_path / f"c{chunk}", 32, test_per_class=1, seed=0, chunk=chunk)
+        files[chunk] = [(tmp_path / f"c{chunk}" / n).read_bytes() for n in ("images.npy", "index.json")]
+    assert files[1] == files[3] == files[512]
+    whole = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in ds.items()}
+    save_dataset(whole, tmp_path / "whole")
+    assert [(tmp_path / "whole" / n).read_bytes() for n in ("images.npy", "index.json")] == files[512]
+    np.save(tmp_path / "np.npy", whole["images"].numpy())
+    assert (tmp_path / "np.npy").read_bytes() == files[512][0]
+    again = load_dataset(tmp_path / "c3")
+    assert torch.equal(again["images"], whole["images"]) and again["ids"] == whole["ids"]
+
+
+def test_refused_pictures_shrink_the_written_array_and_its_header_stays_valid(tmp_path):
+    """The writer reserves room for every picture and rewrites the header for those kept: the file is then
+    what np.save writes for the kept images, and np.load reads it."""
+    from pipeline.dataset import DatasetWriter
+
+    images = np.arange(7 * 3 * 4 * 4, dtype=np.uint8).reshape(7, 3, 4, 4)
+    for n_max in (7, 10, 100_000):  # a shape of more digits than the kept one
+        with DatasetWriter(tmp_path / f"d{n_max}", n_max, 4) as w:
+            w.add(images[:3])
+            w.add(images[3:])
+            w.finish(list("abcdefg"), [0] * 7, [False] * 7, ["x"])
+        np.save(tmp_path / "want.npy", images)
+        assert (tmp_path / f"d{n_max}" / "images.npy").read_bytes()[128:] == (tmp_path / "want.npy").read_bytes()[128:]
+        assert np.array_equal(np.load(tmp_path / f"d{n_max}" / "images.npy"), images)
+
+
+def test_readers_map_the_file_without_changing_it_and_a_failed_writer_leaves_the_old_dataset(tmp_path):
+    from pipeline.dataset import DatasetWriter, load_dataset, save_dataset
+
+    ds = {"images": torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).reshape(2, 3, 4, 4), "labels": torch.tensor([0, 1]),
+          "is_test": torch.tensor([False, True]), "ids": ["a", "b"], "classes": ["x", "y"]}
+    save_dataset(ds, tmp_path / "d")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()}
+    back = load_dataset(tmp_path / "d")
+    maps = Path("/proc/self/maps")
+    if maps.exists():  # Linux: the images are a mapping of the file, not a copy
+        assert str((tmp_path / "d" / "images.npy").resolve()) in maps.read_text()
+    back["images"][0] = 7  # a reader's in-place change stays in its process
+    assert int(back["images"][0].sum()) == 7 * 3 * 4 * 4
+    assert {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()} == before
+    assert torch.equal(load_dataset(tmp_path / "d")["images"], ds["images"])
+    with pytest.raises(RuntimeError, match="boom"), DatasetWriter(tmp_path / "d", 2, 4) as w:
+        w.add(ds["images"].numpy()[:1])
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="before finish"), DatasetWriter(tmp_path / "d", 2, 4) as w:
+        w.add(ds["images"].numpy())
+    assert {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temporary folder left
 
 
 def test_parallel_decoding_gives_the_same_pixels_in_the_same_order(tmp_path):
@@ -149,33 +199,37 @@ def test_every_image_mode_becomes_the_rgb_worked_out_by_hand(make, want):
 
 
 @pytest.mark.parametrize("damage, said", [
-    ("a list", "a list, not a dict"), ("no ids", "no ids"), ("float images", "not uint8 N x 3 x S x S"),
+    ("no ids", "ids are not 4 names"), ("float images", "not uint8 N x 3 x S x S"),
     ("grey images", "not uint8 N x 3 x S x S"), ("label out of range", "labels outside 0..1"),
     ("too few ids", "ids are not 4 names"), ("is_test ints", "is_test is not 4 booleans"),
-    ("classes repeated", "classes are not a list of distinct label names")])
+    ("labels as text", "labels are not 4 integers"), ("classes repeated", "classes are not a list of distinct label names")])
 def test_a_dataset_of_another_structure_is_one_line_naming_the_rebuild(tmp_path, damage, said):
-    import torch
+    import json
 
-    from pipeline.errors import UserError
-    from pipeline.preprocess import load_dataset
+    from pipeline.dataset import load_dataset
 
-    ds = {"images": torch.zeros(4, 3, 8, 8, dtype=torch.uint8), "labels": torch.tensor([0, 1, 0, 1]),
-          "is_test": torch.tensor([False, False, True, True]), "ids": ["a", "b", "c", "d"], "classes": ["x", "y"]}
-    torch.save(ds, tmp_path / "ok.pt")
-    assert load_dataset(tmp_path / "ok.pt")["ids"] == ["a", "b", "c", "d"]
-    changes = {"float images": ("images", torch.zeros(4, 3, 8, 8)), "grey images": ("images", ds["images"][:, :1]),
-               "label out of range": ("labels", torch.tensor([0, 1, 2, 1])), "too few ids": ("ids", ["a"]),
-               "is_test ints": ("is_test", torch.tensor([0, 0, 1, 1])), "classes repeated": ("classes", ["x", "x"])}
-    if damage == "a list":
-        bad = [ds]
-    elif damage == "no ids":
-        bad = {k: v for k, v in ds.items() if k != "ids"}
+    def write(folder, images, index):
+        folder.mkdir()
+        np.save(folder / "images.npy", images)
+        (folder / "index.json").write_text(json.dumps(index))
+
+    images = np.zeros((4, 3, 8, 8), dtype=np.uint8)
+    index = {"classes": ["x", "y"], "ids": ["a", "b", "c", "d"], "labels": [0, 1, 0, 1],
+             "is_test": [False, False, True, True]}
+    write(tmp_path / "ok", images, index)
+    assert load_dataset(tmp_path / "ok")["ids"] == ["a", "b", "c", "d"]
+    changes = {"float images": ("images", images.astype(np.float32)), "grey images": ("images", images[:, :1]),
+               "label out of range": ("labels", [0, 1, 2, 1]), "too few ids": ("ids", ["a"]),
+               "is_test ints": ("is_test", [0, 0, 1, 1]), "labels as text": ("labels", ["x", "y", "x", "y"]),
+               "classes repeated": ("classes", ["x", "x"])}
+    if damage == "no ids":
+        bad = (images, {k: v for k, v in index.items() if k != "ids"})
     else:
         key, value = changes[damage]
-        bad = {**ds, key: value}
-    torch.save(bad, tmp_path / "bad.pt")
+        bad = (value, index) if key == "images" else (images, {**index, key: value})
+    write(tmp_path / "bad", *bad)
     with pytest.raises(UserError, match="not a dataset of this pipeline") as e:
-        load_dataset(tmp_path / "bad.pt")
+        load_dataset(tmp_path / "bad")
     assert said in str(e.value) and "dvc repro -f preprocess" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -211,7 +265,7 @@ def test_each_kept_image_keeps_its_own_label_and_pixels_after_no_face_refusals(t
         return real(path, size, crop)
 
     monkeypatch.setattr(pre, "decode_one", decode)
-    ds, report = build_dataset(tmp_path / "raw", 16, test_per_class=1, seed=0)
+    ds, report = build_dataset(tmp_path / "raw", tmp_path / "ds", 16, test_per_class=1, seed=0)
     assert ds["ids"] == ["angry/1.png", "angry/3.png", "happy/0.png", "happy/2.png", "happy/3.png"]
     assert [ds["classes"][k] for k in ds["labels"].tolist()] == [i.split("/")[0] for i in ds["ids"]]
     for image, rel in zip(ds["images"], ds["ids"]):

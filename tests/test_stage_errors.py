@@ -50,7 +50,7 @@ def test_too_few_images_for_the_split(project):
 
 @pytest.mark.integration
 def test_train_before_preprocess(project):
-    _one_line_error(_stage(project, "train"), "data/processed/dataset.pt not found")
+    _one_line_error(_stage(project, "train"), "data/processed/dataset not found")
 
 
 def test_params_file_checks(tmp_path):
@@ -135,11 +135,12 @@ def test_numbers_typed_the_way_dvc_reads_them_are_numbers(project):
 
 @pytest.mark.integration
 def test_damaged_intermediate_files_are_one_line_naming_the_rebuild(project):
-    """A truncated dataset.pt or vae.pt (`dvc repro -f -s train` over a cut file) or an empty or cut
+    """A truncated dataset or vae.pt (`dvc repro -f -s train` over a cut file) or an empty or cut
     latents.csv: one line naming the file and the command that rebuilds it."""
-    (project / "data/processed").mkdir(parents=True)
-    (project / "data/processed/dataset.pt").write_bytes(b"PK\x03\x04 cut short")
-    _one_line_error(_stage(project, "train"), "data/processed/dataset.pt is damaged", "dvc repro -f preprocess")
+    (project / "data/processed/dataset").mkdir(parents=True)
+    (project / "data/processed/dataset/images.npy").write_bytes(b"\x93NUMPY\x01\x00 cut short")
+    (project / "data/processed/dataset/index.json").write_text('{"classes": ["a", "b"]}')
+    _one_line_error(_stage(project, "train"), "data/processed/dataset is damaged", "dvc repro -f preprocess")
     (project / "models").mkdir()
     (project / "models/vae.pt").write_bytes(b"\x80\x02 cut")
     (project / "models/model_config.json").write_text(

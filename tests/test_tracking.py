@@ -473,3 +473,17 @@ def test_dataset_inputs_name_each_split_with_the_files_digest_context_and_shape(
     assert got == [("facevae-train", "ab" * 16, [("mlflow.data.context", "training")], [5, 3, 8, 8]),
                    ("facevae-test", "ab" * 16, [("mlflow.data.context", "evaluation")], [2, 3, 8, 8])]
     assert out[0].dataset.source_type == "local" and str(tmp_path / "dataset.pt") in out[0].dataset.source
+    # the schema and profile MLflow derives from the real pixels, given only the shape: a reader of the file
+    import mlflow.data
+    import torch
+
+    from pipeline.dataset import ImageReader, save_dataset
+
+    real = mlflow.data.from_numpy(np.arange(5 * 3 * 8 * 8, dtype=np.uint8).reshape(5, 3, 8, 8), targets=labels,
+                                  name="facevae-train", digest="ab" * 16)
+    assert (out[0].dataset.schema, out[0].dataset.profile) == (real.to_dict()["schema"], real.to_dict()["profile"])
+    save_dataset({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels), "ids": list("abcde"),
+                  "is_test": torch.zeros(5, dtype=torch.bool), "classes": ["x", "y"]}, tmp_path / "d")
+    again = dataset_inputs({"training": ("facevae-train", ImageReader(tmp_path / "d"), labels)}, "ab" * 32,
+                           tmp_path / "dataset.pt")
+    assert again[0].dataset.to_dictionary() == out[0].dataset.to_dictionary()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.dataset import ImageReader
 from pipeline.errors import UserError
 from pipeline.model import load_model, save_model
 from pipeline.params import Params, from_flat
@@ -498,7 +499,7 @@ def test_the_train_config_states_no_default_of_its_own_and_misses_no_train_key()
 
     fields = dataclasses.fields(TrainConfig)
     assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)
-    stage_only = {"resume", "checkpoint_every", "min_steps"}
+    stage_only = {"resume", "checkpoint_every", "min_steps", "stream"}
     assert {f.name for f in fields} == ({f.name for f in dataclasses.fields(Train)} - stage_only
                                        | {"arch", "linear", "image_size"})
 
@@ -637,7 +638,7 @@ def test_a_small_set_trains_enough_steps(n, epochs, min_steps, batch, want):
 
 
 def test_the_validation_split_is_disjoint_stratified_seeded_and_never_trained_on():
-    from pipeline.train import validation_split
+    from pipeline.dataset import validation_split
 
     labels = torch.tensor([0] * 30 + [1] * 10)
     fit, val = validation_split(40, 8, seed=0, labels=labels)
@@ -761,7 +762,7 @@ def test_train_json_counts_the_images_of_the_epochs_this_run_trained_not_of_the_
 def test_the_train_stage_trains_on_the_training_images_only(tmp_path, monkeypatch):
     """No held-out image reaches the trainer: its images are exactly those the dataset marks as training, in
     order, and the test part is the rest."""
-    from pipeline.preprocess import save_dataset
+    from pipeline.dataset import save_dataset
     from pipeline.train_stage import load_training_data
 
     monkeypatch.chdir(tmp_path)
@@ -770,9 +771,74 @@ def test_the_train_stage_trains_on_the_training_images_only(tmp_path, monkeypatc
     is_test = torch.tensor([i % 5 == 0 for i in range(n)])
     save_dataset({"images": images, "labels": torch.tensor([i % 2 for i in range(n)]), "is_test": is_test,
                   "ids": [f"x/{i}.png" for i in range(n)], "classes": ["angry", "happy"]},
-                 tmp_path / "data/processed/dataset.pt")
-    data = load_training_data(Params())
+                 tmp_path / "data/processed/dataset")
     train_ids = [f"x/{i}.png" for i in range(n) if i % 5]
-    assert data.ids == train_ids and data.images[:, 0, 0, 0].tolist() == [i for i in range(n) if i % 5]
-    assert data.labels.tolist() == [i % 2 for i in range(n) if i % 5]
-    assert data.test["ids"] == [f"x/{i}.png" for i in range(0, n, 5)] and not set(data.ids) & set(data.test["ids"])
+    for stream in (False, True):  # held in memory, or read from the file batch by batch
+        data = load_training_data(from_flat({**Params().flat(), "train.stream": stream}), torch.device("cpu"))
+        assert isinstance(data.images, ImageReader) == stream
+        assert data.ids == train_ids and data.images[:][:, 0, 0, 0].tolist() == [i for i in range(n) if i % 5]
+        assert data.labels.tolist() == [i % 2 for i in range(n) if i % 5]
+        assert data.test["ids"] == [f"x/{i}.png" for i in range(0, n, 5)] and not set(data.ids) & set(data.test["ids"])
+
+
+@pytest.mark.parametrize("budget, streams", [(10 ** 12, False), (100, True)])
+def test_auto_streams_the_training_images_when_they_take_more_than_half_the_memory(tmp_path, monkeypatch, capsys,
+                                                                                 budget, streams):
+    """train.stream: auto compares the training images' bytes (here 32 x 3 x 4 x 4 = 1,536) with half the
+    memory available, patched to a machine of ``budget`` bytes."""
+    import pipeline.runtime as runtime
+    from pipeline.dataset import save_dataset
+    from pipeline.train_stage import load_training_data
+
+    monkeypatch.chdir(tmp_path)
+    n = 40
+    save_dataset({"images": torch.zeros(n, 3, 4, 4, dtype=torch.uint8), "labels": torch.tensor([i % 2 for i in range(n)]),
+                  "is_test": torch.tensor([i % 5 == 0 for i in range(n)]), "ids": [f"x/{i}.png" for i in range(n)],
+                  "classes": ["angry", "happy"]}, tmp_path / "data/processed/dataset")
+    monkeypatch.setattr(runtime, "_memory_available", lambda device: budget)
+    data = load_training_data(Params(), torch.device("cpu"))
+    assert isinstance(data.images, ImageReader) == streams
+    assert ("batch by batch (train.stream: auto)" in capsys.readouterr().out) == streams
+    assert runtime.fits_in_memory(budget // 2, torch.device("cpu")) and not runtime.fits_in_memory(budget // 2 + 1, torch.device("cpu"))
+
+
+def test_the_real_memory_budget_is_the_machines_available_memory():
+    from pipeline.runtime import fits_in_memory
+
+    assert fits_in_memory(1 << 20, torch.device("cpu")) and not fits_in_memory(1 << 60, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("augment, validation", [(False, 0), (False, 6), (True, 6)])
+def test_reading_batches_from_the_file_gives_the_losses_of_the_images_in_memory(tmp_path, augment, validation):
+    """The streaming path (an ImageReader, each batch read while the one before trains) takes the same
+    shuffled batches as the in-memory one: the same losses, validation errors and weights on CPU."""
+    from pipeline.dataset import save_dataset
+
+    n = 30
+    images, labels = _images(n=n), torch.arange(n) % 2
+    save_dataset({"images": images, "labels": labels, "is_test": torch.zeros(n, dtype=torch.bool),
+                  "ids": [str(i) for i in range(n)], "classes": ["a", "b"]}, tmp_path / "d")
+    cfg = _cfg(batch_size=8, epochs=2, validation=validation, augment=augment)
+    held, read = Trainer(images, cfg, labels=labels), Trainer(ImageReader(tmp_path / "d"), cfg, labels=labels)
+    assert read.streaming and not held.streaming
+    assert held.fit(progress=False) == [{**r, "seconds": h["seconds"]} for r, h in zip(read.fit(progress=False),
+                                                                                     held.history)]
+    for k, v in held.model.state_dict().items():
+        assert torch.equal(v, read.model.state_dict()[k]), k
+
+
+def test_an_image_reader_reads_the_rows_it_is_given_in_their_order(tmp_path):
+    from pipeline.dataset import save_dataset
+
+    images = _images(n=10, size=8)
+    save_dataset({"images": images, "labels": torch.zeros(10, dtype=torch.long), "is_test": torch.zeros(10, dtype=torch.bool),
+                  "ids": [str(i) for i in range(10)], "classes": ["a"]}, tmp_path / "d")
+    reader = ImageReader(tmp_path / "d", rows=torch.tensor([7, 2, 9, 4]))
+    assert reader.shape == (4, 3, 8, 8) and len(reader) == 4
+    assert torch.equal(reader[torch.tensor([3, 0])], images[[4, 7]])
+    assert torch.equal(reader[1:3], images[[2, 9]]) and torch.equal(reader[:], images[[7, 2, 9, 4]])
+    assert torch.equal(reader.subset(torch.tensor([2, 1]))[:], images[[9, 2]])
+    with open(tmp_path / "d" / "images.npy", "r+b") as f:  # cut short after the header and 8 images
+        f.truncate(128 + 8 * 3 * 8 * 8)
+    with pytest.raises(UserError, match="cut short"):
+        ImageReader(tmp_path / "d")[torch.tensor([9])]

@@ -13,6 +13,7 @@ import torch
 from helpers import (BIN, CODE, ROOT, SMALL, Lines, clone, copy_repo, dvc, env, epoch_line, git_init, refused_port, run,
                      set_params, small_project, start_train_stage, store, train_stage)
 from helpers import stage as stage_cmd
+from pipeline.dataset import load_dataset
 from pipeline.io import read_json
 
 pytestmark = pytest.mark.integration  # the stage under DVC, torchrun and signals: subprocesses
@@ -130,16 +131,17 @@ def _two_nodes(project: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("launch", ["one machine", "two nodes"])
 def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path, launch):
-    """torchrun --nproc_per_node=2 (gloo) with the same global batch gives the losses of one process, with
+    """torchrun --nproc_per_node=2 (gloo), reading its batches from the file, with the same global batch gives the
+    losses of one process holding the images in memory, with
     the default model (BatchNorm's statistics over the whole batch: pipeline.runtime.ProcessGroupBatchNorm2d),
     the calibrated Gaussian decoder (sigma^2 of the whole batch), and a last batch of one image (one process
     gets none)."""
-    ddp = small_project(tmp_path / "ddp", per_class=7, drop=1, epochs=3, device="cpu")
+    ddp = small_project(tmp_path / "ddp", per_class=7, drop=1, epochs=3, device="cpu", stream=True)  # read batch by batch
     one = small_project(tmp_path / "one", per_class=7, drop=1, epochs=3, device="cpu")
-    assert len(torch.load(one / "data/processed/dataset.pt")["ids"]) - 4 == 9  # batches of 4, 4 and 1
+    assert len(load_dataset(one / "data/processed/dataset")["ids"]) - 4 == 9  # batches of 4, 4 and 1
     out = (run(stage_cmd("train", ("torchrun", "--standalone", "--nproc_per_node=2")), ddp, **CODE)
            if launch == "one machine" else _two_nodes(ddp))
-    assert "x 2 processes (DDP)" in out.stdout
+    assert "x 2 processes (DDP)" in out.stdout and "batch by batch (train.stream: true)" in out.stdout
     train_stage(one)
     a, b = read_json(ddp / "metrics/train.json"), read_json(one / "metrics/train.json")
     for k in ("loss", "recon", "kl", "sse"):

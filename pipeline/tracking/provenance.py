@@ -55,10 +55,12 @@ def source_tags(tags: dict) -> dict:
 
 def dataset_inputs(splits: dict, digest: str, source: str | Path) -> list:
     """MLflow dataset inputs of the processed data: ``splits`` maps a context (training, evaluation) to
-    (name, images, labels); every split has ``digest`` (the processed file's hash) and ``source``."""
+    (name, images, labels); every split has ``digest`` (the processed file's hash) and ``source``. Only the
+    images' shape is read (they may be a pipeline.dataset.ImageReader of more faces than memory holds)."""
     import warnings
 
     import mlflow.data
+    import numpy as np
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
@@ -67,7 +69,9 @@ def dataset_inputs(splits: dict, digest: str, source: str | Path) -> list:
         src = resolve_dataset_source(str(source))
     out = []
     for context, (name, images, labels) in splits.items():
-        ds = mlflow.data.from_numpy(images, targets=labels, source=src, name=name, digest=digest[:32])
+        shape = tuple(images.shape)  # MLflow's schema and profile: dtype, shape, size and bytes, not the pixels
+        like = np.broadcast_to(np.zeros((1, *shape[1:]), dtype=np.uint8), shape)
+        ds = mlflow.data.from_numpy(like, targets=labels, source=src, name=name, digest=digest[:32])
         # the entity from the dataset's public dict (what mlflow.log_input sends), not its private converter
         out.append(DatasetInput(Dataset(**ds.to_dict()), [InputTag("mlflow.data.context", context)]))
     return out
