@@ -79,12 +79,12 @@ faces = len(frame)
 """
 
 TRAIN = """
-from pipeline.dataset import ImageReader, load_dataset
+from pipeline.dataset import ImageReader, Rows, load_dataset
 from pipeline.train import Trainer
 from pipeline.train_config import TrainConfig
 ds = load_dataset({out!r})
 rows = (~ds["is_test"]).nonzero().flatten()
-images = ImageReader({out!r}, rows) if {stream} else ds["images"][rows]  # as the train stage does
+images = ImageReader({out!r}, rows) if {stream} else Rows(ds["images"], rows)  # as the train stage does
 cfg = TrainConfig.from_params(epochs=1, batch_size=16, device="cpu", validation=0)
 trainer = Trainer(images, cfg, labels=ds["labels"][rows])
 trainer.fit(progress=False)

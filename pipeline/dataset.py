@@ -126,6 +126,35 @@ def load_dataset(path: str | Path) -> dict:
     return ds
 
 
+class Rows:
+    """The images ``rows`` of ``images`` (e.g. :func:`load_dataset`'s memory map), copied out only when indexed
+    (:func:`gathered`): the training split the train stage hands the trainer when it fits in memory."""
+
+    dtype = torch.uint8
+
+    def __init__(self, images: torch.Tensor, rows: torch.Tensor):
+        self.images, self.rows = images, torch.as_tensor(rows, dtype=torch.int64)
+        self.shape = (len(self.rows), *images.shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def dim(self) -> int:
+        return 4
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return self.images[self.rows[idx]]
+
+
+def gathered(images: torch.Tensor | Rows, idx: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
+    """``images[idx]`` copied once, straight into ``memory_format`` (a channels_last copy of a selection would
+    otherwise be two)."""
+    if isinstance(images, Rows):
+        images, idx = images.images, images.rows[idx]
+    out = torch.empty((len(idx), *images.shape[1:]), dtype=images.dtype, device=images.device)
+    return torch.index_select(images, 0, idx.to(images.device), out=out.contiguous(memory_format=memory_format))
+
+
 class ImageReader:
     """Images of a dataset's ``images.npy`` read from the file on demand (``os.pread``), for training on more
     faces than fit in memory: ``reader[idx]`` (a 1-D index tensor, or a slice) is a uint8 tensor

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterable, Iterator
 
+MAX_CHUNK = 32
+
 
 def ordered_map(fn: Callable, jobs: list, workers: int | None = None, min_jobs: int = 64) -> Iterable:
     """``map(fn, jobs)`` over worker processes (fork, where available: they start at once and import
@@ -22,4 +24,6 @@ def _pooled(fn: Callable, jobs: list, workers: int) -> Iterator:
 
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        yield from pool.map(fn, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
+        # chunks of at most MAX_CHUNK jobs: a worker's results come back as one list, which for 100,000 faces
+        # in 16 chunks would be 300 MB each
+        yield from pool.map(fn, jobs, chunksize=max(1, min(MAX_CHUNK, len(jobs) // (workers * 8))))

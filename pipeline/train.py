@@ -30,7 +30,7 @@ import torch
 
 from .augment import augment
 from .checkpoint import code_fingerprint
-from .dataset import ImageReader, validation_split
+from .dataset import ImageReader, gathered, validation_split
 from .errors import UserError
 from .io import save_torch
 from .losses import vae_loss
@@ -49,13 +49,14 @@ class Trainer:
             raise ValueError("images must be a uint8 tensor N x C x H x W")
         self.cfg = cfg
         self.streaming = isinstance(images, ImageReader)  # read each batch from the file
-        # the validation images (cfg.validation of them, stratified by ``labels``) are never trained on
-        fit_idx, val_idx = validation_split(images.shape[0], cfg.validation, cfg.seed, labels)
-        pick = images.subset if self.streaming else images.__getitem__
-        images, val_images = pick(fit_idx), pick(val_idx)
         self.device = device or resolve_device(cfg.device)
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
         self.channels_last = self.device.type in ("cuda", "cpu")  # measured faster on both (docs/benchmarks.md)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        # the validation images (cfg.validation of them, stratified by ``labels``) are never trained on
+        fit_idx, val_idx = validation_split(images.shape[0], cfg.validation, cfg.seed, labels)
+        pick = images.subset if self.streaming else (lambda idx: gathered(images, idx, fmt))
+        images, val_images = pick(fit_idx), pick(val_idx)
         self.world, self.rank = distributed_world()
         if cfg.batch_size % self.world:
             raise UserError(f"train.batch_size = {cfg.batch_size} must be divisible by the number of processes "
@@ -65,9 +66,7 @@ class Trainer:
         self.model = self.model_config.build()
         if cfg.linear == "pca":  # every process computes the same start from the same images
             self.model.init_linear(images, cfg.seed)
-        self.model = self.model.to(self.device)
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.model = self.model.to(memory_format=fmt)
+        self.model = self.model.to(self.device).to(memory_format=fmt)
         self.net = self.model
         if self.world > 1:  # PyTorch's DistributedDataParallel: gradients averaged across processes
             from torch.nn.parallel import DistributedDataParallel
@@ -90,8 +89,8 @@ class Trainer:
             images.pin = val_images.pin = self.device.type == "cuda"
             self.data, self.val_data = images, (val_images if len(val_idx) else None)
         else:
-            self.data = images.to(self.device).contiguous(memory_format=fmt)
-            self.val_data = val_images.to(self.device).contiguous(memory_format=fmt) if len(val_idx) else None
+            self.data = images.to(self.device)  # the memory format kept
+            self.val_data = val_images.to(self.device) if len(val_idx) else None
         self.best: dict = {}  # with validation: the epoch with the lowest val_mse so far, its error and weights
         self.shuffle_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)

@@ -42,7 +42,7 @@ MODEL_SECTIONS = ("data", "split", "preprocess", "model", "train", "mlflow")
 
 @dataclass
 class TrainingData:
-    images: object  # the training split: a uint8 tensor N x C x S x S, or an ImageReader of the file
+    images: object  # the training split (uint8 N x C x S x S): Rows of the memory map, or an ImageReader of the file
     labels: object
     ids: list
     test: dict  # the held-out split: the run's evaluation dataset
@@ -78,7 +78,7 @@ def train_stage(params: Params) -> None:
 
 def load_training_data(params: Params, device) -> TrainingData:
     """The training split, held in memory, or read batch by batch from the file (``train.stream``)."""
-    from .dataset import ImageReader, dataset_digest, load_dataset, subset
+    from .dataset import ImageReader, Rows, dataset_digest, load_dataset, subset
     from .runtime import fits_in_memory
 
     everything = load_dataset(DATASET)
@@ -91,7 +91,7 @@ def load_training_data(params: Params, device) -> TrainingData:
         print(f"train: reading the {len(rows)} training images ({nbytes / 2 ** 30:.1f} GB) from {DATASET} batch by "
               f"batch (train.stream: {str(stream).lower()})")
     else:
-        images = everything["images"][rows]  # a copy in memory
+        images = Rows(everything["images"], rows)  # copied into memory by the trainer, once
     return TrainingData(images, everything["labels"][rows], [everything["ids"][i] for i in rows.tolist()],
                         subset(everything, "test"), dataset_digest(DATASET))
 

@@ -842,3 +842,20 @@ def test_an_image_reader_reads_the_rows_it_is_given_in_their_order(tmp_path):
         f.truncate(128 + 8 * 3 * 8 * 8)
     with pytest.raises(UserError, match="cut short"):
         ImageReader(tmp_path / "d")[torch.tensor([9])]
+
+
+def test_the_training_rows_are_copied_once_straight_into_the_trainers_layout():
+    """Rows of a (mapped) tensor are gathered only when indexed; gathered() copies a selection once, into
+    channels_last, and the trainer trains on exactly the rows it was given."""
+    from pipeline.dataset import Rows, gathered
+
+    images = _images(n=12, size=32)
+    rows = torch.tensor([11, 0, 5, 7, 3, 2, 9, 8])
+    view = Rows(images, rows)
+    assert view.shape == (8, 3, 32, 32) and len(view) == 8 and torch.equal(view[torch.tensor([1, 0])], images[[0, 11]])
+    got = gathered(view, torch.tensor([2, 4, 6]), torch.channels_last)
+    assert torch.equal(got, images[[5, 3, 9]]) and got.is_contiguous(memory_format=torch.channels_last)
+    cfg = _cfg(batch_size=4, epochs=1)
+    held, viewed = Trainer(images[rows], cfg), Trainer(view, cfg)
+    assert torch.equal(viewed.data, held.data) and viewed.data.is_contiguous(memory_format=torch.channels_last)
+    assert held.fit(progress=False)[0]["loss"] == viewed.fit(progress=False)[0]["loss"]
