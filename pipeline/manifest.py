@@ -29,6 +29,16 @@ def read_manifest(raw_dir: str | Path) -> list[dict]:
     return read_csv(path)
 
 
+def manifest_entries(raw_dir: str | Path) -> list[tuple[str, str, str]]:
+    """(relpath, label, source) of every image the manifest lists, sorted: read row by row, three strings
+    kept per image (what preprocess needs of 100,000 rows, without their checksums and sizes)."""
+    path = Path(raw_dir) / "manifest.csv"
+    if not path.exists():
+        raise UserError(f"{path} not found; run the ingest stage first (dvc repro ingest)")
+    with open(path, newline="", encoding="utf-8") as f:
+        return sorted((r["relpath"], r["label"], r.get("source", r["relpath"])) for r in csv.DictReader(f))
+
+
 def read_csv(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))

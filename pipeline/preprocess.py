@@ -23,10 +23,11 @@ from .dataset import DatasetWriter, load_dataset
 from .errors import UserError
 from .images import to_rgb, upright_rgb  # noqa: F401  (to_rgb: part of this module's interface)
 from .faces import CropSpec, NoFace, choose_crop
-from .manifest import read_manifest
+from .manifest import manifest_entries
 from .parallel import ordered_map
 
 CHUNK = 512  # images decoded before they are written out: 25 MB at 128 px
+REPORT_COLUMNS = ("id", "label", "source", "crop", "left", "top", "right", "bottom", "reason")
 
 
 @contextlib.contextmanager
@@ -122,22 +123,26 @@ def stratified_split(ids: list[str], labels: list[str], test_per_class: int, see
 
 
 def build_dataset(raw_dir: str | Path, out: str | Path, size: int, test_per_class: int, seed: int,
-                  crop: CropSpec = CropSpec(), chunk: int = CHUNK) -> tuple[dict, list[dict]]:
+                  crop: CropSpec = CropSpec(), chunk: int = CHUNK) -> tuple[dict, dict[str, list]]:
     """Decode ``raw_dir``'s manifest images into the dataset folder ``out`` (:mod:`pipeline.dataset`), ``chunk``
-    images at a time, so memory does not grow with the number of pictures. Returns the dataset as
-    :func:`~pipeline.dataset.load_dataset` reads it, and one row per manifest image saying where it was cropped
-    or why it was refused (id, label, source, crop, left, top, right, bottom, reason)."""
+    images at a time, so memory does not grow with the number of pictures (but for a few columns of text per
+    picture). Returns the dataset as :func:`~pipeline.dataset.load_dataset` reads it, and the report: for every
+    manifest image where it was cropped or why it was refused, as columns (id, label, source, crop, left, top,
+    right, bottom, reason)."""
     raw_dir = Path(raw_dir)
-    rows = sorted(read_manifest(raw_dir), key=lambda r: r["relpath"])
+    rows = manifest_entries(raw_dir)  # (relpath, label, source), sorted
     if not rows:
         raise UserError(f"{raw_dir}/manifest.csv lists no images; check data.source and rerun ingest")
-    report, keep, buffer = [], [], []
+    report: dict[str, list] = {k: [] for k in REPORT_COLUMNS}
+    keep, buffer = [], []
     with DatasetWriter(out, len(rows), size) as writer:
-        for i, (image, where) in enumerate(decoded([raw_dir / r["relpath"] for r in rows], size, crop=crop)):
-            report.append({"id": rows[i]["relpath"], "label": rows[i]["label"],
-                           "source": rows[i].get("source", rows[i]["relpath"]), **where})
+        for (relpath, label, source), (image, where) in zip(rows, decoded([raw_dir / r[0] for r in rows], size,
+                                                                          crop=crop)):
+            for key, value in zip(REPORT_COLUMNS, (relpath, label, source, where["crop"], *(
+                    where.get(k) for k in REPORT_COLUMNS[4:]))):
+                report[key].append(value)
             if image is not None:
-                keep.append(i)
+                keep.append(len(report["id"]) - 1)
                 buffer.append(image)
             if len(buffer) == chunk:
                 writer.add(np.stack(buffer))
@@ -148,16 +153,16 @@ def build_dataset(raw_dir: str | Path, out: str | Path, size: int, test_per_clas
             raise UserError(f"preprocess: no face found in any of the {len(rows)} images of {raw_dir}; use "
                             f"preprocess.face_crop: center, or preprocess.no_face: center to keep them "
                             f"centre-cropped")
-        for label in sorted({r["label"] for r in rows}):
-            kept = sum(1 for i in keep if rows[i]["label"] == label)
-            refused = sum(1 for r in report if r["label"] == label and r["crop"] == "rejected")
+        for label in sorted({r[1] for r in rows}):
+            kept = sum(1 for i in keep if rows[i][1] == label)
+            refused = sum(1 for y, c in zip(report["label"], report["crop"]) if y == label and c == "rejected")
             if refused and kept < test_per_class + 1:
                 raise UserError(f"preprocess: label '{label}' keeps {kept} images after {refused} with no face "
                                 f"were refused, but split.test_per_class {test_per_class} needs "
                                 f"{test_per_class + 1}; add photos, set preprocess.no_face: center, or lower "
                                 f"split.test_per_class")
-        ids = [rows[i]["relpath"] for i in keep]
-        labels = [rows[i]["label"] for i in keep]
+        ids = [rows[i][0] for i in keep]
+        labels = [rows[i][1] for i in keep]
         classes = sorted(set(labels))
         writer.finish(ids, [classes.index(x) for x in labels], stratified_split(ids, labels, test_per_class, seed),
                       classes)

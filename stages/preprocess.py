@@ -21,7 +21,7 @@ def run(params):
     split = pd.DataFrame({"id": ds["ids"], "label": [ds["classes"][y] for y in ds["labels"].tolist()],
                           "split": ["test" if t else "train" for t in ds["is_test"].tolist()]})
     write_text(SPLIT, split.to_csv(index=False))
-    report = pd.DataFrame(report, columns=CROP_COLUMNS + ["reason"])
+    report = pd.DataFrame(report)
     refused = report[report["crop"] == "rejected"]
     write_text(CROPS, report[report["crop"] != "rejected"][CROP_COLUMNS]
                .astype({c: "int64" for c in CROP_COLUMNS[4:]}).to_csv(index=False))

@@ -100,3 +100,12 @@ def test_commands_on_a_fresh_clone():
     """`make install` with the installed venv is nothing to do: the clone, the make call and the JSON line."""
     r = last_json(bench("commands.py", "--commands", "install").stdout)
     assert r["command"] == "make install" and 0 <= r["seconds"] < 600 and len(r["commit"]) >= 7
+
+
+def test_ingest_scale(tmp_path):
+    out = bench("ingest_scale.py", "--sizes", "12", "--workdir", str(tmp_path)).stdout
+    lines = [json.loads(x) for x in out.strip().splitlines()]
+    assert [r["step"] for r in lines] == ["ingest", "dvc add", "dvc status", "dvc push", "dvc pull"]
+    assert lines[0]["files"] == 12 and lines[0]["rejected"] == 0 and lines[0]["peak_rss_gb"] > 0
+    assert all(r["files"] == 12 + 3 for r in lines[1:])  # the photos, manifest.csv, rejected.csv, ingest.json
+    assert list(tmp_path.iterdir()) == []
