@@ -1,7 +1,8 @@
 """How preprocessing, encoding and training grow with the number of faces.
 
     python bench/scale.py [--sizes 1000,10000,100000] [--distinct 1000] [--train-up-to 10000]
-                          [--stream-up-to 100000] [--workdir DIR] [--out FILE]
+                          [--stream-up-to 100000] [--steps preprocess,encode,train,train_stream] [--workdir DIR]
+                          [--out FILE]
 
 For each size N: a data/raw-like folder of N 128-px PNG faces (the built-in generator's first ``--distinct``
 faces, hard-linked over and over under new names, with a manifest: preprocess decodes every file as if it
@@ -122,6 +123,7 @@ def main() -> None:
     ap.add_argument("--distinct", type=int, default=1000, help="rendered faces, linked to make every size")
     ap.add_argument("--train-up-to", type=int, default=10000)
     ap.add_argument("--stream-up-to", type=int, default=100000)
+    ap.add_argument("--steps", default="preprocess,encode,train,train_stream", help="which to measure")
     ap.add_argument("--workdir", type=Path, default=None, help="where the sets are built (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=None, help="also append the JSON lines to this file")
     args = ap.parse_args()
@@ -139,7 +141,10 @@ def main() -> None:
             make_raw(tmp / "base", raw, n)
             steps = ([("preprocess", PREPROCESS), ("encode", ENCODE)] + [("train", TRAIN)] * (n <= args.train_up_to)
                      + [("train_stream", TRAIN)] * (n <= args.stream_up_to))
+            wanted = args.steps.split(",")
             for step, body in steps:
+                if step not in wanted and not (step == "preprocess" and set(wanted) - {"preprocess"}):
+                    continue  # preprocess runs whenever a later step needs its dataset
                 code = body.format(raw=str(raw), out=str(out), stream=step == "train_stream")
                 line = json.dumps({**measure(step, code), "machine": machine,
                                    "args": {"faces": n, "distinct": args.distinct}})

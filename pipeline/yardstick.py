@@ -40,11 +40,11 @@ class Eigenfaces:
         import torch
         from sklearn.decomposition import PCA
 
-        n = len(images)
+        n = len(images)  # a tensor, or pipeline.dataset.Rows of a memory map: only the rows fitted are read
         if n > MAX_FIT_IMAGES:
             keep = np.sort(np.random.default_rng(self.seed).choice(n, MAX_FIT_IMAGES, replace=False))
             images = images[torch.from_numpy(keep)]
-        x = self._flat(images)
+        x = self._flat(images if torch.is_tensor(images) else images[:])
         k = components(self.k, len(x))
         # the exact SVD for small sets (deterministic, and exact where k reaches the number of images);
         # randomized SVD (seeded) for large ones, as sklearn's 'auto' would choose
@@ -71,7 +71,9 @@ class Eigenfaces:
 def fit_eigenfaces(ds: dict, latent_dim: int, seed: int = 0) -> Eigenfaces:
     """PCA with k = :func:`components` fitted on ``ds``'s training images (a dataset dict of
     :func:`pipeline.dataset.load_dataset`)."""
-    train = ds["images"][~ds["is_test"]]
+    from .dataset import Rows
+
+    train = Rows(ds["images"], (~ds["is_test"]).nonzero().flatten())  # not a copy of every training image
     return Eigenfaces(components(latent_dim, len(train)), seed).fit(train)
 
 

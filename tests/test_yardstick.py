@@ -64,3 +64,20 @@ def test_fitted_on_training_images_only():
 def test_versus_states_both_and_the_difference():
     assert versus(25.923, 24.451, unit=" dB") == "25.92 vs 24.45 dB (+1.47)"
     assert versus(0.78, 0.81, 3) == "0.780 vs 0.810 (-0.030)"
+
+
+@pytest.mark.parametrize("cap", [1000, 7])
+def test_fitting_on_a_datasets_training_rows_equals_fitting_on_a_copy_of_them(monkeypatch, cap):
+    """fit_eigenfaces reads only the training rows it fits (all, or a seeded draw of MAX_FIT_IMAGES of them) from
+    the dataset's images: the same eigenfaces as from a copy of the training images."""
+    import pipeline.yardstick as yardstick
+
+    monkeypatch.setattr(yardstick, "MAX_FIT_IMAGES", cap)
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (24, 3, 8, 8), dtype=torch.uint8, generator=g)
+    is_test = torch.tensor([i % 4 == 0 for i in range(24)])
+    ds = {"images": images, "is_test": is_test, "labels": torch.zeros(24, dtype=torch.long), "ids": list(map(str, range(24))),
+          "classes": ["a"]}
+    got = fit_eigenfaces(ds, 4, seed=5)
+    want = Eigenfaces(4, 5).fit(images[~is_test].clone())
+    assert np.array_equal(got.mean, want.mean) and np.array_equal(got.basis, want.basis)
