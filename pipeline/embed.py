@@ -54,6 +54,8 @@ def mu_matrix(frame: pd.DataFrame) -> np.ndarray:
     return frame[cols].to_numpy(dtype=np.float64)
 
 
+MAP_POINTS = 10_000  # the t-SNE map of a larger set: every held-out image and a seeded draw of training images
+SILHOUETTE_POINTS = 10_000  # the silhouette of a larger set: a seeded draw (its cost grows with n^2)
 AUTO_PERPLEXITY = 30  # tsne.perplexity auto: sklearn's default, or a third of the images on a smaller set
 
 
@@ -66,6 +68,18 @@ def perplexity_for(perplexity: float | str, n: int) -> float:
         raise UserError(f"tsne.perplexity = {perplexity} must be smaller than the number of images ({n}); "
                         f"lower tsne.perplexity in params.yaml, or set it to auto")
     return perplexity
+
+
+def map_rows(is_test: np.ndarray, seed: int, limit: int | None = None) -> np.ndarray:
+    """Which images the t-SNE map shows: all, or beyond ``limit`` (MAP_POINTS) every held-out image and a seeded
+    draw of training images up to it, in their order."""
+    limit = MAP_POINTS if limit is None else limit
+    n = len(is_test)
+    if n <= limit:
+        return np.arange(n)
+    train = np.flatnonzero(~is_test)
+    drawn = np.random.default_rng(seed).choice(train, max(0, limit - int(is_test.sum())), replace=False)
+    return np.sort(np.concatenate([np.flatnonzero(is_test), drawn]))
 
 
 def tsne_coords(x: np.ndarray, perplexity: float | str, seed: int) -> np.ndarray:
@@ -134,14 +148,17 @@ def probe_accuracy(x: np.ndarray, labels: np.ndarray, folds: int = PROBE_FOLDS, 
 
 
 def cluster_metrics(frame: pd.DataFrame, knn_k: int = 5) -> dict[str, float]:
-    """How well the latent means (mu) separate the labels: the silhouette over all images, the accuracy of a
+    """How well the latent means (mu) separate the labels: the silhouette over all images (a seeded draw of
+    SILHOUETTE_POINTS of a larger set), the accuracy of a
     kNN classifier fitted on train latents predicting the test latents' labels, and the cross-validated
     accuracy of a linear probe over all images (:func:`probe_accuracy`)."""
     x = mu_matrix(frame)
     labels = frame["label"].to_numpy()
     is_test = (frame["split"] == "test").to_numpy()
     out: dict[str, float] = {"n_images": int(len(frame)), "n_test": int(is_test.sum())}
-    out["silhouette"] = float(silhouette_score(x, labels)) if len(set(labels)) > 1 else float("nan")
+    sample = SILHOUETTE_POINTS if len(x) > SILHOUETTE_POINTS else None
+    out["silhouette"] = (float(silhouette_score(x, labels, sample_size=sample, random_state=0))
+                         if len(set(labels)) > 1 else float("nan"))
     if is_test.any() and (~is_test).any():
         k = min(knn_k, int((~is_test).sum()))
         knn = KNeighborsClassifier(n_neighbors=k).fit(x[~is_test], labels[~is_test])

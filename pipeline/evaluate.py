@@ -89,10 +89,12 @@ def split_metrics(images_uint8: torch.Tensor, recon_fn, batch: int = 256, limit:
     """:func:`image_metrics` of ``recon_fn(uint8 batch) -> float batch in [0, 1]`` over ``images_uint8``, a batch
     at a time (memory stays that of one batch whatever the number of images); of at most ``limit`` of them, a
     seeded draw ("n" says how many)."""
-    n = images_uint8.shape[0]
+    n = images_uint8.shape[0]  # a tensor, or pipeline.dataset.Rows of a memory map: only the rows used are read
     if n > limit:
         pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit]
         images_uint8 = images_uint8[pick.sort().values]
+    elif not torch.is_tensor(images_uint8):
+        images_uint8 = images_uint8[:]
     parts = [(image_metrics(b.float() / 255.0, recon_fn(b), batch), b.shape[0])
              for b in images_uint8.split(batch)]
     total = sum(k for _, k in parts)

@@ -13,7 +13,7 @@ from pipeline.io import write_json
 from pipeline.model import load_model
 from pipeline.paths import DATASET, MODELS, RECON_GRID, RECON_METRICS
 from pipeline.plots import save_recon_grid
-from pipeline.dataset import load_dataset, subset
+from pipeline.dataset import Rows, load_dataset
 from pipeline.runtime import resolve_device
 from pipeline.tracking.stage_runs import log_stage
 from pipeline.yardstick import fit_eigenfaces, versus
@@ -37,10 +37,11 @@ def run(params):
         return reconstruct(model, images, refine_steps=params.reconstruct.refine_steps)
 
     for split in ("train", "test"):
-        ds = subset(ds_all, split)
-        metrics[split] = split_metrics(ds["images"], vae)
+        rows = (ds_all["is_test"] == (split == "test")).nonzero().flatten()
+        ds = {"images": Rows(ds_all["images"], rows), "labels": ds_all["labels"][rows], "classes": ds_all["classes"]}
+        metrics[split] = split_metrics(ds["images"], vae)  # of at most 5,000 of them: only those are read
         pca[split] = split_metrics(ds["images"], eigen.reconstruct)
-        shown = ds["images"][grid_indices(ds, params.reconstruct.per_class)]
+        shown = ds["images"][torch.tensor(grid_indices(ds, params.reconstruct.per_class), dtype=torch.long)]
         path = RECON_GRID.format(split=split)
         save_recon_grid(shown, vae(shown), eigen.reconstruct(shown), path=path, per_row=10)
         files.append(path)

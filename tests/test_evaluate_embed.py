@@ -546,3 +546,44 @@ def test_the_tsne_stage_and_the_modules_it_reads_import_no_torch():
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
     out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_map_of_a_large_set_shows_every_held_out_image_and_a_seeded_draw_of_the_rest():
+    from pipeline.embed import map_rows
+
+    is_test = np.array([i % 10 == 0 for i in range(100)])
+    assert np.array_equal(map_rows(is_test, seed=0, limit=100), np.arange(100))  # small enough: all, in order
+    shown = map_rows(is_test, seed=0, limit=30)
+    assert len(shown) == 30 and np.all(np.diff(shown) > 0) and set(np.flatnonzero(is_test)) <= set(shown)
+    assert np.array_equal(map_rows(is_test, seed=0, limit=30), shown)
+    assert not np.array_equal(map_rows(is_test, seed=1, limit=30), shown)
+
+
+def test_the_silhouette_of_a_large_set_is_that_of_a_seeded_draw(monkeypatch):
+    import pandas as pd
+    from sklearn.metrics import silhouette_score
+
+    import pipeline.embed as embed
+
+    rng = np.random.default_rng(0)
+    n = 60
+    labels = np.array(["a", "b"] * (n // 2))
+    mu = rng.normal(size=(n, 3)) + (labels == "a")[:, None] * 2.0
+    frame = pd.DataFrame({"id": [str(i) for i in range(n)], "label": labels, "split": ["train"] * (n - 4) + ["test"] * 4,
+                          **{f"mu_{j}": mu[:, j] for j in range(3)}})
+    assert embed.cluster_metrics(frame)["silhouette"] == pytest.approx(silhouette_score(mu, labels))
+    monkeypatch.setattr(embed, "SILHOUETTE_POINTS", 20)
+    assert embed.cluster_metrics(frame)["silhouette"] == pytest.approx(
+        silhouette_score(mu, labels, sample_size=20, random_state=0))
+
+
+def test_split_metrics_read_only_the_rows_they_measure():
+    from pipeline.dataset import Rows
+    from pipeline.evaluate import split_metrics
+
+    images = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    rows = torch.tensor([9, 1, 4, 7, 2, 11, 0])
+    noisy = lambda b: (b.float() / 255 * 0.9).clamp(0, 1)  # noqa: E731
+    for limit in (100, 3):
+        want = split_metrics(images[rows], noisy, batch=2, limit=limit)
+        assert split_metrics(Rows(images, rows), noisy, batch=2, limit=limit) == want
