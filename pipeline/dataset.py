@@ -247,13 +247,9 @@ def dataset_digest(path: str | Path) -> str:
 
 
 def dataset_problem(ds) -> str | None:
-    """What makes ``ds`` other than :func:`build_dataset`'s layout (None when nothing does): images uint8
-    N x 3 x S x S, labels int64 in [0, len(classes)), is_test bool, N ids, classes of distinct strings."""
-    if not isinstance(ds, dict):
-        return f"a {type(ds).__name__}, not a dict"
-    missing = [k for k in ("images", "labels", "is_test", "ids", "classes") if k not in ds]
-    if missing:
-        return f"no {', '.join(missing)}"
+    """What makes the dict :func:`load_dataset` read other than preprocess's layout (None when nothing does):
+    images uint8 N x 3 x S x S, labels int64 in [0, len(classes)), is_test bool, N ids, classes of distinct
+    strings."""
     images, labels, is_test, ids, classes = (ds[k] for k in ("images", "labels", "is_test", "ids", "classes"))
     if not (torch.is_tensor(images) and images.dtype == torch.uint8 and images.dim() == 4 and images.shape[1] == 3
             and images.shape[2] == images.shape[3]):
@@ -274,12 +270,16 @@ def dataset_problem(ds) -> str | None:
     return None
 
 
+def split_rows(ds: dict, split: str) -> torch.Tensor:
+    """The indices of the 'train' or 'test' images of a dataset dict, in order."""
+    return (ds["is_test"] if split == "test" else ~ds["is_test"]).nonzero().flatten()
+
+
 def subset(ds: dict, split: str) -> dict:
-    """The 'train' or 'test' part of a dataset dict (or 'all')."""
+    """The 'train' or 'test' part of a dataset dict (or 'all'), copied."""
     if split == "all":
         return ds
-    mask = ds["is_test"] if split == "test" else ~ds["is_test"]
-    idx = mask.nonzero().flatten()
+    idx = split_rows(ds, split)
     return {
         "images": ds["images"][idx],
         "labels": ds["labels"][idx],

@@ -22,20 +22,22 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
         w.writerows({k: printable(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows)
 
 
-def read_manifest(raw_dir: str | Path) -> list[dict]:
+def manifest_path(raw_dir: str | Path) -> Path:
+    """``raw_dir``'s manifest.csv; a missing one is one line naming the stage that writes it."""
     path = Path(raw_dir) / "manifest.csv"
     if not path.exists():
         raise UserError(f"{path} not found; run the ingest stage first (dvc repro ingest)")
-    return read_csv(path)
+    return path
+
+
+def read_manifest(raw_dir: str | Path) -> list[dict]:
+    return read_csv(manifest_path(raw_dir))
 
 
 def manifest_entries(raw_dir: str | Path) -> list[tuple[str, str, str]]:
     """(relpath, label, source) of every image the manifest lists, sorted: read row by row, three strings
     kept per image (what preprocess needs of 100,000 rows, without their checksums and sizes)."""
-    path = Path(raw_dir) / "manifest.csv"
-    if not path.exists():
-        raise UserError(f"{path} not found; run the ingest stage first (dvc repro ingest)")
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(manifest_path(raw_dir), newline="", encoding="utf-8") as f:
         return sorted((r["relpath"], r["label"], r.get("source", r["relpath"])) for r in csv.DictReader(f))
 
 

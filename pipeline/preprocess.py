@@ -136,13 +136,13 @@ def build_dataset(raw_dir: str | Path, out: str | Path, size: int, test_per_clas
     report: dict[str, list] = {k: [] for k in REPORT_COLUMNS}
     keep, buffer = [], []
     with DatasetWriter(out, len(rows), size) as writer:
-        for (relpath, label, source), (image, where) in zip(rows, decoded([raw_dir / r[0] for r in rows], size,
-                                                                          crop=crop)):
-            for key, value in zip(REPORT_COLUMNS, (relpath, label, source, where["crop"], *(
-                    where.get(k) for k in REPORT_COLUMNS[4:]))):
-                report[key].append(value)
+        pictures = decoded([raw_dir / r[0] for r in rows], size, crop=crop)
+        for i, ((relpath, label, source), (image, where)) in enumerate(zip(rows, pictures)):
+            row = {"id": relpath, "label": label, "source": source, **where}
+            for key in REPORT_COLUMNS:
+                report[key].append(row.get(key))
             if image is not None:
-                keep.append(len(report["id"]) - 1)
+                keep.append(i)
                 buffer.append(image)
             if len(buffer) == chunk:
                 writer.add(np.stack(buffer))

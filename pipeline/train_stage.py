@@ -78,12 +78,12 @@ def train_stage(params: Params) -> None:
 
 def load_training_data(params: Params, device) -> TrainingData:
     """The training split, held in memory, or read batch by batch from the file (``train.stream``)."""
-    from .dataset import ImageReader, Rows, dataset_digest, load_dataset, subset
+    from .dataset import ImageReader, Rows, dataset_digest, load_dataset, split_rows, subset
     from .runtime import fits_in_memory
 
     everything = load_dataset(DATASET)
     check_downstream(params, everything)
-    rows = (~everything["is_test"]).nonzero().flatten()
+    rows = split_rows(everything, "train")
     nbytes = len(rows) * everything["images"][0].numel()
     stream = params.train.stream
     if stream is True or (stream == "auto" and not fits_in_memory(nbytes, device)):

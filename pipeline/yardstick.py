@@ -71,9 +71,9 @@ class Eigenfaces:
 def fit_eigenfaces(ds: dict, latent_dim: int, seed: int = 0) -> Eigenfaces:
     """PCA with k = :func:`components` fitted on ``ds``'s training images (a dataset dict of
     :func:`pipeline.dataset.load_dataset`)."""
-    from .dataset import Rows
+    from .dataset import Rows, split_rows
 
-    train = Rows(ds["images"], (~ds["is_test"]).nonzero().flatten())  # not a copy of every training image
+    train = Rows(ds["images"], split_rows(ds, "train"))  # not a copy of every training image
     return Eigenfaces(components(latent_dim, len(train)), seed).fit(train)
 
 

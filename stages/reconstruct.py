@@ -13,7 +13,7 @@ from pipeline.io import write_json
 from pipeline.model import load_model
 from pipeline.paths import DATASET, MODELS, RECON_GRID, RECON_METRICS
 from pipeline.plots import save_recon_grid
-from pipeline.dataset import Rows, load_dataset
+from pipeline.dataset import Rows, load_dataset, split_rows
 from pipeline.runtime import resolve_device
 from pipeline.tracking.stage_runs import log_stage
 from pipeline.yardstick import fit_eigenfaces, versus
@@ -37,7 +37,7 @@ def run(params):
         return reconstruct(model, images, refine_steps=params.reconstruct.refine_steps)
 
     for split in ("train", "test"):
-        rows = (ds_all["is_test"] == (split == "test")).nonzero().flatten()
+        rows = split_rows(ds_all, split)
         ds = {"images": Rows(ds_all["images"], rows), "labels": ds_all["labels"][rows], "classes": ds_all["classes"]}
         metrics[split] = split_metrics(ds["images"], vae)  # of at most 5,000 of them: only those are read
         pca[split] = split_metrics(ds["images"], eigen.reconstruct)

@@ -6,9 +6,9 @@ pca_knn_accuracy)."""
 
 import math
 
-from pipeline.cli import stage_main
 import numpy as np
 
+from pipeline.cli import stage_main
 from pipeline.embed import (PROBE_FOLDS, cluster_metrics, label_axes, map_rows, mu_matrix, perplexity_for,
                             read_latents, tsne_coords)
 from pipeline.io import write_json, write_text
