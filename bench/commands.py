@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import emit  # bench/results.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -57,11 +59,7 @@ def main() -> None:
             if command == "test":
                 summary = [x for x in output.splitlines() if re.search(r"\d+ passed", x)][-1]
                 line.update({k: int(n) for n, k in re.findall(r"(\d+) (passed|skipped|failed)", summary)})
-            text = json.dumps(line)
-            print(text, flush=True)
-            if args.out:
-                with open(args.out, "a") as f:
-                    f.write(text + "\n")
+            emit(line, args.out)
 
 
 if __name__ == "__main__":

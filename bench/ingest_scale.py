@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import emit  # bench/results.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 INGEST = """
@@ -81,11 +83,7 @@ def main() -> None:
     machine = f"{platform.machine()} {os.cpu_count()} cores"
 
     def report(line: dict) -> None:
-        text = json.dumps({**line, "machine": machine})
-        print(text, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(text + "\n")
+        emit({**line, "machine": machine}, args.out)
 
     for n in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:

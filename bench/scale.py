@@ -35,6 +35,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from results import emit  # bench/results.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 MEASURE = """
@@ -141,17 +143,12 @@ def main() -> None:
             make_raw(tmp / "base", raw, n)
             steps = ([("preprocess", PREPROCESS), ("encode", ENCODE)] + [("train", TRAIN)] * (n <= args.train_up_to)
                      + [("train_stream", TRAIN)] * (n <= args.stream_up_to))
-            wanted = args.steps.split(",")
             for step, body in steps:
-                if step not in wanted and not (step == "preprocess" and set(wanted) - {"preprocess"}):
-                    continue  # preprocess runs whenever a later step needs its dataset
+                if step != "preprocess" and step not in args.steps.split(","):
+                    continue  # preprocess always runs: every other step reads its dataset
                 code = body.format(raw=str(raw), out=str(out), stream=step == "train_stream")
-                line = json.dumps({**measure(step, code), "machine": machine,
-                                   "args": {"faces": n, "distinct": args.distinct}})
-                print(line, flush=True)
-                if args.out:
-                    with open(args.out, "a") as f:
-                        f.write(line + "\n")
+                emit({**measure(step, code), "machine": machine, "args": {"faces": n, "distinct": args.distinct}},
+                     args.out)
             shutil.rmtree(raw)
             shutil.rmtree(out)
 

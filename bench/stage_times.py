@@ -11,13 +11,14 @@ Each run writes the stage's outputs again (the same bytes) and logs one more MLf
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from results import emit  # bench/results.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,10 +48,7 @@ def main(argv=None) -> None:
         row = {"stage": stage, "runs": args.repeat, "median_s": round(statistics.median(runs), 2),
                "min_s": round(min(runs), 2), "import_s": round(float(import_s), 2),
                "torch_at_import": torch_imported == "True", "cpu": platform.processor() or platform.machine()}
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        emit(row, args.out)
 
 
 if __name__ == "__main__":
