@@ -84,7 +84,7 @@ def run_setting(name: str, params: Params, device: str, pictures: Path | None) -
     encoder = (("encoder_", lambda b: reconstruct(model, b, refine_steps=0)),) if steps else ()  # 0 steps: the same as ""
     for who, fn in (("", vae), *encoder, ("pca_", eigen.reconstruct)):
         for split, part in (("train", train), ("test", test)):
-            m = split_metrics(part["images"], fn)
+            m, _ = split_metrics(part["images"], fn)
             out[f"{who}{split}_psnr"], out[f"{who}{split}_ssim"] = round(m["psnr"], 2), round(m["ssim"], 4)
     pca = cluster_metrics(codes_frame(eigen, ds), params.tsne.knn_k)
     out.update({f"pca_{k}": round(pca[k], 3) for k in ("probe_accuracy", "knn_accuracy")})

@@ -71,7 +71,8 @@ def from_metrics(folder: Path) -> dict:
     """The default run's figures in bench/quality.py's layout."""
     read = lambda name: json.loads((folder / name).read_text())  # noqa: E731
     recon, tsne, train = read("recon.json"), read("tsne.json"), read("train.json")
-    return {"setting": "built-in (`make run`)", "images_train": recon["train"]["n"], "images_test": recon["test"]["n"],
+    return {"setting": "built-in (`make run`)", "images_train": tsne["n_images"] - tsne["n_test"],
+            "images_test": tsne["n_test"],
             "epochs": train["epochs"], "best_epoch": train.get("best_epoch"),
             "validation": train.get("validation_images", 0), "train_psnr": recon["train"]["psnr"], "test_psnr": recon["test"]["psnr"],
             "pca_test_psnr": recon["pca"]["test"]["psnr"], "pca_k": recon["pca"]["k"],

@@ -19,6 +19,23 @@ def stage_main(fn: Callable[[Params], None], params_path: str = "params.yaml") -
     Temporary files that a killed stage left in the pipeline's output folders are removed first."""
     remove_stale_temps(*OUTPUT_FOLDERS)
     run_cli(lambda: fn(load(params_path)))
+    exit_now()
+
+
+def exit_now(code: int = 0) -> None:
+    """End the process once its work is done: the exit handlers run (MLflow's, logging's, temporary folders'
+    cleanup), the streams are flushed, and the interpreter's teardown of every module object is skipped: with
+    torch, MLflow and scikit-learn loaded that teardown took 0.7-2 s of a 6-8 s stage, for nothing (every
+    output is already written and closed, atomically)."""
+    import atexit
+
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)  # CPython's; elsewhere, a normal exit
+    if run_exit_handlers is None or sys.getprofile() or sys.gettrace():  # a profiler or coverage reports at exit
+        sys.exit(code)
+    run_exit_handlers()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_cli(fn: Callable[[], None]) -> None:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.manifold import TSNE
-from sklearn.metrics import silhouette_score
-from sklearn.neighbors import KNeighborsClassifier
 
 from .errors import UserError
 
@@ -83,6 +80,8 @@ def map_rows(is_test: np.ndarray, seed: int, limit: int | None = None) -> np.nda
 
 
 def tsne_coords(x: np.ndarray, perplexity: float | str, seed: int) -> np.ndarray:
+    from sklearn.manifold import TSNE  # scikit-learn (~1 s to import) only where it computes
+
     perplexity = perplexity_for(perplexity, x.shape[0])
     return TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca",
                 learning_rate="auto").fit_transform(x)
@@ -152,6 +151,9 @@ def cluster_metrics(frame: pd.DataFrame, knn_k: int = 5) -> dict[str, float]:
     SILHOUETTE_POINTS of a larger set), the accuracy of a
     kNN classifier fitted on train latents predicting the test latents' labels, and the cross-validated
     accuracy of a linear probe over all images (:func:`probe_accuracy`)."""
+    from sklearn.metrics import silhouette_score
+    from sklearn.neighbors import KNeighborsClassifier
+
     x = mu_matrix(frame)
     labels = frame["label"].to_numpy()
     is_test = (frame["split"] == "test").to_numpy()

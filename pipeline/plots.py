@@ -155,10 +155,12 @@ def save_rows(rows: list, path, labels: list[str] | None = None, label_width: in
 
 
 def save_gif(frames: list[np.ndarray], path, ms_per_frame: int = 120) -> None:
-    """An endlessly looping animated GIF of H x W x 3 uint8 frames, there and back again."""
+    """An endlessly looping animated GIF of H x W x 3 uint8 frames, there and back again; each frame is
+    reduced to its own 256 colours once (the fast octree: PIL's default median cut took ~0.25 s a frame)."""
     from PIL import Image
 
-    images = [Image.fromarray(f) for f in frames + frames[-2:0:-1]]
+    images = [Image.fromarray(f).quantize(256, method=Image.Quantize.FASTOCTREE) for f in frames]
+    images += images[-2:0:-1]
     with atomic_path(Path(path)) as tmp:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
 

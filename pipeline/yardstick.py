@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 # PCA is fitted on at most this many training images (a seeded random draw): 20,000 faces of 128 x 128 are
 # 3.9 GB of float32, more than the fit needs to find 20-64 components
 MAX_FIT_IMAGES = 20_000
+# up to this many training images PCA is exact, from the eigenvectors of their n x n Gram matrix (Turk &
+# Pentland's trick: n images of D pixels, n << D); more take sklearn's randomized SVD
+GRAM_IMAGES = 2_000
 
 
 def components(latent_dim: int, n_train: int) -> int:
@@ -38,7 +41,6 @@ class Eigenfaces:
 
     def fit(self, images: torch.Tensor) -> "Eigenfaces":
         import torch
-        from sklearn.decomposition import PCA
 
         n = len(images)  # a tensor, or pipeline.dataset.Rows of a memory map: only the rows fitted are read
         if n > MAX_FIT_IMAGES:
@@ -46,11 +48,14 @@ class Eigenfaces:
             images = images[torch.from_numpy(keep)]
         x = self._flat(images if torch.is_tensor(images) else images[:])
         k = components(self.k, len(x))
-        # the exact SVD for small sets (deterministic, and exact where k reaches the number of images);
-        # randomized SVD (seeded) for large ones, as sklearn's 'auto' would choose
-        solver = "full" if len(x) <= 1000 else "randomized"
-        pca = PCA(n_components=k, svd_solver=solver, random_state=self.seed).fit(x)
-        self.k, self.mean, self.basis = k, pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
+        if len(x) <= GRAM_IMAGES:
+            self.mean, self.basis = _eigenfaces(x, k)
+        else:  # randomized SVD (seeded), as sklearn's PCA 'auto' chooses for a large set
+            from sklearn.decomposition import PCA
+
+            pca = PCA(n_components=k, svd_solver="randomized", random_state=self.seed).fit(x)
+            self.mean, self.basis = pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
+        self.k = k
         return self
 
     def codes(self, images: torch.Tensor, batch: int = 1024) -> np.ndarray:
@@ -66,6 +71,19 @@ class Eigenfaces:
             flat = (self._flat(part) - self.mean) @ self.basis.T @ self.basis + self.mean
             out.append(torch.from_numpy(np.clip(flat, 0.0, 1.0)).reshape(part.shape))
         return torch.cat(out) if out else torch.empty(0)
+
+
+def _eigenfaces(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean (D) and the top ``k`` principal axes (k x D, orthonormal rows) of the rows of ``x`` (n x D,
+    n small): eigenvectors u of the centred Gram matrix X X^T give the axes X^T u / sqrt(eigenvalue), each
+    signed so that its largest coordinate is positive (sklearn's PCA convention)."""
+    mean = x.mean(axis=0, dtype=np.float64)
+    centred = x.astype(np.float64) - mean
+    values, vectors = np.linalg.eigh(centred @ centred.T)  # ascending
+    values, vectors = values[::-1][:k], vectors[:, ::-1][:, :k]
+    axes = (vectors.T @ centred) / np.sqrt(np.clip(values, 1e-30, None))[:, None]
+    axes *= np.sign(axes[np.arange(k), np.abs(axes).argmax(axis=1)])[:, None]
+    return mean.astype(np.float32), axes.astype(np.float32)
 
 
 def fit_eigenfaces(ds: dict, latent_dim: int, seed: int = 0) -> Eigenfaces:

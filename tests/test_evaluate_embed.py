@@ -495,12 +495,16 @@ def test_split_metrics_streams_batches_to_the_whole_sets_figures_and_caps_the_im
     images = torch.randint(0, 256, (23, 3, 16, 16), generator=g, dtype=torch.uint8)
     blur = lambda b: torch.nn.functional.avg_pool2d(b.float() / 255, 3, 1, 1)  # noqa: E731
     whole = image_metrics(images.float() / 255, blur(images))
-    streamed = split_metrics(images, blur, batch=5)
+    streamed, shown = split_metrics(images, blur, shown=[3, 0, 22], batch=5)
+    assert torch.equal(shown, blur(images[[3, 0, 22]]))
     assert streamed["n"] == 23 and all(streamed[k] == pytest.approx(whole[k], rel=1e-9) for k in ("mse", "psnr", "ssim"))
     seen = []
-    capped = split_metrics(images, lambda b: seen.append(b.shape[0]) or blur(b), batch=4, limit=10)
+    capped, _ = split_metrics(images, lambda b: seen.append(b.shape[0]) or blur(b), batch=4, limit=10)
     assert capped["n"] == 10 and sum(seen) == 10 and max(seen) == 4
-    assert split_metrics(images, blur, limit=10)["psnr"] == capped["psnr"]  # the same seeded draw
+    seen.clear()  # shown faces outside the draw are reconstructed too, once, after it
+    _, shown = split_metrics(images, lambda b: seen.append(b.shape[0]) or blur(b), shown=list(range(23)), limit=10)
+    assert torch.equal(shown, blur(images)) and seen == [10, 13]
+    assert split_metrics(images, blur, limit=10)[0]["psnr"] == capped["psnr"]  # the same seeded draw
 
 
 def test_the_tsne_stage_fits_the_label_axes_on_the_training_images_and_scores_the_held_out_ones(tmp_path,
@@ -585,5 +589,5 @@ def test_split_metrics_read_only_the_rows_they_measure():
     rows = torch.tensor([9, 1, 4, 7, 2, 11, 0])
     noisy = lambda b: (b.float() / 255 * 0.9).clamp(0, 1)  # noqa: E731
     for limit in (100, 3):
-        want = split_metrics(images[rows], noisy, batch=2, limit=limit)
-        assert split_metrics(Rows(images, rows), noisy, batch=2, limit=limit) == want
+        want = split_metrics(images[rows], noisy, batch=2, limit=limit)[0]
+        assert split_metrics(Rows(images, rows), noisy, batch=2, limit=limit)[0] == want

@@ -237,3 +237,26 @@ def test_other_os_errors_are_not_called_a_full_disk():
 
     with pytest.raises(PermissionError):
         run_cli(write)
+
+
+def test_a_finished_stage_runs_its_exit_handlers_flushes_and_exits_0(tmp_path):
+    """stage_main ends with os._exit (no interpreter teardown): the exit handlers still run, in order, and
+    everything printed arrives, also when stdout is a pipe (block-buffered)."""
+    import subprocess
+    import sys
+
+    write_params(tmp_path)
+    script = tmp_path / "fake_stage.py"
+    script.write_text(
+        "import atexit, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from pipeline.cli import stage_main\n"
+        "atexit.register(lambda: print('handler ran'))\n"
+        "def run(params):\n"
+        "    print('x' * 5000)\n"
+        "    print('latent', params.train.latent_dim, file=sys.stderr)\n"
+        "stage_main(run)\n"
+        "print('not reached')\n")
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "x" * 5000 + "\nhandler ran\n" and out.stderr.startswith("latent ")
