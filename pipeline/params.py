@@ -1,11 +1,8 @@
 """params.yaml as typed sections: the one place where each knob's type, allowed values, default and meaning live.
-
-:func:`pipeline.params_file.load` reads params.yaml once into a :class:`Params` (``p.train.latent_dim``,
-``p.preprocess.size`` ...) and checks every key: an unknown key (``train.latnet_dim``), a missing one or a bad value is one line naming the key
-and what a good value looks like. The choices of each mode (``Recon``, ``Arch`` ...) are ``Literal`` types here,
-imported by the modules that act on them. Nothing here imports torch: a stage can refuse bad params in a blink.
-params.yaml holds the project's values; a test checks that they are these defaults.
-"""
+:func:`pipeline.params_file.load` reads it once into a :class:`Params` (``p.train.latent_dim`` ...) and checks every
+key: an unknown key, a missing one or a bad value is one line naming the key and what a good value looks like. The
+choices of each mode (``Recon``, ``Arch`` ...) are ``Literal`` types, imported by the modules that act on them. No
+torch here: a stage refuses bad params in a blink. params.yaml holds these defaults (a test checks)."""
 
 from __future__ import annotations
 
@@ -36,11 +33,7 @@ Stream = Literal["auto", True, False]
 AUTO_AUGMENT_BELOW = 100  # train.augment auto: the homework's 16 + 16 photos are augmented, the built-in 380 not
 AUTO_VALIDATION_FROM = 200  # train.validation auto: sets of at least this many training images hold a tenth out
 SEED_HINT = "an integer from 0 to 4294967295"
-
-
-def choices(literal) -> tuple:
-    """The values a Literal type allows: choices(Recon) == ('gaussian', 'mse', 'bce')."""
-    return get_args(literal)
+choices = get_args  # the values a Literal type allows: choices(Recon) == ('gaussian', 'mse', 'bce')
 
 
 # -- checks: each a predicate and what a good value looks like ----------------------------------------------
