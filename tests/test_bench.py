@@ -102,6 +102,18 @@ def test_commands_on_a_fresh_clone():
     assert r["command"] == "make install" and 0 <= r["seconds"] < 600 and len(r["commit"]) >= 7
 
 
+def test_stage_times_on_a_copy_of_the_tiny_project(tiny_project, tmp_path):
+    from helpers import clone
+
+    project = clone(tiny_project[0], tmp_path / "p")
+    out = bench("stage_times.py", "--project", str(project), "--stages", "tsne,latents", "--repeat", "1").stdout
+    lines = [json.loads(x) for x in out.strip().splitlines()]
+    assert [(r["stage"], r["torch_at_import"]) for r in lines] == [("tsne", False), ("latents", True),
+                                                                   ("dvc repro -f -s tsne", None)]
+    assert all(r["runs"] == 1 and 0 < r["min_s"] == r["median_s"] for r in lines)
+    assert all(0 < r["import_s"] < r["median_s"] for r in lines[:2])
+
+
 def test_ingest_scale(tmp_path):
     out = bench("ingest_scale.py", "--sizes", "12", "--workdir", str(tmp_path)).stdout
     lines = [json.loads(x) for x in out.strip().splitlines()]
