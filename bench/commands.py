@@ -1,8 +1,8 @@
 """Wall time of the README's two commands on a fresh clone of the committed code:
 
-    python bench/commands.py [--commands run,test] [--out FILE]
+    python bench/commands.py [--commands run,test] [--rev HEAD] [--out FILE]
 
-Clones this repository's HEAD into a temporary folder and runs, there, ``make run`` (the whole pipeline on the
+Clones this repository's HEAD (or ``--rev``) into a temporary folder and runs, there, ``make run`` (the whole pipeline on the
 built-in faces: data generated, model trained, every stage, a new MLflow store) and ``make test`` (the suite as
 CI runs it), with this checkout's installed ``.venv`` (install time apart: ``make install`` is not rerun).
 Prints one JSON line per command (and appends it to ``--out``): command, seconds, and for ``make run`` the
@@ -44,12 +44,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--commands", default="run,test")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--rev", default="HEAD", help="the commit to time (an earlier one: a before/after on one machine)")
     args = ap.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+    commit = subprocess.run(["git", "rev-parse", "--short", args.rev], cwd=ROOT, capture_output=True, text=True,
                             check=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
         clone = Path(tmp) / "facevae"
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+        subprocess.run(["git", "checkout", "--quiet", commit], cwd=clone, check=True)
         for command in args.commands.split(","):
             seconds, output = make(command, clone)
             line = {"command": f"make {command}", "seconds": round(seconds, 1), "minutes": f"{int(seconds // 60)} min "
