@@ -13,6 +13,7 @@ Each run writes the stage's outputs again (the same bytes) and logs one more MLf
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import subprocess
@@ -26,8 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(args: list[str], cwd: Path = ROOT) -> tuple[float, str]:
+    # DVC runs each stage's `python -m stages.<name>`: this interpreter's, activated or not
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     t0 = time.perf_counter()
-    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"bench/stage_times.py: {' '.join(args[1:])} failed: {out.stderr.strip().splitlines()[-1:]}")
     return time.perf_counter() - t0, out.stdout
