@@ -37,7 +37,7 @@ def test_train_speed():
 
 
 def test_page_faults():
-    r = last_json(bench("page_faults.py", "--steps", "1").stdout)
+    r = last_json(bench("page_faults.py", "--steps", "1", "--images", "16").stdout)
     assert len(r["default_steps"]) == 1 and len(r["kept_steps"]) == 1
 
 
