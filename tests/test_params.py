@@ -255,3 +255,92 @@ def test_the_defaults_of_the_functions_that_take_params_are_the_params_defaults(
         for arg, key in knobs.items():
             section, name = key.split(".")
             assert sig[arg].default == committed[section][name], f"{fn.__qualname__}({arg}=...) vs {key}"
+
+
+def test_knob_records_meaning_check_and_hint_and_gives_each_list_default_its_own_copy():
+    from pipeline.params import POSITIVE, knob
+
+    f = knob(3, "how many", POSITIVE)
+    assert f.default == 3 and dict(f.metadata) == {"doc": "how many", "check": POSITIVE[0], "hint": "a positive integer"}
+    assert dict(knob(1, "n", POSITIVE, hint="one or more").metadata)["hint"] == "one or more"
+    assert dict(knob("a", "mode").metadata) == {"doc": "mode", "check": None, "hint": None}  # a Literal's: from its type
+    listed = knob(["x"], "names")
+    first, second = listed.default_factory(), listed.default_factory()
+    assert first == ["x"] and first is not second and dict(listed.metadata)["doc"] == "names"
+
+
+def test_the_key_table_rebuilt_from_the_sections_checks_literals_by_value_and_type():
+    """keys() builds the table at import; called again it gives the same meanings and hints, and a Literal's
+    check takes exactly its values (True is not 1, 'true' is not True)."""
+    from pipeline.params import keys
+
+    fresh = keys()
+    assert list(fresh) == list(KEYS)
+    assert {k: (hint, doc) for k, (_, hint, doc) in fresh.items()} == {k: (h, d) for k, (_, h, d) in KEYS.items()}
+    check, hint, doc = fresh["train.kl"]
+    assert hint == "elbo | notebook_mean" and doc.strip()
+    assert check("elbo") and check("notebook_mean") and not check("ELBO") and not check(None)
+    check, hint, _ = fresh["train.stream"]
+    assert hint == "auto | true | false"
+    assert check(True) and check(False) and check("auto") and not check(1) and not check(0) and not check("true")
+    check, hint, _ = fresh["reconstruct.per_class"]
+    assert hint == "a positive integer" and check(1) and not check(0) and not check(True) and not check(2.0)
+
+
+def test_flat_of_named_sections_holds_only_their_keys():
+    p = Params()
+    assert p.flat("tsne") == {k: v for k, v in p.flat().items() if k.startswith("tsne.")} != {}
+    assert set(p.flat("tsne", "explore")) == {k for k in KEYS if k.split(".")[0] in ("tsne", "explore")}
+
+
+def test_a_label_list_takes_names_and_refuses_blank_or_other_elements():
+    check, _, _ = KEYS["data.labels"]
+    assert check([]) and check(["happy", "angry"]) and check(["a"])
+    assert not check(["happy", ""]) and not check(["happy", 3]) and not check(["  "]) and not check("happy")
+    assert from_flat({**Params().flat(), "data.labels": ["happy", "angry"]}).data.labels == ["happy", "angry"]
+
+
+def test_a_number_written_as_text_becomes_a_float_only_where_a_number_is_expected():
+    from pipeline.params import check_value
+
+    assert check_value("train.lr", "1e-3") == 0.001 and isinstance(check_value("train.lr", "1e-3"), float)
+    assert check_value("train.lr", 0.002) == 0.002
+    assert check_value("data.source", "1e-3") == "1e-3"  # a folder may be named so: it stays a string
+    with pytest.raises(UserError, match=r"^where\.yaml: train\.lr = 'fast' is not valid; expected "):
+        check_value("train.lr", "fast", "where.yaml")
+
+
+def test_from_flat_names_the_file_and_a_near_key_or_where_to_find_them():
+    flat = Params().flat()
+    with pytest.raises(UserError, match=r"^my\.yaml: train\.epochs = -1 is not valid"):
+        from_flat({**flat, "train.epochs": -1}, "my.yaml")
+    with pytest.raises(UserError, match=r"unknown key 'train\.latnet_dim'; did you mean 'train\.latent_dim'\?$"):
+        from_flat({**flat, "train.latnet_dim": 8})
+    with pytest.raises(UserError, match=r"unknown key 'zzz\.qqq'; `python -m pipeline\.params` lists every key$"):
+        from_flat({**flat, "zzz.qqq": 8})
+    with pytest.raises(UserError, match=r"^my\.yaml: missing 'tsne\.seed'; add it \(expected an integer from 0"):
+        from_flat({k: v for k, v in flat.items() if k != "tsne.seed"}, "my.yaml")
+
+
+@pytest.mark.parametrize("n_train, batch, epochs, min_steps, want", [
+    (380, 16, 120, 0, 120),      # 24 steps an epoch: epochs rule
+    (26, 16, 80, 1000, 500),     # 2 steps an epoch (26 / 16 rounded up): 1,000 steps need 500 epochs
+    (10, 16, 5, 7, 7),           # fewer images than a batch: one step an epoch
+    (32, 16, 1, 5, 3),           # 5 steps at 2 an epoch: 3 epochs (rounded up), an int
+])
+def test_epochs_for_a_set_is_enough_for_min_steps_rounded_up(n_train, batch, epochs, min_steps, want):
+    from dataclasses import replace
+
+    train = replace(Params().train, batch_size=batch, epochs=epochs, min_steps=min_steps)
+    got = train.epochs_for(n_train)
+    assert got == want and isinstance(got, int)
+
+
+def test_validation_for_a_set_is_a_tenth_from_200_images_and_never_more_than_half():
+    from dataclasses import replace
+
+    auto = replace(Params().train, validation="auto")
+    assert [auto.validation_for(n) for n in (26, 199, 200, 380, 1001)] == [0, 0, 20, 38, 100]
+    fixed = replace(Params().train, validation=10)
+    got = [fixed.validation_for(n) for n in (7, 19, 20, 400)]
+    assert got == [3, 9, 10, 10] and all(isinstance(v, int) for v in got)

@@ -239,6 +239,7 @@ def test_other_os_errors_are_not_called_a_full_disk():
         run_cli(write)
 
 
+@pytest.mark.integration  # a subprocess
 def test_a_finished_stage_runs_its_exit_handlers_flushes_and_exits_0(tmp_path):
     """stage_main ends with os._exit (no interpreter teardown): the exit handlers still run, in order, and
     everything printed arrives, also when stdout is a pipe (block-buffered)."""
