@@ -4,7 +4,7 @@ one place; every bad key or value is one line."""
 import re
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
@@ -344,3 +344,38 @@ def test_validation_for_a_set_is_a_tenth_from_200_images_and_never_more_than_hal
     fixed = replace(Params().train, validation=10)
     got = [fixed.validation_for(n) for n in (7, 19, 20, 400)]
     assert got == [3, 9, 10, 10] and all(isinstance(v, int) for v in got)
+
+
+def test_load_says_in_one_line_what_is_wrong_with_the_file_and_where(tmp_path):
+    path = tmp_path / "params.yaml"
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: file not found; run from the project root "
+                                        r"\(where params.yaml lives\)$"):
+        load(path)
+    path.write_text("train:\n  latent_dim: [1, 2\n  epochs: 3\n")
+    with pytest.raises(UserError) as e:
+        load(path)
+    assert re.fullmatch(rf"{re.escape(str(path))} line \d+: not valid YAML \(.+\); fix the syntax", str(e.value))
+    assert "ruamel" not in str(e.value) and "line 1:" not in str(e.value)
+    path.write_text("- train\n- data\n")
+    with pytest.raises(UserError, match=r": expected sections like 'train:' and 'data:'; `python -m pipeline\.params "
+                                        r"yaml` prints a complete one$"):
+        load(path)
+    values = asdict(Params())
+    values["tsne"]["seed"] = -2
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: tsne\.seed = -2 is not valid"):
+        load(path)
+
+
+def test_the_reference_table_has_a_row_per_key_with_its_default_as_written_and_pipes_escaped():
+    from pipeline.params_file import reference
+
+    lines = reference().splitlines()
+    assert lines[:2] == ["| key | default | meaning |", "|---|---|---|"] and len(lines) == 2 + len(KEYS)
+    rows = {line.split(" | ")[0][3:-1]: line for line in lines[2:]}
+    assert list(rows) == list(KEYS)
+    assert rows["train.latent_dim"].startswith("| `train.latent_dim` | 32 | ")
+    assert rows["train.compile"].startswith("| `train.compile` | false | ")  # a bool as YAML writes it
+    assert rows["train.kl"].startswith("| `train.kl` | `elbo` | ")
+    assert rows["data.labels"].startswith("| `data.labels` | `[]` | ")
+    assert rows["train.optimizer"].endswith(" | `adamw` \\| `adam` (the notebook's) |")  # a '|' in a meaning
