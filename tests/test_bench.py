@@ -121,3 +121,23 @@ def test_ingest_scale(tmp_path):
     assert lines[0]["files"] == 12 and lines[0]["rejected"] == 0 and lines[0]["peak_rss_gb"] > 0
     assert all(r["files"] == 12 + 3 for r in lines[1:])  # the photos, manifest.csv, rejected.csv, ingest.json
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mutation_summary_counts_each_modules_mutants_by_outcome():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from mutation_summary import summary
+
+    text = "\n".join([
+        "    pipeline.io.x_write_json__mutmut_1: killed",
+        "    pipeline.io.x_write_json__mutmut_2: survived",
+        "    pipeline.io.x__json_safe__mutmut_3: timeout",
+        "    pipeline.tracking.store.x_client__mutmut_1: no tests",
+        "    pipeline.tracking.store.xǁOutboxǁsend__mutmut_2: killed",
+        "    pipeline.params.x_knob__mutmut_4: not checked",
+    ])
+    rows = summary(text)
+    assert rows == [
+        {"module": "pipeline.io", "mutants": 3, "killed": 2, "survived": 1, "no_tests": 0, "killed_pct": 66.7},
+        {"module": "pipeline.tracking.store", "mutants": 2, "killed": 1, "survived": 0, "no_tests": 1, "killed_pct": 50.0},
+        {"module": "all", "mutants": 5, "killed": 3, "survived": 1, "no_tests": 1, "killed_pct": 60.0}]
+    assert [r["module"] for r in summary(text, ["pipeline.io"])] == ["pipeline.io", "all"]

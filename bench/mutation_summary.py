@@ -1,0 +1,58 @@
+"""Per-module figures of the last `mutmut run` (make mutation), from `mutmut results --all true`:
+
+    python bench/mutation_summary.py [--modules pipeline.params,pipeline.io] [--out FILE]
+
+Prints one JSON line per mutated module (and appends it to ``--out``): module, mutants, killed (a test failed,
+or the mutant timed out), survived, no_tests (no unit test reaches the changed function), killed_pct; then one
+line for all of them together. Mutants not run ('not checked') are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from results import emit  # bench/results.py, beside this script
+
+ROOT = Path(__file__).resolve().parents[1]
+KILLED = ("killed", "timeout")
+LINE = re.compile(r"^\s*(pipeline(?:\.\w+)*?)\.x\w*?__mutmut_\d+: (.+)$")
+
+
+def summary(results: str, modules: list[str] | None = None) -> list[dict]:
+    """The rows of ``mutmut results --all true`` text, per module."""
+    counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for line in results.splitlines():
+        m = LINE.match(line)
+        if m and m.group(2) != "not checked" and (not modules or m.group(1) in modules):
+            status = m.group(2)
+            counts[m.group(1)]["killed" if status in KILLED else "no_tests" if status == "no tests" else "survived"] += 1
+    rows = []
+    for module, c in sorted(counts.items()):
+        n = sum(c.values())
+        rows.append({"module": module, "mutants": n, "killed": c["killed"], "survived": c["survived"],
+                     "no_tests": c["no_tests"], "killed_pct": round(100 * c["killed"] / n, 1)})
+    if rows:
+        total = {k: sum(r[k] for r in rows) for k in ("mutants", "killed", "survived", "no_tests")}
+        rows.append({"module": "all", **total, "killed_pct": round(100 * total["killed"] / total["mutants"], 1)})
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--modules", default="", help="comma-separated module names (default: every one run)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    mutmut = Path(sys.executable).with_name("mutmut")
+    text = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout
+    for row in summary(text, [m for m in args.modules.split(",") if m]):
+        emit(row, args.out)
+
+
+if __name__ == "__main__":
+    main()
