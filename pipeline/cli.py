@@ -33,8 +33,11 @@ def exit_now(code: int = 0) -> None:
     if run_exit_handlers is None or sys.getprofile() or sys.gettrace():  # a profiler or coverage reports at exit
         sys.exit(code)
     run_exit_handlers()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away (`| head`), a closed stream: nothing to deliver
+            pass
     os._exit(code)
 
 
