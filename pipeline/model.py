@@ -119,11 +119,8 @@ class ConvVAE(nn.Module):
         x = images_uint8.reshape(images_uint8.shape[0], -1).double().cpu() / 255.0
         mean = x.mean(dim=0)
         x -= mean
-        # eigenvectors of the n x n Gram matrix: the same components as the SVD of x, at n^2 instead of n * pixels
-        evals, evecs = torch.linalg.eigh(x @ x.T)
         k = max(0, min(self.latent_dim, x.shape[0] - 1))
-        evals, evecs = evals.flip(0)[:k].clamp_min(1e-12), evecs.flip(1)[:, :k]
-        basis = (evecs.T @ x) / evals.sqrt()[:, None]  # k x pixels, orthonormal rows
+        evals, basis = principal_axes(x, k)  # k x pixels, orthonormal rows
         scale = (evals / max(1, x.shape[0] - 1)).sqrt()  # the components' standard deviations
         enc, dec = torch.zeros_like(self.lin_enc, dtype=torch.float64), torch.zeros_like(self.lin_dec, dtype=torch.float64)
         enc[:k] = basis / scale[:, None]
@@ -217,6 +214,15 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Con
         raise UserError(f"{model_dir}: the trained model is damaged ({type(e).__name__}); retrain it with "
                         f"`dvc repro -f train`") from None
     return model.to(device).eval()
+
+
+def principal_axes(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top ``k`` eigenvalues of X X^T and the principal axes of the centred rows X = ``x`` (n x D, float64,
+    n small) that they give, k x D with orthonormal rows: eigenvectors u of the n x n Gram matrix, X^T u /
+    sqrt(eigenvalue) — the components of the SVD of X at n^2 instead of n * D (Turk & Pentland's trick)."""
+    evals, evecs = torch.linalg.eigh(x @ x.T)  # ascending
+    evals, evecs = evals.flip(0)[:k].clamp_min(1e-12), evecs.flip(1)[:, :k]
+    return evals, (evecs.T @ x) / evals.sqrt()[:, None]
 
 
 def to_float(batch_uint8: torch.Tensor) -> torch.Tensor:

@@ -75,13 +75,15 @@ class Eigenfaces:
 
 def _eigenfaces(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The mean (D) and the top ``k`` principal axes (k x D, orthonormal rows) of the rows of ``x`` (n x D,
-    n small): eigenvectors u of the centred Gram matrix X X^T give the axes X^T u / sqrt(eigenvalue), each
-    signed so that its largest coordinate is positive (sklearn's PCA convention)."""
+    n small), from the n x n Gram matrix (:func:`pipeline.model.principal_axes`, as the model's linear path
+    starts), each signed so that its largest coordinate is positive (sklearn's PCA convention)."""
+    import torch
+
+    from .model import principal_axes
+
     mean = x.mean(axis=0, dtype=np.float64)
-    centred = x.astype(np.float64) - mean
-    values, vectors = np.linalg.eigh(centred @ centred.T)  # ascending
-    values, vectors = values[::-1][:k], vectors[:, ::-1][:, :k]
-    axes = (vectors.T @ centred) / np.sqrt(np.clip(values, 1e-30, None))[:, None]
+    _, axes = principal_axes(torch.from_numpy(x.astype(np.float64) - mean), k)
+    axes = axes.numpy()
     axes *= np.sign(axes[np.arange(k), np.abs(axes).argmax(axis=1)])[:, None]
     return mean.astype(np.float32), axes.astype(np.float32)
 
