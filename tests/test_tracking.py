@@ -85,13 +85,11 @@ def test_two_projects_creating_one_shared_store_at_once_both_succeed(tmp_path):
 
 
 @pytest.mark.parametrize("how", ["move", "copy"])
-def test_a_moved_or_copied_project_writes_its_artifacts_under_itself(monkeypatch, tmp_path, how, capsys):
+def test_a_moved_or_copied_project_refuses_its_old_store_and_writes_nothing_outside(monkeypatch, tmp_path, how):
     """MLflow fixes an experiment's artifact folder when it is created: after `mv` (or `cp -r`) of the project
-    the next run wrote under the old path, recreating it. The store is pointed at the new folder; the first
-    run's artifacts, moved along, stay readable."""
+    the next run wrote under the old path, recreating it (or filling the other copy). The moved store is
+    refused with one line naming the old project and the fix, before anything is written."""
     import shutil
-
-    from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     old = tmp_path / "old"
@@ -103,20 +101,13 @@ def test_a_moved_or_copied_project_writes_its_artifacts_under_itself(monkeypatch
     first.finish()
     new = tmp_path / "new"
     (shutil.move if how == "move" else shutil.copytree)(old, new)
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "new" not in p.parts)
-    (new / "g.txt").write_text("second")
-    second = TrainingRun.create("facevae", "z2-e2", {}, {}, root=new)
-    second.log_artifact(new / "g.txt")
-    second.finish()
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "new" not in p.parts) == before
-    assert [p.read_text() for p in (new / "mlartifacts").rglob("g.txt")] == ["second"]
-    client = MlflowClient(tracking_uri=f"sqlite:///{new / 'mlflow.db'}")
-    for run, name in ((first, "f.txt"), (second, "g.txt")):
-        info = client.get_run(run.run_id).info
-        assert info.artifact_uri.startswith((new / "mlartifacts").as_uri() + "/")
-        assert [a.path for a in client.list_artifacts(run.run_id)] == [name]
-    assert client.get_experiment_by_name("facevae").artifact_location == (new / "mlartifacts").as_uri()
-    assert f"the project moved from {old}" in capsys.readouterr().err
+    files = lambda: sorted((p.relative_to(tmp_path), p.stat().st_size) for p in tmp_path.rglob("*"))  # noqa: E731
+    before = files()
+    with pytest.raises(UserError) as e:
+        TrainingRun.create("facevae", "z2-e2", {}, {}, root=new)
+    line = str(e.value)
+    assert "\n" not in line and f"the project at {old} " in line and "mv mlflow.db mlflow.db.moved" in line
+    assert files() == before  # nothing written, not even in the store
 
 
 def test_a_shared_sqlite_store_keeps_its_artifacts_beside_it_not_in_the_first_project(monkeypatch, tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from pathlib import Path
 
 from ..errors import UserError
@@ -183,8 +182,8 @@ def _creating(uri: str):
 
 def open_store(uri: str, root: Path | None = None):
     """A client of the store at ``uri``, tried once: a local database that is not an MLflow store (damaged,
-    or another program's file) is one line naming it and the fix. The store of project ``root`` that
-    moved with it is pointed at its new artifact folder first (:func:`relocate_moved_store`)."""
+    or another program's file) is one line naming it and the fix, and so is project ``root``'s own store
+    when it was made for another folder (:func:`check_not_moved`)."""
     if uri.startswith("sqlite:") and Path(sqlite_path(uri)).is_dir():  # MLflow would retry it for minutes
         raise UserError(f"{uri} names the folder {sqlite_path(uri)}, not a database file; point MLFLOW_TRACKING_URI "
                         f"at a file (e.g. sqlite:///{Path(sqlite_path(uri)) / 'mlflow.db'}) or unset it to use the "
@@ -192,8 +191,9 @@ def open_store(uri: str, root: Path | None = None):
     try:
         with _creating(uri):
             store = client(uri)
-            store.search_experiments(max_results=1)
-            moved_from = relocate_moved_store(uri, root) if root is not None else None
+            from mlflow.entities import ViewType
+
+            experiments = store.search_experiments(view_type=ViewType.ALL, max_results=1000)
     except Exception as e:
         if not uri.startswith("sqlite:"):
             raise
@@ -201,58 +201,38 @@ def open_store(uri: str, root: Path | None = None):
         db = sqlite_path(uri)
         raise UserError(f"{db} is not a readable MLflow store ({first}); move it away (e.g. `mv {db} {db}.broken`) "
                         f"and rerun: a new store is created") from None
-    if moved_from:
-        print(f"MLflow: the project moved from {moved_from}; the artifact locations in {sqlite_path(uri)} now "
-              f"point to {artifact_root(uri)}", file=sys.stderr)
+    if root is not None:
+        check_not_moved(uri, root, experiments)
     return store
 
 
 # where the artifacts of a sqlite store live: the 'mlartifacts' folder beside the store
 ARTIFACT_FOLDER = "mlartifacts"
-# the store's columns that hold artifact locations (MLflow 3's schema); a table or column missing is skipped
-ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
-                    ("logged_models", "artifact_location"), ("model_versions", "source"),
-                    ("model_versions", "storage_location"))
 
 
 def artifact_root(uri: str) -> Path:
     return Path(sqlite_path(uri)).parent / ARTIFACT_FOLDER
 
 
-def relocate_moved_store(uri: str, root: Path) -> str | None:
-    """A project's own store (``<root>/mlflow.db``) keeps, for each experiment, the artifact folder it was
-    created with: after the project is moved or copied, MLflow would go on writing (and creating folders)
-    under the old path. Rewrite every artifact location under ``<old project>/mlartifacts`` to
-    ``<root>/mlartifacts``, where the moved folder is, in one transaction. Returns the old project path
-    when something was rewritten. Stores elsewhere (shared, a server) are left as they are."""
-    import sqlite3
-
-    if not uri.startswith("sqlite:///") or Path(sqlite_path(uri)).parent != root:
-        return None
-    db = sqlite_path(uri)
-    if not Path(db).exists():
-        return None
-    new = artifact_root(uri).as_uri()
-    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con, con:
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "experiments" not in tables:
-            return None
-        columns = [(table, column) for table, column in ARTIFACT_COLUMNS if table in tables
-                   and column in {r[1] for r in con.execute(f"PRAGMA table_info({table})")}]
-        olds = {loc for (loc,) in con.execute("SELECT artifact_location FROM experiments")
-                if loc and loc.startswith("file://") and loc.rstrip("/").endswith("/" + ARTIFACT_FOLDER)
-                and loc.rstrip("/") != new}
-        for old in sorted(olds):
-            old = old.rstrip("/")
-            for table, column in columns:
-                con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
-                            f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
-                            (new, len(old) + 1, old, len(old) + 1, old + "/"))
-    if not olds:
-        return None
+def check_not_moved(uri: str, root: Path, experiments) -> None:
+    """MLflow fixes an experiment's artifact folder (an absolute path) when it creates it, and has no public
+    way to change it: after the project is moved or copied, its own store (``<root>/mlflow.db``) would go on
+    writing under the old folder, recreating it or filling another copy's. Such a store is refused with one
+    line and the fix (keep it aside; a new store is created here). Stores elsewhere (shared, a server) are
+    not checked."""
     from urllib.parse import unquote, urlsplit
 
-    return str(Path(unquote(urlsplit(sorted(olds)[0]).path)).parent)
+    if not uri.startswith("sqlite:///") or Path(sqlite_path(uri)).parent != root:
+        return
+    ours = artifact_root(uri).as_uri()
+    for exp in experiments:
+        loc = (exp.artifact_location or "").rstrip("/")
+        if loc.startswith("file://") and loc.endswith("/" + ARTIFACT_FOLDER) and loc != ours:
+            old = Path(unquote(urlsplit(loc).path)).parent
+            raise UserError(f"{sqlite_path(uri)} is the MLflow store of the project at {old} (experiment "
+                            f"{exp.name!r} keeps its artifacts in {old / ARTIFACT_FOLDER}, where MLflow would write "
+                            f"them): move the project back, or keep that store aside (`mv mlflow.db mlflow.db.moved; "
+                            f"mv mlartifacts mlartifacts.moved`) and rerun: a new store is created here")
 
 
 def experiment_id(store, name: str, uri: str, root: Path) -> str:
