@@ -57,7 +57,8 @@ mutation: $(VENV)/.installed  ## mutmut: how many code changes the unit tests ca
 ui: $(VENV)/.installed  ## serve the MLflow UI on this project's store; prints the experiment's address
 	@$(BIN)/python -m pipeline.tracking serve-check --target "make ui" --host "$(HOST)" --insecure "$(INSECURE)"
 	@MLFLOW_TRACKING_URI= $(BIN)/python -m pipeline.tracking url --host $(HOST) --port $(PORT)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlflow.db MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+		mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--host $(HOST) --port $(PORT) --workers 1
 
 clean-venv:

@@ -80,6 +80,7 @@ HOSTILE = [
     {"run_id": "../../../../x"}, {"run_id": "/tmp/x"}, {"run_id": GOOD_ID + "/../../x"}, {"run_id": GOOD_ID.upper()},
     {"run_id": ""}, {"artifact_uri": "file:///{outside}"}, {"artifact_uri": "{outside}"},
     {"artifact_uri": "file://localhost/{outside}"}, {"artifact_uri": "C:/Users/x"},
+    {"artifact_uri": "facevae-artifacts:/1/x/artifacts"},  # a local store's location: the project's own folder
 ]
 
 
@@ -104,7 +105,7 @@ def test_a_hostile_answer_is_refused_before_anything_is_written(server, monkeypa
     ("mlflow-artifacts:/1/abc/artifacts", True), ("s3://bucket/mlruns/1", True), ("gs://b/x", True),
     ("https://host/x", True), ("file:///srv/mlruns/1", False), ("/srv/mlruns/1", False), ("", False),
     ("file:///shared/runs/1/a", True), ("file:///shared/runs/../etc", False), ("file:///shared/runsx/1", False),
-    ("file://otherhost/shared/runs/1", False),
+    ("file://otherhost/shared/runs/1", False), ("facevae-artifacts:/1/x/artifacts", False),
 ])
 def test_artifact_locations_of_a_server(monkeypatch, location, ok):
     from pipeline.tracking.store import check_artifact_location

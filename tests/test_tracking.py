@@ -1,5 +1,7 @@
 """The tracking layer's own rules: which URIs it accepts, where the local store lives."""
 
+from pathlib import Path
+
 import pytest
 
 from pipeline.errors import UserError
@@ -85,11 +87,13 @@ def test_two_projects_creating_one_shared_store_at_once_both_succeed(tmp_path):
 
 
 @pytest.mark.parametrize("how", ["move", "copy"])
-def test_a_moved_or_copied_project_refuses_its_old_store_and_writes_nothing_outside(monkeypatch, tmp_path, how):
-    """MLflow fixes an experiment's artifact folder when it is created: after `mv` (or `cp -r`) of the project
-    the next run wrote under the old path, recreating it (or filling the other copy). The moved store is
-    refused with one line naming the old project and the fix, before anything is written."""
+def test_a_moved_or_copied_project_writes_its_artifacts_under_itself(monkeypatch, tmp_path, how):
+    """MLflow writes a file: artifact location as an absolute path: after `mv` (or `cp -r`) of the project the
+    next run wrote under the old path, recreating it. The store's location is relative to it
+    (facevae-artifacts:/): the first run's artifacts, moved along, stay readable, the new run's land inside."""
     import shutil
+
+    from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     old = tmp_path / "old"
@@ -99,15 +103,74 @@ def test_a_moved_or_copied_project_refuses_its_old_store_and_writes_nothing_outs
     first = TrainingRun.create("facevae", "z2-e1", {}, {}, root=old)
     first.log_artifact(old / "f.txt")
     first.finish()
+    assert [p.read_text() for p in (old / "mlartifacts").rglob("f.txt")] == ["first"]
     new = tmp_path / "new"
     (shutil.move if how == "move" else shutil.copytree)(old, new)
-    files = lambda: sorted((p.relative_to(tmp_path), p.stat().st_size) for p in tmp_path.rglob("*"))  # noqa: E731
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "new" not in p.parts)
+    (new / "g.txt").write_text("second")
+    second = TrainingRun.create("facevae", "z2-e2", {}, {}, root=new)
+    second.log_artifact(new / "g.txt")
+    second.finish()
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "new" not in p.parts) == before
+    assert [p.read_text() for p in (new / "mlartifacts").rglob("g.txt")] == ["second"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{new / 'mlflow.db'}")
+    assert client.get_experiment_by_name("facevae").artifact_location == "facevae-artifacts:/"
+    for run, name in ((first, "f.txt"), (second, "g.txt")):
+        assert client.get_run(run.run_id).info.artifact_uri == f"facevae-artifacts:/{run.run_id}/artifacts"
+        assert [a.path for a in client.list_artifacts(run.run_id)] == [name]
+        assert (Path(client.download_artifacts(run.run_id, name, str(tmp_path / run.run_id)))).read_text() in (
+            "first", "second")
+
+
+def test_a_moved_store_with_absolute_artifact_paths_is_refused_and_nothing_written(monkeypatch, tmp_path):
+    """A store made with a file: artifact location (an absolute path) cannot follow its project: after a move it
+    is refused with one line naming the old project and the fix, before anything is written."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "dvc.yaml").write_text("stages: {}\n")
+    MlflowClient(tracking_uri=f"sqlite:///{old / 'mlflow.db'}").create_experiment(
+        "facevae", artifact_location=(old / "mlartifacts").as_uri())
+    new = tmp_path / "new"
+    shutil.move(old, new)
+    files = lambda: sorted((p.relative_to(tmp_path), p.stat().st_size) for p in tmp_path.rglob("*")  # noqa: E731
+                           if p.name != "mlflow.db.lock")  # the lock of opening the store, beside it
     before = files()
     with pytest.raises(UserError) as e:
         TrainingRun.create("facevae", "z2-e2", {}, {}, root=new)
     line = str(e.value)
     assert "\n" not in line and f"the project at {old} " in line and "mv mlflow.db mlflow.db.moved" in line
-    assert files() == before  # nothing written, not even in the store
+    assert files() == before
+
+
+@pytest.mark.parametrize("location", ["facevae-artifacts:/../../etc/artifacts", "facevae-artifacts://host/x",
+                                      "file:///tmp/x"])
+def test_an_artifact_location_outside_the_store_folder_is_refused(tmp_path, location):
+    from pipeline.tracking.artifacts import local_path
+
+    with pytest.raises(UserError, match="is not an artifact location of this project's store"):
+        local_path(location, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert local_path("facevae-artifacts:/a/b%20c", f"sqlite:///{tmp_path / 'mlflow.db'}") == \
+        tmp_path / "mlartifacts" / "a" / "b c"
+
+
+def test_a_store_relative_location_from_a_tracking_server_is_refused(monkeypatch, tmp_path):
+    from pipeline.tracking.artifacts import store_folder
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="only a local sqlite store can hold"):
+        store_folder("http://127.0.0.1:5000")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://server")
+    with pytest.raises(UserError, match="only a local sqlite store can hold"):
+        store_folder(None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'a' / 'm.db'}")
+    assert store_folder(None) == tmp_path / "a" / "mlartifacts"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert store_folder(None) == tmp_path / "mlartifacts"  # where `mlflow ui` runs
 
 
 def test_a_shared_sqlite_store_keeps_its_artifacts_beside_it_not_in_the_first_project(monkeypatch, tmp_path):

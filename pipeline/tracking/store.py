@@ -117,7 +117,7 @@ def check_artifact_location(location, uri: str, what: str) -> None:
         return
     parts = urlsplit(str(location or ""))
     scheme = parts.scheme.lower()
-    if scheme not in ("", "file") and len(scheme) > 1:  # a one-letter scheme is a Windows drive
+    if scheme not in ("", "file", ARTIFACT_SCHEME) and len(scheme) > 1:  # a one-letter scheme is a Windows drive
         return
     trusted = os.environ.get(TRUSTED_ARTIFACT_ROOT, "").strip()
     if trusted and scheme == "file" and not parts.netloc:
@@ -206,20 +206,24 @@ def open_store(uri: str, root: Path | None = None):
     return store
 
 
-# where the artifacts of a sqlite store live: the 'mlartifacts' folder beside the store
+# A sqlite store's experiments keep their artifacts in the 'mlartifacts' folder beside it, under the location
+# 'facevae-artifacts:/' that moves with it (:mod:`.artifacts`, the MLflow plugin that reads and writes it)
 ARTIFACT_FOLDER = "mlartifacts"
+ARTIFACT_SCHEME = "facevae-artifacts"
+ARTIFACT_LOCATION = f"{ARTIFACT_SCHEME}:/"
 
 
 def artifact_root(uri: str) -> Path:
+    """Where the artifacts of the sqlite store ``uri`` live: the 'mlartifacts' folder beside it."""
     return Path(sqlite_path(uri)).parent / ARTIFACT_FOLDER
 
 
 def check_not_moved(uri: str, root: Path, experiments) -> None:
-    """MLflow fixes an experiment's artifact folder (an absolute path) when it creates it, and has no public
-    way to change it: after the project is moved or copied, its own store (``<root>/mlflow.db``) would go on
-    writing under the old folder, recreating it or filling another copy's. Such a store is refused with one
-    line and the fix (keep it aside; a new store is created here). Stores elsewhere (shared, a server) are
-    not checked."""
+    """An experiment made with a ``file:`` artifact location (an absolute path; what this project's stores held
+    before :mod:`.artifacts`) keeps it: after the project is moved or copied, its own store
+    (``<root>/mlflow.db``) would go on writing under the old folder, recreating it or filling another copy's.
+    Such a store is refused with one line and the fix (keep it aside; a new store is created here). Stores
+    elsewhere (shared, a server) are not checked."""
     from urllib.parse import unquote, urlsplit
 
     if not uri.startswith("sqlite:///") or Path(sqlite_path(uri)).parent != root:
@@ -242,8 +246,9 @@ def experiment_id(store, name: str, uri: str, root: Path) -> str:
         if exp.lifecycle_stage == "deleted":
             store.restore_experiment(exp.experiment_id)
         return exp.experiment_id
-    # a sqlite store's artifacts beside it: in the project for its own store, beside a shared one
-    artifact_location = artifact_root(uri).as_uri() if uri.startswith("sqlite:") else None
+    # a sqlite store's artifacts beside it, wherever it is moved: in the project for its own store, beside a
+    # shared one (:mod:`.artifacts`)
+    artifact_location = ARTIFACT_LOCATION if uri.startswith("sqlite:") else None
     try:
         return store.create_experiment(name, artifact_location=artifact_location)
     except Exception:  # created by another project sharing the store at the same moment
