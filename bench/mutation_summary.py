@@ -1,10 +1,11 @@
 """Per-module figures of the last `mutmut run` (make mutation), from `mutmut results --all true`:
 
-    python bench/mutation_summary.py [--modules pipeline.params,pipeline.io] [--out FILE]
+    python bench/mutation_summary.py [--modules pipeline.params,pipeline.io] [--root DIR] [--out FILE]
 
 Prints one JSON line per mutated module (and appends it to ``--out``): module, mutants, killed (a test failed,
 or the mutant timed out), survived, no_tests (no unit test reaches the changed function), killed_pct; then one
-line for all of them together. Mutants not run ('not checked') are left out.
+line for all of them together. Mutants not run ('not checked') are left out. ``--root``: the checkout mutmut ran
+in (default: this one), e.g. a copy whose ``[tool.mutmut]`` names only some modules.
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ def summary(results: str, modules: list[str] | None = None) -> list[dict]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modules", default="", help="comma-separated module names (default: every one run)")
+    ap.add_argument("--root", default=str(ROOT), help="the checkout mutmut ran in")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     mutmut = Path(sys.executable).with_name("mutmut")
-    text = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=ROOT, capture_output=True, text=True,
+    text = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=args.root, capture_output=True, text=True,
                           check=True).stdout
     for row in summary(text, [m for m in args.modules.split(",") if m]):
         emit(row, args.out)

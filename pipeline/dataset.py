@@ -126,21 +126,26 @@ def load_dataset(path: str | Path) -> dict:
     return ds
 
 
-class Rows:
-    """The images ``rows`` of ``images`` (e.g. :func:`load_dataset`'s memory map), copied out only when indexed
-    (:func:`gathered`): the training split the train stage hands the trainer when it fits in memory."""
+class Selection:
+    """Some rows of a dataset's images, shaped like the uint8 tensor [len, 3, S, S] they index into."""
 
     dtype = torch.uint8
-
-    def __init__(self, images: torch.Tensor, rows: torch.Tensor):
-        self.images, self.rows = images, torch.as_tensor(rows, dtype=torch.int64)
-        self.shape = (len(self.rows), *images.shape[1:])
+    shape: tuple
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def dim(self) -> int:
         return 4
+
+
+class Rows(Selection):
+    """The images ``rows`` of ``images`` (e.g. :func:`load_dataset`'s memory map), copied out only when indexed
+    (:func:`gathered`): the training split the train stage hands the trainer when it fits in memory."""
+
+    def __init__(self, images: torch.Tensor, rows: torch.Tensor):
+        self.images, self.rows = images, torch.as_tensor(rows, dtype=torch.int64)
+        self.shape = (len(self.rows), *images.shape[1:])
 
     def __getitem__(self, idx) -> torch.Tensor:
         return self.images[self.rows[idx]]
@@ -155,14 +160,12 @@ def gathered(images: torch.Tensor | Rows, idx: torch.Tensor, memory_format=torch
     return torch.index_select(images, 0, idx.to(images.device), out=out.contiguous(memory_format=memory_format))
 
 
-class ImageReader:
+class ImageReader(Selection):
     """Images of a dataset's ``images.npy`` read from the file on demand (``os.pread``), for training on more
     faces than fit in memory: ``reader[idx]`` (a 1-D index tensor, or a slice) is a uint8 tensor
     [len(idx), 3, S, S], in ``pin`` (page-locked) memory for a fast copy to a GPU when asked. No memory map:
     what was read is the kernel's page cache, not this process's memory. ``rows`` restricts it to those
     images of the file (the training split), in that order."""
-
-    dtype = torch.uint8
 
     def __init__(self, path: str | Path, rows: torch.Tensor | None = None, pin: bool = False):
         self.path, self.pin = Path(path), pin
@@ -177,12 +180,6 @@ class ImageReader:
         self.shape = (len(self.rows), *shape[1:])
         self.image_bytes = int(np.prod(shape[1:]))
         self._fd = None
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def dim(self) -> int:
-        return 4
 
     def subset(self, idx) -> "ImageReader":
         """The images ``idx`` of this reader, as a reader."""
@@ -273,6 +270,11 @@ def dataset_problem(ds) -> str | None:
 def split_rows(ds: dict, split: str) -> torch.Tensor:
     """The indices of the 'train' or 'test' images of a dataset dict, in order."""
     return (ds["is_test"] if split == "test" else ~ds["is_test"]).nonzero().flatten()
+
+
+def split_images(ds: dict, split: str) -> Rows:
+    """The 'train' or 'test' images of a dataset dict, in order, read in place (not copied)."""
+    return Rows(ds["images"], split_rows(ds, split))
 
 
 def subset(ds: dict, split: str) -> dict:

@@ -91,9 +91,9 @@ def _eigenfaces(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def fit_eigenfaces(ds: dict, latent_dim: int, seed: int = 0) -> Eigenfaces:
     """PCA with k = :func:`components` fitted on ``ds``'s training images (a dataset dict of
     :func:`pipeline.dataset.load_dataset`)."""
-    from .dataset import Rows, split_rows
+    from .dataset import split_images
 
-    train = Rows(ds["images"], split_rows(ds, "train"))  # not a copy of every training image
+    train = split_images(ds, "train")
     return Eigenfaces(components(latent_dim, len(train)), seed).fit(train)
 
 

@@ -13,17 +13,17 @@ from pipeline.io import write_json
 from pipeline.model import load_model
 from pipeline.paths import DATASET, MODELS, RECON_GRID, RECON_METRICS
 from pipeline.plots import save_recon_grid
-from pipeline.dataset import Rows, load_dataset, split_rows
+from pipeline.dataset import load_dataset, split_images, split_rows
 from pipeline.runtime import resolve_device
 from pipeline.tracking.stage_runs import log_stage
 from pipeline.yardstick import fit_eigenfaces, versus
 
 
-def grid_indices(ds, per_class):
+def grid_indices(labels, n_classes, per_class):
     """The first ``per_class`` images of every label (by id), label after label."""
     idx = []
-    for c in range(len(ds["classes"])):
-        idx += (ds["labels"] == c).nonzero().flatten().tolist()[:per_class]
+    for c in range(n_classes):
+        idx += (labels == c).nonzero().flatten().tolist()[:per_class]
     return idx
 
 
@@ -37,16 +37,15 @@ def run(params):
         return reconstruct(model, images, refine_steps=params.reconstruct.refine_steps)
 
     for split in ("train", "test"):
-        rows = split_rows(ds_all, split)
-        ds = {"images": Rows(ds_all["images"], rows), "labels": ds_all["labels"][rows], "classes": ds_all["classes"]}
-        shown = grid_indices(ds, params.reconstruct.per_class)
+        images = split_images(ds_all, split)
+        labels = ds_all["labels"][split_rows(ds_all, split)]
+        shown = grid_indices(labels, len(ds_all["classes"]), params.reconstruct.per_class)
         # of at most 5,000 of them (train: reconstruct.train_images; only those are read), and the shown faces
         limit = min(params.reconstruct.train_images, METRIC_IMAGES) if split == "train" else METRIC_IMAGES
-        metrics[split], vae_shown = split_metrics(ds["images"], vae, shown, limit=limit)
-        pca[split], pca_shown = split_metrics(ds["images"], eigen.reconstruct, shown, limit=limit)  # the same draw
+        metrics[split], vae_shown = split_metrics(images, vae, shown, limit=limit)
+        pca[split], pca_shown = split_metrics(images, eigen.reconstruct, shown, limit=limit)  # the same draw
         path = RECON_GRID.format(split=split)
-        save_recon_grid(ds["images"][torch.tensor(shown, dtype=torch.long)], vae_shown, pca_shown, path=path,
-                        per_row=10)
+        save_recon_grid(images[torch.tensor(shown, dtype=torch.long)], vae_shown, pca_shown, path=path, per_row=10)
         files.append(path)
     write_json(RECON_METRICS, {**metrics, "pca": pca})
     flat = {f"{who}{s}_{k}": v for who, part in (("", metrics), ("pca_", pca)) for s, m in part.items()

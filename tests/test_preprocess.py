@@ -180,6 +180,15 @@ def _palette_image():
     return img
 
 
+def _transparent(img):
+    """A palette image whose palette entry 1 is transparent (PNG's tRNS)."""
+    if img.mode == "PA":
+        img.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    else:
+        img.info["transparency"] = 1
+    return img
+
+
 @pytest.mark.parametrize("make, want", [
     # half-transparent orange over white: c * a + 255 * (1 - a), a = 128 / 255
     (lambda: Image.new("RGBA", (4, 4), (200, 100, 0, 128)), (227, 177, 127)),
@@ -189,6 +198,17 @@ def _palette_image():
     (lambda: Image.fromarray(np.full((4, 4), 200, np.int32)), (200, 200, 200)),
     (lambda: Image.new("CMYK", (4, 4), (0, 255, 255, 0)), (255, 0, 0)),  # no cyan, full magenta + yellow: red
     (_palette_image, (10, 200, 30)),  # palette entry 1
+    # 16-bit grey in either byte order; a 16-bit image whose values fit 8 bits is read as 8-bit (255 stays 255);
+    # an I image over 255 is on the 16-bit range: 300 / 65535 * 255 = 1.2 -> 1
+    (lambda: Image.frombytes("I;16B", (4, 4), np.full(16, 32768, ">u2").tobytes()), (128, 128, 128)),
+    (lambda: Image.frombytes("I;16L", (4, 4), np.full(16, 32768, "<u2").tobytes()), (128, 128, 128)),
+    (lambda: Image.fromarray(np.full((4, 4), 255, np.uint16)), (255, 255, 255)),
+    (lambda: Image.fromarray(np.full((4, 4), 300, np.int32)), (1, 1, 1)),
+    (lambda: _transparent(_palette_image()), (255, 255, 255)),  # palette entry 1 made transparent: white
+    (lambda: _transparent(Image.new("PA", (4, 4), (1, 0))), (255, 255, 255)),  # alpha 0 over white
+    # premultiplied: grey 100 at alpha 128 is grey 199 (100 * 255 / 128), then 199 * a + 255 * (1 - a) = 227
+    (lambda: Image.new("La", (4, 4), (100, 128)), (227, 227, 227)),
+    (lambda: Image.new("RGBa", (4, 4), (100, 50, 0, 128)), (227, 177, 127)),
 ])
 def test_every_image_mode_becomes_the_rgb_worked_out_by_hand(make, want):
     from pipeline.preprocess import to_rgb
