@@ -219,3 +219,22 @@ def test_on_face_accepts_a_box_around_the_face_and_nothing_beside_it():
     assert not on_face((310, 100, 510, 300), face)  # beside it
     assert not on_face((190, 190, 210, 210), face)  # a tiny box on one eye
     assert not on_face((0, 0, 400, 400), face)  # twice its size
+
+
+def test_a_missing_haar_cascade_is_one_line_naming_the_file_and_the_reinstall(monkeypatch, tmp_path):
+    """OpenCV 5 wheels no longer ship the cascades: detection must say so, not fail inside OpenCV."""
+    import cv2
+
+    import pipeline.faces as faces
+    from pipeline.errors import UserError
+
+    monkeypatch.setattr(faces, "_cascade", None)
+    monkeypatch.setattr(cv2.data, "haarcascades", str(tmp_path) + os.sep)
+    with pytest.raises(UserError) as e:
+        detect_faces(Image.new("RGB", (64, 64)))
+    assert str(e.value) == (f"preprocess.face_crop: detect needs {tmp_path / faces.CASCADE} from opencv-python-headless "
+                            f"4.x; reinstall with `pip install -e .` (OpenCV 5 wheels no longer ship Haar cascades)")
+    monkeypatch.undo()
+    faces._cascade = None
+    assert not faces._load_cascade().empty() and faces._load_cascade() is faces._load_cascade()  # loaded once
+    assert cv2.getNumThreads() == 1  # preprocess runs one process per core
