@@ -53,13 +53,14 @@ mutation: $(VENV)/.installed  ## mutmut: how many code changes the unit tests ca
 	$(BIN)/mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json; echo
 	$(BIN)/mutmut results  # the survivors: `mutmut show <name>` prints one
 
+# the project's own store; also the tracking URI of the UI's artifact plugin (pipeline/tracking/artifacts.py)
+STORE_URI = sqlite:///$(CURDIR)/mlflow.db
 # One web worker and no background job runner (MLflow's GenAI jobs): ~0.5 GB instead of ~2.3 GB.
 ui: $(VENV)/.installed  ## serve the MLflow UI on this project's store; prints the experiment's address
 	@$(BIN)/python -m pipeline.tracking serve-check --target "make ui" --host "$(HOST)" --insecure "$(INSECURE)"
 	@MLFLOW_TRACKING_URI= $(BIN)/python -m pipeline.tracking url --host $(HOST) --port $(PORT)
-	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlflow.db MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
-		mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
-		--host $(HOST) --port $(PORT) --workers 1
+	MLFLOW_TRACKING_URI=$(STORE_URI) MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+		mlflow ui --backend-store-uri $(STORE_URI) --host $(HOST) --port $(PORT) --workers 1
 
 clean-venv:
 	rm -rf $(VENV)

@@ -52,16 +52,17 @@ def main(argv=None) -> None:
                  "print(time.perf_counter() - t, 'torch' in sys.modules)" % stage)
         _, text = timed([sys.executable, "-c", probe], args.project)
         import_s, torch_imported = text.split()
-        row = {"stage": stage, "runs": args.repeat, "median_s": round(statistics.median(runs), 2),
-               "min_s": round(min(runs), 2), "import_s": round(float(import_s), 2),
-               "torch_at_import": torch_imported == "True", "cpu": platform.processor() or platform.machine()}
-        emit(row, args.out)
+        emit(row(stage, runs, round(float(import_s), 2), torch_imported == "True"), args.out)
     dvc = str(Path(sys.executable).with_name("dvc"))
     for stage in filter(None, args.dvc.split(",")):
         runs = [timed([dvc, "repro", "-f", "-s", stage], args.project)[0] for _ in range(args.repeat)]
-        emit({"stage": f"dvc repro -f -s {stage}", "runs": args.repeat, "median_s": round(statistics.median(runs), 2),
-              "min_s": round(min(runs), 2), "import_s": None, "torch_at_import": None,
-              "cpu": platform.processor() or platform.machine()}, args.out)
+        emit(row(f"dvc repro -f -s {stage}", runs, None, None), args.out)
+
+
+def row(stage: str, runs: list[float], import_s: float | None, torch_at_import: bool | None) -> dict:
+    return {"stage": stage, "runs": len(runs), "median_s": round(statistics.median(runs), 2),
+            "min_s": round(min(runs), 2), "import_s": import_s, "torch_at_import": torch_at_import,
+            "cpu": platform.processor() or platform.machine()}
 
 
 if __name__ == "__main__":

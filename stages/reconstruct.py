@@ -13,7 +13,7 @@ from pipeline.io import write_json
 from pipeline.model import load_model
 from pipeline.paths import DATASET, MODELS, RECON_GRID, RECON_METRICS
 from pipeline.plots import save_recon_grid
-from pipeline.dataset import load_dataset, split_images, split_rows
+from pipeline.dataset import load_dataset, split_images
 from pipeline.runtime import resolve_device
 from pipeline.tracking.stage_runs import log_stage
 from pipeline.yardstick import fit_eigenfaces, versus
@@ -38,7 +38,7 @@ def run(params):
 
     for split in ("train", "test"):
         images = split_images(ds_all, split)
-        labels = ds_all["labels"][split_rows(ds_all, split)]
+        labels = ds_all["labels"][images.rows]
         shown = grid_indices(labels, len(ds_all["classes"]), params.reconstruct.per_class)
         # of at most 5,000 of them (train: reconstruct.train_images; only those are read), and the shown faces
         limit = min(params.reconstruct.train_images, METRIC_IMAGES) if split == "train" else METRIC_IMAGES

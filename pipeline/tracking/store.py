@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from ..errors import UserError
 from ..paths import project_root
@@ -31,11 +33,9 @@ def tracking_uri(root: Path | None = None) -> str:
     """MLFLOW_TRACKING_URI if set (and of a kind MLflow stores runs in), else the project's mlflow.db. A
     project path with '%', '?' or '#' cannot be written into a sqlite URI that both MLflow and SQLAlchemy
     read alike (the store would land beside the project): that is one line asking for another path."""
-    import urllib.parse
-
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if uri:
-        scheme = urllib.parse.urlsplit(uri).scheme.split("+")[0]
+        scheme = urlsplit(uri).scheme.split("+")[0]
         if scheme not in TRACKING_SCHEMES or "://" not in uri:
             raise UserError(f"MLFLOW_TRACKING_URI={uri!r} is not a tracking URI MLflow can use; set it to "
                             f"http://host:port (a tracking server) or sqlite:////path/to/mlflow.db, or unset it "
@@ -93,8 +93,6 @@ TRUSTED_ARTIFACT_ROOT = "FACEVAE_TRUSTED_ARTIFACT_ROOT"  # a local folder a serv
 
 def is_run_id(run_id) -> bool:
     """32 lowercase hex digits: what MLflow makes."""
-    import re
-
     return isinstance(run_id, str) and re.fullmatch(f"[0-9a-f]{{{RUN_ID_DIGITS}}}", run_id) is not None
 
 
@@ -111,8 +109,6 @@ def check_artifact_location(location, uri: str, what: str) -> None:
     names (``s3://`` ...), never to a path on this machine that the user did not name: a ``file:`` location
     (or a bare path) from an HTTP server is refused unless it lies under $FACEVAE_TRUSTED_ARTIFACT_ROOT (a
     shared folder the user chose). Local stores (sqlite, file) are the user's own choice and not checked."""
-    from urllib.parse import unquote, urlsplit
-
     if not uri.startswith(("http://", "https://")):
         return
     parts = urlsplit(str(location or ""))
@@ -224,8 +220,6 @@ def check_not_moved(uri: str, root: Path, experiments) -> None:
     (``<root>/mlflow.db``) would go on writing under the old folder, recreating it or filling another copy's.
     Such a store is refused with one line and the fix (keep it aside; a new store is created here). Stores
     elsewhere (shared, a server) are not checked."""
-    from urllib.parse import unquote, urlsplit
-
     if not uri.startswith("sqlite:///") or Path(sqlite_path(uri)).parent != root:
         return
     ours = artifact_root(uri).as_uri()
