@@ -177,7 +177,8 @@ def tile_titled(pictures: list, max_side: int = 4096, pad: int = 6, title_height
     w, h = max(p.width for _, p in pictures), max(p.height for _, p in pictures)
     cols = 1 if n <= 3 else max(1, min(n, round(math.sqrt(n * (h + title_height) / w))))
     rows = math.ceil(n / cols)
-    scale = min(1.0, (max_side - pad) / (cols * (w + pad)), (max_side - pad) / (rows * (h + title_height + pad)))
+    # the pictures shrink, their titles and the gaps do not
+    scale = min(1.0, (max_side - pad - cols * pad) / (cols * w), (max_side - pad - rows * (title_height + pad)) / (rows * h))
     cw, ch = max(1, int(w * scale)), max(1, int(h * scale))
     canvas = Image.new("RGB", (cols * (cw + pad) + pad, rows * (ch + title_height + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
