@@ -239,6 +239,44 @@ def test_other_os_errors_are_not_called_a_full_disk():
         run_cli(write)
 
 
+def test_a_full_disk_line_names_the_error_and_its_first_200_characters(capsys):
+    from pipeline.cli import run_cli
+
+    def write(error):
+        def go():
+            raise error
+        return go
+
+    with pytest.raises(SystemExit):
+        run_cli(write(OSError(28, "No space left on device\nsecond line", "m/x.tmp")))
+    assert capsys.readouterr().err == ("error: the disk is full writing 'm/x.tmp' (OSError: [Errno 28] No space left "
+                                       "on device); free some space and rerun `dvc repro` (outputs are written whole "
+                                       "or not at all: the previous ones are kept)\n")
+    with pytest.raises(SystemExit):
+        run_cli(write(RuntimeError("file write failed " + "x" * 300)))
+    err = capsys.readouterr().err
+    assert err.startswith("error: the disk is full (RuntimeError: file write failed " + "x" * 182 + "); free")
+    with pytest.raises(RuntimeError, match="^out of luck$"):  # a RuntimeError that is not a failed write
+        run_cli(write(RuntimeError("out of luck")))
+
+
+def test_a_stop_is_its_line_and_its_exit_code(capsys):
+    import os
+    import sys
+
+    from pipeline.cli import run_cli
+    from pipeline.errors import Stopped
+
+    def stopped():
+        raise Stopped("SIGTERM received: stopped after epoch 3/5", code=143)
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(stopped)
+    name = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    assert e.value.code == 143
+    assert capsys.readouterr().err == f"{name}: SIGTERM received: stopped after epoch 3/5\n"
+
+
 @pytest.mark.integration  # a subprocess
 def test_a_finished_stage_runs_its_exit_handlers_flushes_and_exits_0(tmp_path):
     """stage_main ends with os._exit (no interpreter teardown): the exit handlers still run, in order, and
