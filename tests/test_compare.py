@@ -164,7 +164,7 @@ def _blocks(path) -> list:
 
 def test_the_report_holds_each_runs_figures_and_its_newest_pictures_and_names_what_is_missing(tmp_path, capsys):
     """Three runs: one with its pictures at the run's root, one in the older '<stage>/' layout with two tsne
-    children (the newest drawn), one with none (said in one line a picture, left out). The table is each
+    children (the newest drawn), one with none but a deleted one (said in one line a picture, left out). The table is each
     run's figures, the champion marked."""
     from pipeline.compare import collect, write_report
 
@@ -181,6 +181,7 @@ def test_the_report_holds_each_runs_figures_and_its_newest_pictures_and_names_wh
 
     time.sleep(0.02)
     _picture(store, tmp_path, z16, "tsne", white, path="tsne")  # the newer tsne child: the one drawn
+    store.client.delete_run(_picture(store, tmp_path, z32, "tsne", red))  # deleted in the UI: as if never logged
     rows = collect(store.client, "facevae")
     assert [r["run_id"] for r in rows] == [z8, z16, z32]
     capsys.readouterr()

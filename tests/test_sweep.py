@@ -62,18 +62,10 @@ def test_sweep_then_compare(tmp_path):
     for name in ("z4-e2", "z6-e2"):
         assert f'src="{name}_reports_recon_test.png"' in page
         assert f'src="{name}_reports_tsne.png"' in page
-    # every model a version of the registered model; champion = the best by kNN accuracy, then test PSNR
+    # every model a version of the registered model; the champion alias on the version compare names (which run
+    # wins is tests/test_compare.py's, as are the pictures of a deleted child run)
     versions = {v.run_id: v.version for v in client.search_model_versions("name = 'facevae'")}
     assert set(versions) == {r.info.run_id for r in runs}
-    top = max(runs, key=lambda r: (round(r.data.metrics["knn_accuracy"], 2), r.data.metrics["test_psnr"]))
-    assert client.get_model_version_by_alias("facevae", "champion").run_id == top.info.run_id
-    assert f"models:/facevae@champion is version {versions[top.info.run_id]}" in out.stdout
+    champion = client.get_model_version_by_alias("facevae", "champion")
+    assert f"models:/facevae@champion is version {champion.version}" in out.stdout
     assert "Downloading artifacts" not in out.stdout + out.stderr
-    # a child run deleted in the UI: make compare leaves its picture out with one line, never a traceback
-    z4 = by_name["z4-e2"].info.run_id
-    child = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{z4}' and tags.`facevae.stage` = 'tsne'")
-    client.delete_run(child[0].info.run_id)
-    again = run([*make, "compare"], proj)
-    assert "Traceback" not in again.stdout + again.stderr
-    assert "run z4-e2" in again.stdout and "has no tsne picture" in again.stdout
-    assert Image.open(proj / "reports/compare/compare_tsne.png").size == (tsne[0] + 12, 24 + tsne[1] + 6 + 6)
