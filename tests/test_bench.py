@@ -141,3 +141,21 @@ def test_mutation_summary_counts_each_modules_mutants_by_outcome():
         {"module": "pipeline.tracking.store", "mutants": 2, "killed": 1, "survived": 0, "no_tests": 1, "killed_pct": 50.0},
         {"module": "all", "mutants": 5, "killed": 3, "survived": 1, "no_tests": 1, "killed_pct": 60.0}]
     assert [r["module"] for r in summary(text, ["pipeline.io"])] == ["pipeline.io", "all"]
+
+
+def test_merged_mutation_figures_take_each_modules_row_from_the_last_file_that_measured_it(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from mutation_summary import merge
+
+    def row(module, mutants, killed):
+        return {"module": module, "mutants": mutants, "killed": killed, "survived": mutants - killed, "no_tests": 0,
+                "killed_pct": round(100 * killed / mutants, 1)}
+
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    old.write_text("".join(json.dumps(r) + "\n" for r in (row("pipeline.a", 10, 2), row("pipeline.b", 10, 9),
+                                                           row("all", 20, 11))))
+    new.write_text(json.dumps(row("pipeline.a", 12, 9)) + "\n" + json.dumps(row("all", 12, 9)) + "\n")
+    assert merge([str(old), str(new)]) == [
+        {**row("pipeline.a", 12, 9), "measured": "new"}, {**row("pipeline.b", 10, 9), "measured": "old"},
+        {"module": "all", "mutants": 22, "killed": 18, "survived": 4, "no_tests": 0, "killed_pct": 81.8,
+         "measured": ""}]

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import UserError
-from tests.helpers import write_params
+from helpers import write_params
 
 
 def test_dvc_plots_diff_covers_each_runs_experiment_and_the_workspaces_own_run(tmp_path):

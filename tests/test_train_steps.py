@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.errors import Stopped
 from pipeline.io import read_json
-from tests.helpers import small_project
+from helpers import small_project
 
 
 @pytest.fixture
