@@ -228,6 +228,19 @@ def test_the_ui_address_opens_the_experiments_runs_in_the_model_training_view(mo
     assert view["runsHiddenMode"] == "SHOW_ALL" and {c["runsCountToCompare"] for c in cards} == {100}
 
 
+def test_the_shared_view_is_the_state_the_mlflow_ui_was_checked_with():
+    """The UI's view state is MLflow's own undocumented format: pinned, key for key, to the state whose view was
+    checked in the MLflow 3.17 UI (docs/img/mlflow_runs.png, mlflow_charts.png). A change to the view, or to MLflow's format on
+    an upgrade, is checked in the UI again and this file rewritten."""
+    import json
+
+    from pipeline.tracking.view import shared_view
+
+    from helpers import ROOT
+
+    assert shared_view() == json.loads((ROOT / "tests/data/mlflow_shared_view.json").read_text())
+
+
 def test_the_model_runs_of_a_sweep_of_twenty_have_twenty_colours_in_the_ui(monkeypatch, tmp_path):
     """The UI's own colours repeat within ten runs: each model run carries the colour tag the UI's colour picker
     writes, the palette in the order the runs were made."""
