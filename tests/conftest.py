@@ -40,6 +40,17 @@ def tiny_project(tmp_path_factory, worker_id):
     return path, log.read_text()
 
 
+@pytest.fixture(autouse=True)
+def _environment_put_back():
+    """Every test leaves the process environment as it found it: what in-process code sets for a stage's whole
+    life (MLflow's retry settings, torch's compile cache) is taken out again, so no test sees another's."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(params=["cpu", "cuda"])
 def device(request):
     """Run a trainer test on the CPU (always, CI included) and on a CUDA GPU where one is visible: the same

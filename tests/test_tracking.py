@@ -554,3 +554,23 @@ def test_dataset_inputs_name_each_split_with_the_files_digest_context_and_shape(
     again = dataset_inputs({"training": ("facevae-train", ImageReader(tmp_path / "d"), labels)}, "ab" * 32,
                            tmp_path / "dataset.pt")
     assert again[0].dataset.to_dictionary() == out[0].dataset.to_dictionary()
+
+
+def test_a_stopped_run_that_will_not_be_continued_is_marked_killed_once(monkeypatch, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking.runs import close_abandoned_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    stopped = TrainingRun.create("facevae", "z8-e2", {}, {}, root=tmp_path)  # left RUNNING, as by a kill
+    done = TrainingRun.create("facevae", "z8-e3", {}, {}, root=tmp_path)
+    done.finish()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert close_abandoned_run(stopped.run_id, tmp_path) is True
+    assert client.get_run(stopped.run_id).info.status == "KILLED"
+    assert close_abandoned_run(stopped.run_id, tmp_path) is False  # already closed
+    assert close_abandoned_run(done.run_id, tmp_path) is False and client.get_run(done.run_id).info.status == "FINISHED"
+    assert close_abandoned_run("0" * 32, tmp_path) is False  # a run this store does not hold
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # a server that does not answer: left as it is
+    assert close_abandoned_run(stopped.run_id) is False

@@ -20,10 +20,7 @@ def project(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    saved = dict(os.environ)
-    yield path
-    os.environ.clear()  # the settings a stage process keeps for its life (MLflow's retries, torch's cache) go
-    os.environ.update(saved)
+    return path
 
 
 def _store(project):
