@@ -122,3 +122,171 @@ def test_dvc_files_are_read_too(tmp_path):
     (tmp_path / "shared" / "photos.dvc").write_text(f"outs:\n- md5: {GOOD}.dir\n  hash: md5\n  path: ../../up\n")
     with pytest.raises(Refused, match="shared/photos.dvc: shared/photos.dvc, output '../../up'"):
         lock_outputs(tmp_path)
+
+
+@pytest.fixture
+def dvc_project(tmp_path, monkeypatch):
+    """A DVC project (no git) whose default remote is the folder remote/: ``(root, remote_object)``, where
+    ``remote_object(data)`` stores a folder listing on the remote under its md5 as DVC 3 lays objects out."""
+    from dvc.repo import Repo
+
+    root, remote = tmp_path / "proj", tmp_path / "remote"
+    root.mkdir()
+    Repo.init(str(root), no_scm=True).close()
+    (root / ".dvc/config").write_text(f"[core]\n    no_scm = True\n    remote = r\n['remote \"r\"']\n    url = {remote}\n")
+    monkeypatch.chdir(root)
+
+    def remote_object(data: bytes) -> str:
+        md5 = hashlib.md5(data).hexdigest() + ".dir"
+        path = remote / "files/md5" / md5[:2] / md5[2:]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return md5
+
+    return root, remote_object
+
+
+def _lock(root, *outs):
+    stages = "".join(f"  s{i}:\n    cmd: x\n    outs:\n    - path: {o.path}\n      hash: md5\n      md5: {o.md5}\n"
+                     for i, o in enumerate(outs))
+    (root / "dvc.lock").write_text(f"schema: '2.0'\nstages:\n{stages}")
+
+
+def test_a_listing_is_downloaded_checked_then_cached_read_only_once(dvc_project):
+    import stat
+
+    from pipeline.pull import Cache, prefetch_listings
+
+    root, remote_object = dvc_project
+    data, out = listing([{"md5": GOOD, "relpath": "a.png"}])
+    remote_object(data)
+    missing = Output("stage 'x'", "other", "f" * 32 + ".dir")  # the remote lacks it: dvc fetch will say so
+    cache = Cache(root, None)
+    try:
+        local = cache.local_path(out.md5)
+        assert local == root / ".dvc/cache/files/md5" / out.md5[:2] / out.md5[2:]
+        assert prefetch_listings(cache, [out, missing]) == 1
+        assert local.read_bytes() == data and not local.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+        assert [p.name for p in local.parent.iterdir()] == [local.name]  # no temporary file left
+        assert prefetch_listings(cache, [out, missing]) == 0  # already in the cache: not downloaded again
+    finally:
+        cache.close()
+
+
+def test_a_poisoned_or_oversized_listing_on_the_remote_never_reaches_the_cache(dvc_project, monkeypatch):
+    import pipeline.pull as pull
+    from pipeline.pull import Cache, prefetch_listings
+
+    root, remote_object = dvc_project
+    data, out = listing([{"md5": GOOD, "relpath": "../../stages/x.py"}])
+    remote_object(data)
+    cache = Cache(root, "r")
+    try:
+        with pytest.raises(Refused, match=r"entry '\.\./\.\./stages/x\.py' climbs out"):
+            prefetch_listings(cache, [out])
+        assert not cache.local_path(out.md5).exists()
+        data, out = listing([{"md5": GOOD, "relpath": "a.png"}])
+        remote_object(data)
+        monkeypatch.setattr(pull, "MAX_LISTING_BYTES", len(data) - 1)
+        with pytest.raises(Refused) as e:
+            prefetch_listings(cache, [out])
+        assert str(e.value) == (f".dir object {out.md5} on the remote is {len(data)} bytes, over {len(data) - 1}; "
+                                f"not read")
+        assert not cache.local_path(out.md5).exists()
+    finally:
+        cache.close()
+
+
+def test_listings_already_in_the_cache_are_checked_and_an_oversized_one_is_not_read(dvc_project, monkeypatch):
+    import pipeline.pull as pull
+    from pipeline.pull import Cache, check_cached
+
+    root, _ = dvc_project
+    good, out = listing([{"md5": GOOD, "relpath": "a.png"}])
+    bad, poisoned = listing([{"md5": GOOD, "relpath": "/etc/x"}])
+    absent = Output("stage 'x'", "other", "f" * 32 + ".dir")
+    cache = Cache(root, None)
+    try:
+        for data, o in ((good, out), (bad, poisoned)):
+            cache.local_path(o.md5).parent.mkdir(parents=True, exist_ok=True)
+            cache.local_path(o.md5).write_bytes(data)
+        assert check_cached(cache, [out, absent]) == {out: [{"md5": GOOD, "relpath": "a.png"}]}
+        with pytest.raises(Refused, match="entry '/etc/x' is absolute"):
+            check_cached(cache, [out, poisoned])
+        monkeypatch.setattr(pull, "MAX_LISTING_BYTES", len(good) - 1)
+        with pytest.raises(Refused, match=rf"^\.dir object {out.md5} in the cache is over {len(good) - 1} bytes; "
+                                          r"not read$"):
+            check_cached(cache, [out])
+    finally:
+        cache.close()
+
+
+def test_pull_checks_every_listing_before_fetch_and_after_it_then_checks_out(dvc_project, monkeypatch, capsys):
+    """The steps in order, `dvc` itself replaced by a recorder: fetch, then checkout only when the listings
+    the fetch brought pass; the named remote passed on."""
+    import pipeline.pull as pull
+
+    root, remote_object = dvc_project
+    data, out = listing([{"md5": GOOD, "relpath": "a/b.png"}])
+    remote_object(data)
+    late, late_out = listing([{"md5": GOOD, "relpath": "../x"}])
+    late_out = Output("stage 's1'", "late", late_out.md5)
+    _lock(root, Output("stage 's0'", "models", out.md5), late_out, Output("stage 's2'", "m.pt", GOOD))
+    calls = []
+
+    def fake_dvc(*args, root):
+        calls.append(args)
+
+    monkeypatch.setattr(pull, "dvc", fake_dvc)
+    outs = pull.pull(root, "r")
+    assert [o.path for o in outs] == ["models", "late", "m.pt"]
+    assert calls == [("fetch", "--remote", "r"), ("checkout",)]
+
+    def fetch_brings_a_poisoned_listing(*args, root):  # a listing the remote lacked before, that fetch brought
+        calls.append(args)
+        if args[0] == "fetch":
+            path = root / ".dvc/cache/files/md5" / late_out.md5[:2] / late_out.md5[2:]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(late)
+
+    monkeypatch.setattr(pull, "dvc", fetch_brings_a_poisoned_listing)
+    calls.clear()
+    with pytest.raises(Refused, match="entry '../x' climbs out"):
+        pull.pull(root)
+    assert calls == [("fetch",)]  # nothing checked out
+
+
+def test_pull_refuses_a_symlink_on_the_way_to_a_listed_file_before_checkout(dvc_project, monkeypatch, tmp_path):
+    import pipeline.pull as pull
+
+    root, remote_object = dvc_project
+    data, out = listing([{"md5": GOOD, "relpath": "a/b.png"}])
+    remote_object(data)
+    _lock(root, Output("stage 's0'", "models", out.md5))
+    (root / "models").mkdir()
+    (root / "models/a").symlink_to(tmp_path)
+    calls = []
+    monkeypatch.setattr(pull, "dvc", lambda *args, root: calls.append(args))
+    with pytest.raises(Refused, match="models/a is a symlink"):
+        pull.pull(root)
+    assert calls == [("fetch",)]
+
+
+def test_a_failing_dvc_command_is_one_line(tmp_path):
+    from pipeline.pull import dvc
+
+    with pytest.raises(UserError) as e:
+        dvc("no-such-command", root=tmp_path)
+    assert str(e.value) == "`dvc no-such-command` failed (its message is above); nothing more was checked out"
+
+
+def test_make_pull_says_what_it_checked(dvc_project, monkeypatch, capsys):
+    import pipeline.pull as pull
+
+    root, _ = dvc_project
+    got = []
+    monkeypatch.setattr(pull, "pull", lambda r, remote: got.append((r, remote)) or [
+        Output("stage 'a'", "models", GOOD + ".dir"), Output("stage 'a'", "m.pt", GOOD)])
+    pull.main(["-r", "team"])
+    assert got == [(root.resolve(), "team")]
+    assert capsys.readouterr().out == "pull: 1 folder listings checked, 2 outputs checked out\n"
