@@ -1,0 +1,144 @@
+"""What the tracking modules record, function by function: rounding, params in batches, the per-epoch curves,
+provenance (file hash, git, the run's description), a reopened run, the registry's version tags."""
+
+import hashlib
+import subprocess
+
+import pytest
+
+from pipeline.params import Params, from_flat
+from pipeline.tracking.provenance import file_sha256, git_info, run_description
+from pipeline.tracking.runs import TrainingRun, epoch_metrics, param_str, rounded
+
+
+def test_summary_metrics_are_rounded_to_what_their_precision_means():
+    assert rounded({"test_psnr": 26.78456, "val_mse": 0.00123456789, "train_seconds": 132.149, "images_per_second":
+                    310.66, "knn_accuracy": 0.98765, "pca_test_psnr": 24.444}) == {
+        "test_psnr": 26.78, "val_mse": 0.001235, "train_seconds": 132.1, "images_per_second": 310.7,
+        "knn_accuracy": 0.988, "pca_test_psnr": 24.44}
+    assert type(rounded({"silhouette": 1})["silhouette"]) is float
+
+
+@pytest.mark.parametrize("recon, warmup, curves", [
+    ("mse", 0, ("loss", "recon", "kl", "neg_elbo", "val_mse")),
+    ("bce", 0, ("loss", "recon", "kl", "neg_elbo", "sse", "val_mse")),
+    ("mse", 5, ("loss", "recon", "kl", "neg_elbo", "beta", "val_mse")),
+])
+def test_the_per_epoch_curves_leave_out_what_repeats_another_or_never_changes(recon, warmup, curves):
+    assert epoch_metrics(recon, warmup) == curves
+
+
+def test_a_param_longer_than_mlflow_takes_is_cut_with_an_ellipsis():
+    assert param_str([1, 2]) == "[1, 2]" and param_str("x" * 6000) == "x" * 6000
+    assert param_str("x" * 6001) == "x" * 5997 + "..." and len(param_str("y" * 10_000)) == 6000
+
+
+def test_a_file_hash_is_its_sha256_read_in_chunks(tmp_path):
+    data = bytes(range(256)) * 5000  # more than one 1 MiB chunk
+    (tmp_path / "f").write_bytes(data)
+    assert file_sha256(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+    (tmp_path / "e").write_bytes(b"")
+    assert file_sha256(str(tmp_path / "e")) == hashlib.sha256(b"").hexdigest()
+
+
+def test_git_provenance_is_the_commit_branch_and_whether_tracked_files_changed(tmp_path):
+    assert git_info(tmp_path) == {"mlflow.source.git.commit": "unknown", "git_dirty": "unknown"}  # no repository
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+    def git(*args):
+        import os
+
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True,
+                              env={**os.environ, **env}).stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    (tmp_path / "a.txt").write_text("1")
+    git("add", "a.txt")
+    git("commit", "-qm", "x")
+    commit = git("rev-parse", "HEAD")
+    assert git_info(tmp_path) == {"mlflow.source.git.commit": commit, "mlflow.source.git.branch": "main",
+                                  "git_dirty": "false"}
+    (tmp_path / "untracked.txt").write_text("not a change of the code")
+    assert git_info(tmp_path)["git_dirty"] == "false"
+    (tmp_path / "a.txt").write_text("2")
+    assert git_info(tmp_path)["git_dirty"] == "true"
+    git("checkout", "-q", "--detach")  # a detached HEAD names no branch
+    assert "mlflow.source.git.branch" not in git_info(tmp_path)
+
+
+def test_the_run_description_says_what_was_trained_on_what_and_where_it_came_from():
+    flat = {**Params().flat(), "train.latent_dim": 20, "train.epochs": 80, "train.validation": 0,
+            "train.min_steps": 0, "preprocess.size": 64, "model.arch": "notebook", "model.linear": "pca",
+            "train.recon": "mse", "train.beta": 1.0}
+    text = run_description(from_flat(flat), 380)
+    assert text.startswith("Latent size 20, 80 epochs on 380 training images of the synthetic faces (")
+    assert text.endswith("64 px; model.arch notebook, model.linear pca, train.recon mse, beta 1.0.")
+    photos = from_flat({**flat, "data.source": "photos/mine"})
+    assert "training images of `photos/mine`, 64 px" in run_description(photos, 380, "z20-e80")
+    assert run_description(photos, 380, "z20-e80").endswith(
+        " DVC experiment `z20-e80` (`dvc exp apply z20-e80`).")
+    held = run_description(from_flat({**flat, "train.validation": 38}), 380)
+    assert " (38 of them held out to choose the best epoch)" in held
+
+
+def test_params_go_in_batches_of_100_as_strings(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking.runs import log_params
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("e"))
+    sent = []
+    batch = client.log_batch
+    monkeypatch.setattr(client, "log_batch", lambda run_id, params: sent.append(len(params)) or batch(run_id,
+                                                                                                  params=params))
+    log_params(client, run.info.run_id, {f"k{i:03d}": i for i in range(250)} | {"long": "z" * 7000})
+    assert sent == [100, 100, 51]
+    params = client.get_run(run.info.run_id).data.params
+    assert len(params) == 251 and params["k007"] == "7" and params["long"] == "z" * 5997 + "..."
+
+
+def test_a_reopened_run_keeps_its_params_records_changes_as_tags_and_skips_epochs_it_holds(monkeypatch, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    first = TrainingRun.create("facevae", "z8-e2", {"train.epochs": 2, "train.latent_dim": 8}, {}, root=tmp_path)
+    for epoch in (1, 2, 3):  # epoch 3 logged after the checkpoint of epoch 2, before the stop
+        first.log_epoch(epoch, {"loss": 10.0 - epoch, "kl": 1.0, "other": 5.0})
+    first.finish("KILLED")
+    again = TrainingRun.reopen(first.run_id, "z8-e4", {"train.epochs": 4, "train.latent_dim": 8, "train.new": "x"},
+                               {"device": "cpu"}, root=tmp_path)
+    assert again.resumed and again.logged_through == 3
+    for epoch in (3, 4):
+        again.log_epoch(epoch, {"loss": 100.0 + epoch, "kl": 1.0})
+    again.finish()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "z8-e4"
+    assert run.data.params == {"train.epochs": "2", "train.latent_dim": "8", "train.new": "x"}
+    assert run.data.tags["resumed.train.epochs"] == "4" and run.data.tags["device"] == "cpu"
+    assert "resumed.train.latent_dim" not in run.data.tags
+    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "loss")] == [
+        (1, 9.0), (2, 8.0), (3, 7.0), (4, 104.0)]  # epoch 3 is not logged twice
+    assert "other" not in run.data.metrics  # only the curves the run was made with
+    assert TrainingRun.reopen("f" * 32, "z", {}, {}, root=tmp_path) is None  # not in this store
+    assert TrainingRun.reopen("../x", "z", {}, {}, root=tmp_path) is None  # not a run id at all
+
+
+def test_the_registry_tags_each_version_with_the_key_metrics_of_its_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking.stage_runs import tag_versions
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                          registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("e")).info.run_id
+    other = client.create_run(client.get_experiment_by_name("e").experiment_id).info.run_id
+    client.create_registered_model("m")
+    mine, theirs = (client.create_model_version("m", f"runs:/{r}/x", r).version for r in (run, other))
+    tag_versions(client, run, {"test_psnr": 26.78, "pca_test_psnr": 24.45, "train_seconds": 3.0})
+    assert client.get_model_version("m", mine).tags == {"test_psnr": "26.78", "pca_test_psnr": "24.45"}
+    assert client.get_model_version("m", theirs).tags == {}
+    tag_versions(client, other, {"train_seconds": 3.0})  # no key metric: nothing tagged
+    assert client.get_model_version("m", theirs).tags == {}
