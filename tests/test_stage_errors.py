@@ -277,6 +277,68 @@ def test_a_stop_is_its_line_and_its_exit_code(capsys):
     assert capsys.readouterr().err == f"{name}: SIGTERM received: stopped after epoch 3/5\n"
 
 
+def test_a_stage_runs_on_its_params_after_removing_what_a_killed_stage_left_then_exits(tmp_path, monkeypatch):
+    import pipeline.cli as cli
+
+    from helpers import write_params
+
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, {"train": {"latent_dim": 12}})
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/.vae.pt.x1.tmp").write_bytes(b"half")  # a write killed mid-way
+    (tmp_path / "models/vae.pt").write_bytes(b"whole")
+    seen, exits = [], []
+    monkeypatch.setattr(cli, "exit_now", lambda code=0: exits.append(code))
+    cli.stage_main(lambda params: seen.append((params.train.latent_dim, (tmp_path / "models/.vae.pt.x1.tmp").exists())))
+    assert seen == [(12, False)] and exits == [0]
+    assert (tmp_path / "models/vae.pt").read_bytes() == b"whole"
+
+
+def test_a_stage_with_a_bad_params_file_is_one_line_and_never_runs(tmp_path, monkeypatch, capsys):
+    import pipeline.cli as cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "other.yaml").write_text("train: {latent_dim: -1}\n")
+    with pytest.raises(SystemExit) as e:
+        cli.stage_main(lambda params: pytest.fail("ran"), params_path="other.yaml")
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: ")
+
+
+def test_exit_now_runs_the_exit_handlers_flushes_and_ends_the_process_with_the_code(monkeypatch):
+    import atexit
+    import io
+    import os
+    import sys
+
+    import pipeline.cli as cli
+
+    events = []
+
+    class Closed(io.StringIO):
+        def flush(self):
+            raise ValueError("I/O operation on closed file")
+
+    monkeypatch.setattr(sys, "gettrace", lambda: None)  # as in a stage (a debugger or coverage would set one)
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: events.append("handlers"))
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    monkeypatch.setattr(sys, "stderr", Closed())  # a reader that went away: nothing to deliver, no error
+    monkeypatch.setattr(sys.stdout, "flush", lambda: events.append("flush"))
+
+    def _exit(code):
+        events.append(("exit", code))
+        raise SystemExit(code)
+
+    monkeypatch.setattr(os, "_exit", _exit)
+    with pytest.raises(SystemExit):
+        cli.exit_now(3)
+    assert events == ["handlers", "flush", ("exit", 3)]
+    events.clear()
+    monkeypatch.setattr(sys, "gettrace", lambda: (lambda *a: None))  # traced: a normal exit, which reports
+    with pytest.raises(SystemExit) as e:
+        cli.exit_now()
+    assert e.value.code == 0 and events == []
+
+
 @pytest.mark.integration  # a subprocess
 def test_a_finished_stage_runs_its_exit_handlers_flushes_and_exits_0(tmp_path):
     """stage_main ends with os._exit (no interpreter teardown): the exit handlers still run, in order, and
