@@ -59,3 +59,19 @@ def test_a_bad_latent_size_is_one_line_before_dvc_runs(fake_dvc, capsys, size):
                                        f"integer up to 1024 (the size of h it compresses), e.g. 20, 30 or 50\n")
     with pytest.raises(FileNotFoundError):
         fake_dvc()  # dvc never ran
+
+
+def test_a_sweep_names_its_experiments_after_the_params_epochs_then_compares(fake_dvc, tmp_path, monkeypatch, capsys):
+    import pipeline.compare as compare
+    from helpers import write_params
+    from pipeline.sweep import main
+
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, {"train": {"epochs": 120}})
+    compared = []
+    monkeypatch.setattr(compare, "main", lambda argv: compared.append(argv))
+    main(["20", "50"])
+    assert capsys.readouterr().out == "sweep: DVC experiments z20-e120, z50-e120 (make exps lists them)\n"
+    assert compared == [[]]
+    assert fake_dvc()[-3:] == ["exp run --queue --name z20-e120 -S train.latent_dim=20",
+                               "exp run --queue --name z50-e120 -S train.latent_dim=50", "exp run --run-all --jobs 1"]
