@@ -23,6 +23,18 @@ def login_env(monkeypatch):
     monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "x")
 
 
+def test_the_command_line_names_its_three_commands_and_needs_one(capsys):
+    assert _exit([]) == 2 and "the following arguments are required: cmd" in capsys.readouterr().err
+    assert _exit(["--help"]) == 0
+    usage = " ".join(capsys.readouterr().out.split())  # as argparse wraps it for this terminal, unwrapped
+    assert usage.startswith("usage: python -m pipeline.tracking [-h] {resend,url,serve-check}")
+    for line in ("resend", "send the metrics and artifacts a training kept while MLflow was away", "url",
+                 "the MLflow UI's address of the experiment's runs (model-training view)", "serve-check",
+                 "refuse to serve runs to the network without a login"):
+        assert line in usage
+    assert _exit(["serve-check"]) == 0 and capsys.readouterr() == ("", "")  # the default host is loopback
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])
 def test_loopback_is_served_without_a_login_or_a_word(host, capsys):
     assert _exit(["serve-check", "--host", host]) == 0 and capsys.readouterr() == ("", "")
