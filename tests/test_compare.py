@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import UserError
-from helpers import write_params
+from helpers import empty_store, write_params
 
 
 def test_dvc_plots_diff_covers_each_runs_experiment_and_the_workspaces_own_run(tmp_path):
@@ -29,7 +29,7 @@ class _Store:
     def __init__(self, tmp_path):
         from mlflow.tracking import MlflowClient
 
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        uri = empty_store(tmp_path)
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         self.exp = self.client.create_experiment("facevae", artifact_location=str(tmp_path / "art"))
         self.client.create_registered_model("facevae")

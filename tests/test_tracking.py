@@ -10,6 +10,8 @@ from pipeline.paths import project_root
 from pipeline.tracking.runs import TrainingRun
 from pipeline.tracking.store import tracking_uri
 
+from helpers import empty_store
+
 
 @pytest.mark.parametrize("uri", ["http//x", "ftp://x", "localhost:5000", "mlruns"])
 def test_a_tracking_uri_mlflow_cannot_use_is_one_line(monkeypatch, uri):
@@ -199,6 +201,7 @@ def test_the_ui_address_opens_the_experiments_runs_in_the_model_training_view(mo
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     write_params(tmp_path, {"mlflow": {"experiment": "mine"}})
     assert ui_url("0.0.0.0", 5001, tmp_path) == "http://127.0.0.1:5001"  # no store yet: the home page
+    empty_store(tmp_path)
     run = TrainingRun.create("mine", "z2-e1", {}, {}, root=tmp_path)
     run.finish()
     assert ui_url("127.0.0.1", 5000, tmp_path) == (f"http://127.0.0.1:5000/#/experiments/{run.experiment_id}/runs"
@@ -251,6 +254,7 @@ def test_the_model_runs_of_a_sweep_of_twenty_have_twenty_colours_in_the_ui(monke
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     runs = []
+    empty_store(tmp_path)
     for d in range(21):
         runs.append(TrainingRun.create("facevae", f"z{d}-e1", {}, {}, root=tmp_path))
         runs[-1].finish()
@@ -295,6 +299,7 @@ def test_a_run_this_store_does_not_hold_is_not_reopened_and_a_reopened_run_keeps
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    empty_store(tmp_path)
     assert TrainingRun.reopen("0" * 32, "z2-e4", {}, {}, root=tmp_path) is None
     first = TrainingRun.create("facevae", "z2-e2", {"train.epochs": 2}, {}, root=tmp_path)
     first.log_epoch(1, {"loss": 3.0, "recon": 2.0})
@@ -336,6 +341,7 @@ def test_what_a_run_cannot_send_is_kept_in_order_and_resend_delivers_it(monkeypa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     (tmp_path / "f.txt").write_text("x")
+    empty_store(tmp_path)
     run = TrainingRun.create("facevae", "z2-e3", {}, {}, root=tmp_path)
     run.outbox.client = GoneAfter(run.outbox.client, calls=1)
     for epoch in (1, 2, 3):
@@ -369,6 +375,7 @@ def test_a_resend_that_fails_on_item_k_keeps_the_items_from_k_and_the_next_resen
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    empty_store(tmp_path)
     run = TrainingRun.create("facevae", "z2-e3", {}, {}, root=tmp_path)
     run.outbox.client = GoneAfter(run.outbox.client, calls=0)
     for epoch in (1, 2, 3):
@@ -412,6 +419,7 @@ def test_resend_attaches_no_file_that_changed_or_went_since_it_was_queued(monkey
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     for name in ("vae.pt", "config.json", "loss.csv"):
         (tmp_path / name).write_text(f"old {name}")
+    empty_store(tmp_path)
     run = TrainingRun.create("facevae", "z2-e3", {}, {}, root=tmp_path)
     run.outbox.client = GoneAfter(run.outbox.client, calls=0)
     for name in ("vae.pt", "config.json", "loss.csv"):
@@ -465,6 +473,7 @@ def test_logging_the_model_leaves_the_callers_model_and_the_process_as_they_were
     model = ConvVAE(3, 16, arch="bn").to(memory_format=torch.channels_last).train()
     weights = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
     images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    empty_store(tmp_path)
     run = TrainingRun.create("facevae", "z3-e1", {}, {}, root=tmp_path)
     run.log_model(model, images, "vae-z3")
     run.finish()
@@ -494,6 +503,7 @@ def test_log_stage_on_sqlite_makes_a_child_run_and_links_the_summary_to_the_mode
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    empty_store(tmp_path)
     run = TrainingRun.create("facevae", "z3-e2", {"train.latent_dim": 3}, {}, root=tmp_path)
     run.log_model(ConvVAE(3, 16, arch="bn"), torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8), "vae-z3",
                   registered_name="facevae")
@@ -566,6 +576,7 @@ def test_a_stopped_run_that_will_not_be_continued_is_marked_killed_once(monkeypa
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    empty_store(tmp_path)
     stopped = TrainingRun.create("facevae", "z8-e2", {}, {}, root=tmp_path)  # left RUNNING, as by a kill
     done = TrainingRun.create("facevae", "z8-e3", {}, {}, root=tmp_path)
     done.finish()

@@ -4,7 +4,7 @@ first), url (the address `make ui` prints) and resend (the outbox), each error o
 import pytest
 
 from pipeline.tracking.__main__ import main
-from helpers import write_params
+from helpers import empty_store, write_params
 
 LOGIN = "AUTH=basic-auth (a login; README: A shared MLflow server)"
 
@@ -89,7 +89,7 @@ def test_the_ui_address_before_and_after_the_first_run(tmp_path, monkeypatch, ca
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     assert _exit(["url", "--port", "5001"]) == 0
     assert capsys.readouterr().out == "MLflow UI: http://127.0.0.1:5001 (no runs yet: `make run` first)\n"
-    exp = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").create_experiment("facevae")
+    exp = MlflowClient(empty_store(tmp_path)).create_experiment("facevae")
     assert _exit(["url", "--host", "0.0.0.0"]) == 0
     link = (f"http://127.0.0.1:5000/#/experiments/{exp}/runs?viewStateShareKey=facevae"
             f"&workflowType=machine_learning")

@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from helpers import empty_store
 from pipeline.params import Params, from_flat
 from pipeline.tracking.provenance import file_sha256, git_info, run_description
 from pipeline.tracking.runs import TrainingRun, epoch_metrics, param_str, rounded
@@ -86,7 +87,7 @@ def test_params_go_in_batches_of_100_as_strings(tmp_path, monkeypatch):
 
     from pipeline.tracking.runs import log_params
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(empty_store(tmp_path))
     run = client.create_run(client.create_experiment("e"))
     sent = []
     batch = client.log_batch
@@ -103,6 +104,7 @@ def test_a_reopened_run_keeps_its_params_records_changes_as_tags_and_skips_epoch
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    empty_store(tmp_path)
     first = TrainingRun.create("facevae", "z8-e2", {"train.epochs": 2, "train.latent_dim": 8}, {}, root=tmp_path)
     for epoch in (1, 2, 3):  # epoch 3 logged after the checkpoint of epoch 2, before the stop
         first.log_epoch(epoch, {"loss": 10.0 - epoch, "kl": 1.0, "other": 5.0})
@@ -131,8 +133,8 @@ def test_the_registry_tags_each_version_with_the_key_metrics_of_its_run(tmp_path
 
     from pipeline.tracking.stage_runs import tag_versions
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                          registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = empty_store(tmp_path)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     run = client.create_run(client.create_experiment("e")).info.run_id
     other = client.create_run(client.get_experiment_by_name("e").experiment_id).info.run_id
     client.create_registered_model("m")

@@ -10,12 +10,13 @@ import pytest
 
 from pipeline.errors import Stopped
 from pipeline.io import read_json
-from helpers import small_project
+from helpers import empty_store, small_project
 
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     path = small_project(tmp_path / "p")
+    empty_store(path)
     monkeypatch.chdir(path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
