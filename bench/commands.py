@@ -1,12 +1,12 @@
 """Wall time of the README's two commands on a fresh clone of the committed code:
 
-    python bench/commands.py [--commands run,test] [--rev HEAD] [--out FILE]
+    python bench/commands.py [--commands run,test,test-fast] [--rev HEAD] [--out FILE]
 
 Clones this repository's HEAD (or ``--rev``) into a temporary folder and runs, there, ``make run`` (the whole pipeline on the
 built-in faces: data generated, model trained, every stage, a new MLflow store) and ``make test`` (the suite as
 CI runs it), with this checkout's installed ``.venv`` (install time apart: ``make install`` is not rerun).
 Prints one JSON line per command (and appends it to ``--out``): command, seconds, and for ``make run`` the
-train stage's own seconds (metrics/train.json), for ``make test`` pytest's counts.
+train stage's own seconds (metrics/train.json), for ``make test`` and ``make test-fast`` pytest's counts.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main() -> None:
                     f"{int(seconds % 60)} s", "commit": commit, "cores": os.cpu_count(), "cpu": platform.machine()}
             if command == "run":
                 line["train_seconds"] = round(json.loads((clone / "metrics/train.json").read_text())["seconds"], 1)
-            if command == "test":
+            if command in ("test", "test-fast"):
                 summary = [x for x in output.splitlines() if re.search(r"\d+ passed", x)][-1]
                 line.update({k: int(n) for n, k in re.findall(r"(\d+) (passed|skipped|failed)", summary)})
             emit(line, args.out)
