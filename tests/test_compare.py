@@ -271,7 +271,8 @@ if args[:2] == ["exp", "list"]:
     print(os.environ["EXPERIMENTS"])
 elif args[:2] == ["plots", "diff"]:
     if os.environ.get("FAIL"):
-        sys.stderr.write("some detail\\nERROR: unexpected error - boom\\n")
+        if os.environ["FAIL"] != "quiet":
+            sys.stderr.write("some detail\\nERROR: unexpected error - boom\\n")
         sys.exit(2)
     revs = args[2:args.index("--json")]
     out = args[args.index("-o") + 1]
@@ -329,38 +330,95 @@ def test_a_failing_dvc_plots_diff_is_one_line_and_no_experiment_known_is_no_page
     assert write_dvc_plots(["gone"], out) is None and not out.exists()
     assert plots_dvc() == ["exp list --all-commits --name-only"]  # nothing to diff: no plots diff
     monkeypatch.setenv("FAIL", "1")
-    with pytest.raises(UserError, match=r"^`dvc plots diff z30-e80` exited 2: ERROR: unexpected error - boom$"):
-        write_dvc_plots(["z30-e80"], out)
+    with pytest.raises(UserError, match=r"^`dvc plots diff z20-e80 z30-e80` exited 2: ERROR: unexpected error - boom$"):
+        write_dvc_plots(["z20-e80", "z30-e80"], out)
     assert not out.exists()
+    monkeypatch.setenv("FAIL", "quiet")  # no message at all
+    with pytest.raises(UserError, match=r"^`dvc plots diff z30-e80` exited 2: $"):
+        write_dvc_plots(["z30-e80"], out)
 
 
 def test_compare_from_the_command_line_reports_and_moves_the_champion(tmp_path, plots_dvc, monkeypatch, capsys):
     """`python -m pipeline.compare` on the store of MLFLOW_TRACKING_URI, the experiment and model name read
-    from params.yaml: the table printed, the champion moved, the report and the page of the workspace's run."""
+    from params.yaml: the table printed, the champion moved (to the newest version of the best run), the report
+    in reports/compare/ and the page of the workspace's run; a second run rewrites them."""
     from pipeline.compare import main
 
     store = _Store(tmp_path)
     z20 = store.model_run(20, 0.7, register=True)
+    for _ in range(7):  # versions 2-8 of other models
+        store.client.create_model_version("facevae", "runs:/x/vae", z20)
     z30 = store.model_run(30, 0.9, register=True)
+    store.client.create_model_version("facevae", f"runs:/{z30}/vae-z30", z30)  # logged again: versions 9 and 10
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, {"mlflow": {"experiment": "facevae", "model_name": "facevae"}})
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "mlflow_run.json").write_text(json.dumps({"run_id": z30}))
-    main(["--out", "cmp"])
+    main([])
     lines = capsys.readouterr().out.splitlines()
     assert sum("has no reconstruct picture" in line for line in lines[:4]) == 2  # no child runs in this store
-    assert lines[4:8] == [
+    assert lines[4:] == [
         "latent  20: test PSNR 0.50 dB, SSIM 0.500, probe 0.500, kNN 0.70, silhouette 0.500  (z20-e80)",
         "latent  30: test PSNR 0.50 dB, SSIM 0.500, probe 0.500, kNN 0.90, silhouette 0.500  (z30-e80)",
-        "champion: latent 30 (z30-e80): models:/facevae@champion is version 2",
-        "compare: cmp/compare.png, compare.md"]
-    assert lines[8:] == ["compare: cmp/dvc_plots/index.html (dvc plots diff of the runs' DVC experiments; opens "
-                         "offline)"]
-    assert store.client.get_model_version_by_alias("facevae", "champion").run_id == z30
+        "champion: latent 30 (z30-e80): models:/facevae@champion is version 10",
+        "compare: reports/compare/compare.png, compare.md",
+        "compare: reports/compare/dvc_plots/index.html (dvc plots diff of the runs' DVC experiments; opens offline)"]
+    assert str(store.client.get_model_version_by_alias("facevae", "champion").version) == "10"
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"  # no download bars among those lines
     assert plots_dvc()[1].startswith("plots diff workspace --json")  # z20 was trained elsewhere: not in DVC
-    assert (tmp_path / "cmp" / "compare.md").exists() and (tmp_path / "cmp" / "dvc_plots" / "index.html").exists()
-    assert z20
+    report = (tmp_path / "reports/compare/compare.md").read_text().splitlines()
+    assert report[:5] == ["# Runs compared by latent size", "",
+                          "Newest finished MLflow model run per latent size, of the newest run's training data and "
+                          "epochs (test set: the held-out faces).", "",
+                          "| latent | run | training images | epochs | test PSNR (dB) | test SSIM | probe accuracy | "
+                          "kNN accuracy | silhouette | DVC experiment | MLflow run id |"]
+    assert report[5] == "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"
+    assert report[7].startswith("| 30 | z30-e80 (champion) | 380 | 80 |")
+    main(["--experiment", "facevae"])  # again, into the same folder; the model name from params.yaml
+    assert (tmp_path / "reports/compare/compare.md").read_text().splitlines()[:8] == report[:8]
+
+
+def test_on_a_shared_server_compare_moves_the_champion_among_this_users_runs_unless_all_users(tmp_path, monkeypatch,
+                                                                                              capsys):
+    """compare() against a tracking server (http): this machine's user's runs only, or everyone's with
+    --all-users; the champion moves among those compared."""
+    import pipeline.compare as compare
+
+    store = _Store(tmp_path)
+    mine = store.model_run(20, 0.8, user="alice", register=True)
+    theirs = store.model_run(30, 0.9, user="bob", register=True)
+    monkeypatch.setattr(compare, "tracking_uri", lambda: "http://mlflow.example:5000")
+    monkeypatch.setattr(compare, "check_reachable", lambda uri: None)
+    monkeypatch.setattr(compare, "open_store", lambda uri: store.client)
+    monkeypatch.setattr(compare, "write_dvc_plots", lambda revisions, out: None)
+    monkeypatch.setattr(compare.getpass, "getuser", lambda: "alice")
+    monkeypatch.chdir(tmp_path)
+    compare.compare("facevae", "facevae", tmp_path / "out")
+    assert store.client.get_model_version_by_alias("facevae", "champion").run_id == mine
+    assert "comparing alice's 1 only" in capsys.readouterr().out
+    compare.compare("facevae", "facevae", tmp_path / "out", all_users=True)
+    assert store.client.get_model_version_by_alias("facevae", "champion").run_id == theirs
+    monkeypatch.setattr(compare, "tracking_uri", lambda: "https://mlflow.example")
+    compare.compare("facevae", "facevae", tmp_path / "out")
+    assert store.client.get_model_version_by_alias("facevae", "champion").run_id == mine
+
+
+def test_compare_describes_itself_and_its_options(capsys):
+    from pipeline.compare import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    usage = " ".join(capsys.readouterr().out.split())
+    assert usage.startswith("usage: python -m pipeline.compare [-h] [--experiment EXPERIMENT] [--model-name "
+                            "MODEL_NAME] [--out OUT] [--all-users] Compare trained models side by side: latent size "
+                            "against test PSNR")
+    for text in ("MLflow experiment (default: mlflow.experiment of params.yaml)",
+                 "registered model whose champion alias moves (default: mlflow.model_name of params.yaml)",
+                 "on a shared server, compare every user's runs (and move the shared champion among them)"):
+        assert text in usage
 
 
 def test_compare_of_a_missing_experiment_is_one_line_and_exit_2(tmp_path, plots_dvc, monkeypatch, capsys):
