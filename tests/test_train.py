@@ -139,6 +139,40 @@ def test_save_and_load_round_trip(tmp_path, linear):
 def test_missing_model_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="run the train stage first"):
         load_model(tmp_path)
+    trainer = Trainer(_images(), _cfg(epochs=1))
+    save_model(trainer.model, trainer.model_config, tmp_path)
+    for name in ("vae.pt", "model_config.json"):  # either file alone is no model
+        kept = (tmp_path / name).read_bytes()
+        (tmp_path / name).unlink()
+        with pytest.raises(UserError, match=rf"^{tmp_path}: no trained model \(vae.pt \+ model_config.json\); "):
+            load_model(tmp_path)
+        (tmp_path / name).write_bytes(kept)
+    assert not load_model(tmp_path).training
+
+
+class _Planted:
+    """A pickle that, when loaded with full unpickling, writes a file: what a crafted vae.pt would do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_crafted_or_damaged_weights_file_is_refused_without_running_its_code(tmp_path):
+    trainer = Trainer(_images(), _cfg(epochs=1))
+    save_model(trainer.model, trainer.model_config, tmp_path)
+    planted = tmp_path / "planted.txt"
+    torch.save({"weights": _Planted(planted)}, tmp_path / "vae.pt")
+    with pytest.raises(UserError) as e:
+        load_model(tmp_path)
+    assert str(e.value) == f"{tmp_path}: the trained model is damaged (UnpicklingError); retrain it with " \
+                           f"`dvc repro -f train`"
+    assert not planted.exists()  # weights only: the pickle's code never ran
+    (tmp_path / "vae.pt").write_bytes(b"truncated")
+    with pytest.raises(UserError, match=r"the trained model is damaged \(\w+Error\); retrain it"):
+        load_model(tmp_path)
 
 
 @pytest.mark.parametrize("images", [torch.zeros(4, 3, 32, 32), torch.zeros(3, 32, 32, dtype=torch.uint8)])
