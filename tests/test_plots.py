@@ -184,3 +184,45 @@ def test_tiles_of_pictures_of_different_sizes_take_the_largest_cell_and_never_en
     assert max(four.size) <= 100 and four.size[0] < four.size[1] * 2  # two columns, shrunk to fit
     scale = (100 - 6 - 2 * (24 + 6)) / (2 * 30)  # the height decides: titles and gaps keep their size
     assert four.size == (2 * (int(40 * scale) + 6) + 6, 2 * (int(30 * scale) + 24 + 6) + 6) == (62, 100)
+
+
+def test_pixels_outside_0_1_are_clipped_and_uint8_originals_keep_their_values():
+    original = torch.full((1, 3, 2, 2), 128, dtype=torch.uint8)
+    recon = torch.tensor([-0.5, 0.25, 1.5]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    grid = plots.recon_grid(original, recon, per_row=1, pad=1)
+    assert grid[1, 1].tolist() == [128, 128, 128]  # the original, as it was
+    assert grid[1 + 3, 1].tolist() == [0, 64, 255]  # clipped, and 0.25 * 255 rounded
+    rows = plots.image_rows([torch.full((1, 3, 2, 2), 128, dtype=torch.uint8)], pad=1)
+    assert rows[1, 1].tolist() == [128, 128, 128]
+
+
+def test_row_labels_are_drawn_without_column_titles_too():
+    labelled = plots.image_rows([torch.ones(1, 3, 30, 30)], label_width=60, labels=["angry"])
+    assert labelled.shape == (34, 94, 3) and (labelled[:, :60] < 128).any()
+    assert not (plots.image_rows([torch.ones(1, 3, 30, 30)], label_width=60)[:, :60] < 255).any()
+
+
+def test_a_gif_of_five_frames_comes_back_through_each_middle_frame(tmp_path):
+    frames = [np.full((8, 8, 3), v, dtype=np.uint8) for v in (0, 50, 100, 150, 200)]
+    plots.save_gif(frames, tmp_path / "g.gif")
+    with Image.open(tmp_path / "g.gif") as gif:
+        seen = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            seen.append(gif.convert("RGB").getpixel((0, 0))[0])
+    assert seen == [0, 50, 100, 150, 200, 150, 100, 50]
+
+
+def test_a_grid_of_four_puts_each_picture_in_its_own_cell_and_wide_pictures_shrink_to_the_width():
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    grid = plots.tile_titled([(f"t{i}", Image.new("RGB", (40, 30), c)) for i, c in enumerate(colours)],
+                             pad=6, title_height=24)
+    assert grid.size == (2 * 46 + 6, 2 * 60 + 6)  # two columns, two rows
+    cells = [grid.getpixel((6 + col * 46 + 5, 6 + row * 60 + 24 + 5)) for row in (0, 1) for col in (0, 1)]
+    assert cells == colours
+    wide = plots.tile_titled([("w", Image.new("RGB", (1000, 10), (255, 0, 0)))] * 2, max_side=500, pad=6,
+                             title_height=24)
+    scale = (500 - 6 - 6) / 1000  # one column (two pictures): the width decides
+    assert wide.size == (int(1000 * scale) + 12, 2 * (int(10 * scale) + 24 + 6) + 6)
+    tall = plots.tile_titled([("t", Image.new("RGB", (40, 300), (0, 0, 255)))] * 3, pad=6, title_height=24)
+    assert tall.size == (40 + 12, 3 * (300 + 24 + 6) + 6)  # up to three: one column, whatever their shape
