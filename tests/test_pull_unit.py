@@ -22,13 +22,16 @@ def test_clean_relative_paths_pass(rel):
 
 
 @pytest.mark.parametrize("rel,why", [
-    ("../x", "climbs"), ("a/../../x", "climbs"), ("a/..", "climbs"), ("/etc/x", "absolute"), ("//x", "absolute"),
-    ("C:/x", "absolute"), ("c:x", "absolute"), ("a\\..\\x", "backslash"), ("a//b", "normalised"),
-    ("./a", "normalised"), ("a/", "normalised"), ("a/./b", "normalised"), ("", "non-empty"), (None, "non-empty"),
-    (3, "non-empty"), ("a\x00b", "control"), ("a\nb", "control"),
+    ("../x", "climbs out with '..'"), ("a/../../x", "climbs out with '..'"), ("a/..", "climbs out with '..'"),
+    ("/etc/x", "is absolute"), ("//x", "is absolute"), ("C:/x", "is absolute"), ("c:x", "is absolute"),
+    ("a\\..\\x", "holds a backslash"), ("a//b", "is not normalised"), ("./a", "is not normalised"),
+    ("a/", "is not normalised"), ("a/./b", "is not normalised"), (".", "is not normalised"),
+    ("", "is not a non-empty string"), (None, "is not a non-empty string"), (3, "is not a non-empty string"),
+    ("a\x00b", "holds a control character"), ("a\nb", "holds a control character"),
+    ("a\x7fb", "holds a control character"),
 ])
 def test_unclean_paths_say_why(rel, why):
-    assert why in clean_relpath(rel)
+    assert clean_relpath(rel) == why
 
 
 def test_an_honest_listing_is_returned():
@@ -40,7 +43,7 @@ def test_an_honest_listing_is_returned():
 @pytest.mark.parametrize("entries,says", [
     ([{"md5": GOOD, "relpath": "../stages/x.py"}], "entry '../stages/x.py' climbs out"),
     ([{"md5": GOOD, "relpath": "a"}, {"md5": GOOD, "relpath": "a"}], "entry 'a' is listed twice"),
-    ([{"md5": "../../../tmp/x", "relpath": "a"}], "entry 'a' has md5"),
+    ([{"md5": "../../../tmp/x", "relpath": "a"}], "entry 'a' has md5 '../../../tmp/x', not 32 hex digits"),
     ([{"md5": GOOD.upper(), "relpath": "a"}], "not 32 hex"),
     ([{"md5": GOOD + ".dir", "relpath": "a"}], "not 32 hex"),
     ([{"relpath": "a"}], "not 32 hex"),
@@ -287,3 +290,116 @@ def test_make_pull_says_what_it_checked(dvc_project, monkeypatch, capsys):
     pull.main(["-r", "team"])
     assert got == [(root.resolve(), "team")]
     assert capsys.readouterr().out == "pull: 1 folder listings checked, 2 outputs checked out\n"
+
+
+def test_a_lock_file_that_is_not_yaml_is_one_line(tmp_path):
+    (tmp_path / "dvc.lock").write_text("stages: [unclosed\n")
+    with pytest.raises(UserError) as e:
+        lock_outputs(tmp_path)
+    assert str(e.value).startswith("dvc.lock is not valid YAML (while parsing a flow sequence): check it out again")
+
+
+def test_a_tracked_dvc_file_that_is_a_symlink_is_not_followed(tmp_path):
+    import subprocess
+
+    (tmp_path / "dvc.lock").write_text(LOCK.format(path="models", md5=GOOD + ".dir"))
+    (tmp_path / "elsewhere.yaml").write_text(f"outs:\n- md5: {GOOD}.dir\n  hash: md5\n  path: photos\n")
+    (tmp_path / "photos.dvc").symlink_to(tmp_path / "elsewhere.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "add", "photos.dvc"], cwd=tmp_path, check=True)
+    assert lock_outputs(tmp_path) == [Output("stage 'train'", "models", GOOD + ".dir")]
+
+
+def test_a_symlink_two_folders_up_from_a_listed_file_is_refused(tmp_path):
+    out = Output("stage 'train'", "models", GOOD + ".dir")
+    (tmp_path / "elsewhere/b").mkdir(parents=True)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "a").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(Refused, match="models/a is a symlink"):
+        check_no_symlink(tmp_path, out, [{"relpath": "a/b/c.png"}])
+
+
+def _listings_sharing_a_cache_folder(n=2):
+    """n honest listings whose md5s start with the same two hex digits (one folder of DVC's cache)."""
+    by_prefix = {}
+    for i in range(5000):
+        data, out = listing([{"md5": GOOD, "relpath": f"f{i}.png"}])
+        by_prefix.setdefault(out.md5[:2], []).append((data, out))
+        if len(by_prefix[out.md5[:2]]) == n:
+            return by_prefix[out.md5[:2]]
+    raise AssertionError("no two listings share a cache folder")
+
+
+def test_listings_sharing_a_cache_folder_all_arrive_read_only_exactly(dvc_project):
+    from pipeline.pull import Cache, prefetch_listings
+
+    root, remote_object = dvc_project
+    pairs = _listings_sharing_a_cache_folder()
+    for data, _ in pairs:
+        remote_object(data)
+    missing = Output("stage 'x'", "other", "f" * 32 + ".dir")
+    cache = Cache(root, None)
+    try:
+        assert prefetch_listings(cache, [missing] + [o for _, o in pairs]) == 2  # one the remote lacks: the rest
+        for data, out in pairs:
+            assert cache.local_path(out.md5).read_bytes() == data
+            assert cache.local_path(out.md5).stat().st_mode & 0o777 == 0o444
+    finally:
+        cache.close()
+
+
+def test_a_listing_of_exactly_the_limit_is_read(dvc_project, monkeypatch):
+    import pipeline.pull as pull
+    from pipeline.pull import Cache, check_cached, prefetch_listings
+
+    root, remote_object = dvc_project
+    data, out = listing([{"md5": GOOD, "relpath": "a.png"}])
+    remote_object(data)
+    monkeypatch.setattr(pull, "MAX_LISTING_BYTES", len(data))
+    cache = Cache(root, None)
+    try:
+        assert prefetch_listings(cache, [out]) == 1 and list(check_cached(cache, [out])) == [out]
+    finally:
+        cache.close()
+
+
+def test_pull_takes_the_listings_from_the_remote_it_is_given(dvc_project, monkeypatch):
+    """A project with a second remote that lacks the listing: pulling from it caches nothing (and `dvc fetch`
+    is told that remote), where the default remote holds it."""
+    import pipeline.pull as pull
+
+    root, remote_object = dvc_project
+    empty = root.parent / "empty-remote"
+    with open(root / ".dvc/config", "a") as f:
+        f.write(f"['remote \"other\"']\n    url = {empty}\n")
+    data, out = listing([{"md5": GOOD, "relpath": "a.png"}])
+    remote_object(data)
+    _lock(root, Output("stage 's0'", "models", out.md5))
+    calls = []
+    monkeypatch.setattr(pull, "dvc", lambda *args, root: calls.append((args, root)))
+    pull.pull(root, "other")
+    assert calls == [(("fetch", "--remote", "other"), root), (("checkout",), root)]
+    assert not (root / ".dvc/cache/files/md5" / out.md5[:2] / out.md5[2:]).exists()
+    pull.pull(root)
+    assert (root / ".dvc/cache/files/md5" / out.md5[:2] / out.md5[2:]).read_bytes() == data
+
+
+def test_dvc_runs_in_the_project_and_a_success_is_silent(dvc_project):
+    from pipeline.pull import dvc
+
+    root, _ = dvc_project
+    assert dvc("status", root=root) is None  # only inside the project is there a project to ask
+    with pytest.raises(UserError, match="^`dvc status` failed"):
+        dvc("status", root=root.parent)
+
+
+def test_make_pull_describes_itself(capsys):
+    import pipeline.pull as pull
+
+    with pytest.raises(SystemExit) as e:
+        pull.main(["--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 0 and usage.startswith(
+        "usage: python -m pipeline.pull [-h] [--remote REMOTE] `make pull`: bring a DVC remote's outputs into this "
+        "clone without trusting the remote.")
+    assert "a DVC remote's name (default: the project's default remote)" in usage
