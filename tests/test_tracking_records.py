@@ -144,3 +144,73 @@ def test_the_registry_tags_each_version_with_the_key_metrics_of_its_run(tmp_path
     assert client.get_model_version("m", theirs).tags == {}
     tag_versions(client, other, {"train_seconds": 3.0})  # no key metric: nothing tagged
     assert client.get_model_version("m", theirs).tags == {}
+
+
+def _model_files(folder, run_id, run_name="z9-e1"):
+    from pipeline.io import write_json
+
+    write_json(folder / "models" / "mlflow_run.json", {"run_id": run_id, "run_name": run_name})
+    write_json(folder / "models" / "config.json", {"latent_dim": 9, "epochs": 1})
+
+
+def test_a_stage_of_a_model_whose_run_this_store_lacks_is_a_standalone_run_said_in_one_line(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """Outputs pulled from a teammate's DVC remote: the model's run is in their store, not this one."""
+    from mlflow.tracking import MlflowClient
+
+    from helpers import write_params
+    from pipeline.tracking.stage_runs import log_stage
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    write_params(tmp_path, {"mlflow": {"experiment": "theirs"}})
+    uri = empty_store(tmp_path)
+    _model_files(tmp_path, "f" * 32)
+    child_id = log_stage(tmp_path / "models", "tsne", {"tsne.perplexity": 5}, {"knn_accuracy": 0.9}, [])
+    assert capsys.readouterr().err == (f"warning: MLflow run {'f' * 32} of this model is not in {uri}; logging "
+                                       f"'tsne' as a standalone run\n")
+    child = MlflowClient(uri).get_run(child_id)
+    assert child.info.run_name == "z9-e1 tsne perplexity=5" and "mlflow.parentRunId" not in child.data.tags
+    assert child.data.tags["facevae.model_run"] == "f" * 32 and child.data.metrics == {"knn_accuracy": 0.9}
+    assert child.data.params == {"tsne.perplexity": "5", "train.latent_dim": "9", "train.epochs": "1"}
+    assert MlflowClient(uri).get_experiment(child.info.experiment_id).name == "theirs"
+    assert child.info.status == "FINISHED"
+
+
+def test_a_stage_that_cannot_reach_mlflow_keeps_its_outputs_and_says_why_in_one_line(tmp_path, monkeypatch, capsys):
+    from pipeline.tracking.stage_runs import log_stage
+
+    (tmp_path / "store").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store'}")  # a folder: not a store
+    _model_files(tmp_path, "f" * 32)
+    assert log_stage(tmp_path / "models", "tsne", {}, {"knn_accuracy": 0.9}, []) is None
+    assert capsys.readouterr().err == (f"warning: 'tsne' not logged to MLflow (sqlite:///{tmp_path / 'store'} names "
+                                       f"the folder {tmp_path / 'store'}, not a database file; point "
+                                       f"MLFLOW_TRACKING_URI at a file (e.g. sqlite:///{tmp_path / 'store'}/mlflow.db) "
+                                       f"or unset it to use the project's mlflow.db)\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tmp_path / "models" / "mlflow_run.json").write_text("{}")  # a KeyError-like failure with no message of its own
+    import pipeline.tracking.stage_runs as stage_runs
+
+    monkeypatch.setattr(stage_runs, "_log_stage", lambda *a: (_ for _ in ()).throw(KeyError()))
+    assert log_stage(tmp_path / "models", "latents", {}, {}, []) is None
+    assert capsys.readouterr().err == "warning: 'latents' not logged to MLflow (KeyError)\n"
+
+
+def test_the_model_a_stage_reports_on_is_the_runs_newest_logged_model(tmp_path):
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking.stage_runs import logged_model_id
+
+    client = MlflowClient(empty_store(tmp_path))
+    exp = client.create_experiment("e")
+    run, other = (client.create_run(exp).info.run_id for _ in range(2))
+    assert logged_model_id(client, exp, run) is None
+    client.create_logged_model(exp, name="m1", source_run_id=other)
+    first = client.create_logged_model(exp, name="m2", source_run_id=run).model_id
+    time.sleep(0.01)
+    newest = client.create_logged_model(exp, name="m3", source_run_id=run).model_id
+    assert logged_model_id(client, exp, run) == newest != first
