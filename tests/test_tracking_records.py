@@ -125,6 +125,11 @@ def test_a_reopened_run_keeps_its_params_records_changes_as_tags_and_skips_epoch
         (1, 9.0), (2, 8.0), (3, 7.0), (4, 104.0)]  # epoch 3 is not logged twice
     assert "other" not in run.data.metrics  # only the curves the run was made with
     assert TrainingRun.reopen("f" * 32, "z", {}, {}, root=tmp_path) is None  # not in this store
+    empty = TrainingRun.create("facevae", "z8-e1", {}, {}, root=tmp_path)  # stopped before its first epoch
+    empty.finish("KILLED")
+    back = TrainingRun.reopen(empty.run_id, "z8-e1", {}, {}, root=tmp_path)
+    assert back.logged_through == 0 and back.run_name == "z8-e1" and back.experiment_id == run.info.experiment_id
+    assert client.get_run(empty.run_id).info.status == "RUNNING" and back.uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert TrainingRun.reopen("../x", "z", {}, {}, root=tmp_path) is None  # not a run id at all
 
 

@@ -4,6 +4,7 @@ request (tests/test_train_stage.py runs the stage itself under DVC, torchrun and
 
 import os
 import signal
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -69,6 +70,18 @@ def test_the_train_stage_writes_the_model_its_records_and_one_finished_run_then_
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"facevae-train", "facevae-test"}
     versions = store.search_model_versions("name = 'facevae'")
     assert [v.run_id for v in versions] == [run_id]
+    # the registry's version says what it is: the run's description, what it was trained on, the first champion
+    (version,) = versions
+    assert version.description == run.data.tags["mlflow.note.content"]
+    assert version.description.startswith("Latent size 8, 2 epochs on 8 training images of the synthetic faces")
+    assert version.tags == {k: run.data.params[k] for k in ("train.latent_dim", "train.epochs", "data.source",
+                                                            "data.n_train", "model.linear")}
+    assert version.tags["train.latent_dim"] == "8" and version.tags["data.n_train"] == "8"
+    assert str(store.get_model_version_by_alias("facevae", "champion").version) == str(version.version)
+    assert read_json(project / "models/mlflow_run.json") == {"run_id": run_id, "experiment_id": run.info.experiment_id,
+                                                             "run_name": "z8-e2",
+                                                             "tracking_uri": f"sqlite:///{project / 'mlflow.db'}"}
+    assert abs(store.get_metric_history(run_id, "loss")[-1].timestamp / 1000 - time.time()) < 600  # milliseconds
 
     vae = (project / "models/vae.pt").read_bytes()
     train_stage(load())  # a finished training of the same config, code and data: its outputs, no training
@@ -80,6 +93,10 @@ def test_the_train_stage_writes_the_model_its_records_and_one_finished_run_then_
     assert again["resumed_from_epoch"] == 2 and again["images_per_second"] == 0.0 and again["loss"] == metrics["loss"]
     assert [r.info.run_id for r in store.search_runs([run.info.experiment_id])] == [run_id]
     assert store.get_run(run_id).info.status == "FINISHED"
+    # the model logged again is a second version; the champion stays where it was
+    assert sorted(int(v.version) for v in store.search_model_versions("name = 'facevae'")) == [1, 2]
+    assert str(store.get_model_version_by_alias("facevae", "champion").version) == "1"
+    assert store.get_model_version("facevae", "2").tags["train.epochs"] == "2"
 
 
 class _Run:
