@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from contextlib import closing
 
 import pytest
 
@@ -161,16 +162,13 @@ def test_a_listing_is_downloaded_checked_then_cached_read_only_once(dvc_project)
     data, out = listing([{"md5": GOOD, "relpath": "a.png"}])
     remote_object(data)
     missing = Output("stage 'x'", "other", "f" * 32 + ".dir")  # the remote lacks it: dvc fetch will say so
-    cache = Cache(root, None)
-    try:
+    with closing(Cache(root, None)) as cache:
         local = cache.local_path(out.md5)
         assert local == root / ".dvc/cache/files/md5" / out.md5[:2] / out.md5[2:]
         assert prefetch_listings(cache, [out, missing]) == 1
         assert local.read_bytes() == data and not local.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
         assert [p.name for p in local.parent.iterdir()] == [local.name]  # no temporary file left
         assert prefetch_listings(cache, [out, missing]) == 0  # already in the cache: not downloaded again
-    finally:
-        cache.close()
 
 
 def test_a_poisoned_or_oversized_listing_on_the_remote_never_reaches_the_cache(dvc_project, monkeypatch):
@@ -180,8 +178,7 @@ def test_a_poisoned_or_oversized_listing_on_the_remote_never_reaches_the_cache(d
     root, remote_object = dvc_project
     data, out = listing([{"md5": GOOD, "relpath": "../../stages/x.py"}])
     remote_object(data)
-    cache = Cache(root, "r")
-    try:
+    with closing(Cache(root, "r")) as cache:
         with pytest.raises(Refused, match=r"entry '\.\./\.\./stages/x\.py' climbs out"):
             prefetch_listings(cache, [out])
         assert not cache.local_path(out.md5).exists()
@@ -193,8 +190,6 @@ def test_a_poisoned_or_oversized_listing_on_the_remote_never_reaches_the_cache(d
         assert str(e.value) == (f".dir object {out.md5} on the remote is {len(data)} bytes, over {len(data) - 1}; "
                                 f"not read")
         assert not cache.local_path(out.md5).exists()
-    finally:
-        cache.close()
 
 
 def test_listings_already_in_the_cache_are_checked_and_an_oversized_one_is_not_read(dvc_project, monkeypatch):
@@ -205,8 +200,7 @@ def test_listings_already_in_the_cache_are_checked_and_an_oversized_one_is_not_r
     good, out = listing([{"md5": GOOD, "relpath": "a.png"}])
     bad, poisoned = listing([{"md5": GOOD, "relpath": "/etc/x"}])
     absent = Output("stage 'x'", "other", "f" * 32 + ".dir")
-    cache = Cache(root, None)
-    try:
+    with closing(Cache(root, None)) as cache:
         for data, o in ((good, out), (bad, poisoned)):
             cache.local_path(o.md5).parent.mkdir(parents=True, exist_ok=True)
             cache.local_path(o.md5).write_bytes(data)
@@ -217,8 +211,6 @@ def test_listings_already_in_the_cache_are_checked_and_an_oversized_one_is_not_r
         with pytest.raises(Refused, match=rf"^\.dir object {out.md5} in the cache is over {len(good) - 1} bytes; "
                                           r"not read$"):
             check_cached(cache, [out])
-    finally:
-        cache.close()
 
 
 def test_pull_checks_every_listing_before_fetch_and_after_it_then_checks_out(dvc_project, monkeypatch, capsys):
@@ -338,14 +330,11 @@ def test_listings_sharing_a_cache_folder_all_arrive_read_only_exactly(dvc_projec
     for data, _ in pairs:
         remote_object(data)
     missing = Output("stage 'x'", "other", "f" * 32 + ".dir")
-    cache = Cache(root, None)
-    try:
+    with closing(Cache(root, None)) as cache:
         assert prefetch_listings(cache, [missing] + [o for _, o in pairs]) == 2  # one the remote lacks: the rest
         for data, out in pairs:
             assert cache.local_path(out.md5).read_bytes() == data
             assert cache.local_path(out.md5).stat().st_mode & 0o777 == 0o444
-    finally:
-        cache.close()
 
 
 def test_a_listing_of_exactly_the_limit_is_read(dvc_project, monkeypatch):
@@ -356,11 +345,8 @@ def test_a_listing_of_exactly_the_limit_is_read(dvc_project, monkeypatch):
     data, out = listing([{"md5": GOOD, "relpath": "a.png"}])
     remote_object(data)
     monkeypatch.setattr(pull, "MAX_LISTING_BYTES", len(data))
-    cache = Cache(root, None)
-    try:
+    with closing(Cache(root, None)) as cache:
         assert prefetch_listings(cache, [out]) == 1 and list(check_cached(cache, [out])) == [out]
-    finally:
-        cache.close()
 
 
 def test_pull_takes_the_listings_from_the_remote_it_is_given(dvc_project, monkeypatch):
