@@ -45,8 +45,8 @@ test-fast: $(VENV)/.installed  ## the unit tests only: no subprocess, no dvc rep
 	$(BIN)/python -m pytest -n auto --maxprocesses=4 -m "not integration"
 
 # Mutation testing of every module of pipeline/ against the unit tests ([tool.mutmut] in pyproject.toml);
-# mutmut works in mutants/ and keeps its results there. It forks a
-# process that has run torch: with OpenMP's thread pool the children hang, hence one thread.
+# mutmut works in mutants/ and keeps its results there. It forks a process that has run torch: with OpenMP's
+# thread pool the children hang, hence one thread.
 mutation: $(VENV)/.installed  ## mutmut: how many code changes the unit tests catch
 	$(BIN)/python -m pip install --quiet -c requirements.lock "mutmut==3.8.1" 2>&1 | grep -v "^WARNING: Location" || true
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2

@@ -56,11 +56,9 @@ def merge(files: list[str]) -> list[dict]:
     """Each module's newest row: from the last of ``files`` that holds it (``measured``: that file's name)."""
     latest = {}
     for f in files:
-        for line in Path(f).read_text().splitlines():
-            row = json.loads(line) if line.strip() else {"module": "all"}
+        for row in map(json.loads, filter(str.strip, Path(f).read_text().splitlines())):
             if row["module"] != "all":
-                latest[row["module"]] = {**{k: v for k, v in row.items() if k != "measured"},
-                                         "measured": row.get("measured", Path(f).stem)}
+                latest[row["module"]] = {**row, "measured": row.get("measured", Path(f).stem)}
     rows = with_total([latest[m] for m in sorted(latest)])
     if rows:
         rows[-1]["measured"] = ""

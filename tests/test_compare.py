@@ -143,13 +143,10 @@ def _picture(store, tmp_path, parent: str, stage: str, colour, path: str = "") -
 
     c = store.client
     rid = c.create_run(store.exp, tags={"mlflow.parentRunId": parent, "facevae.stage": stage}).info.run_id
-    local = tmp_path / f"{rid}_{PICTURES[stage]}"
-    local.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (40, 30), colour).save(local)
-    folder = tmp_path / "up" / rid
-    folder.mkdir(parents=True)
-    (folder / PICTURES[stage]).write_bytes(local.read_bytes())
-    c.log_artifact(rid, str(folder / PICTURES[stage]), path or None)
+    picture = tmp_path / "up" / rid / PICTURES[stage]
+    picture.parent.mkdir(parents=True)
+    Image.new("RGB", (40, 30), colour).save(picture)
+    c.log_artifact(rid, str(picture), path or None)
     c.set_terminated(rid)
     return rid
 

@@ -570,7 +570,7 @@ def test_dataset_inputs_name_each_split_with_the_files_digest_context_and_shape(
 
 
 def test_a_stopped_run_that_will_not_be_continued_is_marked_killed_once(monkeypatch, tmp_path):
-    from mlflow.tracking import MlflowClient
+    from helpers import store
 
     from pipeline.tracking.runs import close_abandoned_run
 
@@ -580,7 +580,7 @@ def test_a_stopped_run_that_will_not_be_continued_is_marked_killed_once(monkeypa
     stopped = TrainingRun.create("facevae", "z8-e2", {}, {}, root=tmp_path)  # left RUNNING, as by a kill
     done = TrainingRun.create("facevae", "z8-e3", {}, {}, root=tmp_path)
     done.finish()
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = store(tmp_path)
     assert close_abandoned_run(stopped.run_id, tmp_path) is True
     assert client.get_run(stopped.run_id).info.status == "KILLED"
     assert close_abandoned_run(stopped.run_id, tmp_path) is False  # already closed

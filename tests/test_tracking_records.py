@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from helpers import empty_store
+from helpers import empty_store, store
 from pipeline.params import Params, from_flat
 from pipeline.tracking.provenance import file_sha256, git_info, run_description
 from pipeline.tracking.runs import TrainingRun, epoch_metrics, param_str, rounded
@@ -100,8 +100,6 @@ def test_params_go_in_batches_of_100_as_strings(tmp_path, monkeypatch):
 
 
 def test_a_reopened_run_keeps_its_params_records_changes_as_tags_and_skips_epochs_it_holds(monkeypatch, tmp_path):
-    from mlflow.tracking import MlflowClient
-
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     empty_store(tmp_path)
@@ -115,7 +113,7 @@ def test_a_reopened_run_keeps_its_params_records_changes_as_tags_and_skips_epoch
     for epoch in (3, 4):
         again.log_epoch(epoch, {"loss": 100.0 + epoch, "kl": 1.0})
     again.finish()
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = store(tmp_path)
     run = client.get_run(first.run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "z8-e4"
     assert run.data.params == {"train.epochs": "2", "train.latent_dim": "8", "train.new": "x"}

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.errors import Stopped
 from pipeline.io import read_json
-from helpers import empty_store, small_project
+from helpers import empty_store, small_project, store as _store
 
 
 @pytest.fixture
@@ -24,11 +24,6 @@ def project(tmp_path, monkeypatch):
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     return path
 
-
-def _store(project):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
 
 
 def test_the_train_stage_writes_the_model_its_records_and_one_finished_run_then_a_rerun_trains_nothing(project,
