@@ -69,9 +69,9 @@ def test_a_diverging_run_stops_with_one_line_and_a_failed_mlflow_run(tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_and_the_next_run_resumes(tmp_path):
-    p = small_project(tmp_path / "p", epochs=80, checkpoint_every=1)
+    p = small_project(tmp_path / "p", epochs=40, checkpoint_every=1)
     proc, lines = start_train_stage(p)
-    lines.wait_for(epoch_line(8, 80))  # training, within the signal handler
+    lines.wait_for(epoch_line(8, 40))  # training, within the signal handler
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
     err = lines.join()
@@ -81,26 +81,26 @@ def test_sigterm_saves_a_checkpoint_and_the_next_run_resumes(tmp_path):
     assert last.startswith("train: SIGTERM received: stopped after epoch") and "dvc repro" in last
     state = torch.load(p / "models/checkpoint.pt", weights_only=True)
     stopped_at = state["epoch"]
-    assert 2 <= stopped_at < 80 and not state["finished"]
-    assert f"stopped after epoch {stopped_at}/80" in last
+    assert 2 <= stopped_at < 40 and not state["finished"]
+    assert f"stopped after epoch {stopped_at}/40" in last
     run_id = json.loads(state["meta"])["mlflow_run_id"]
     assert store(p).get_run(run_id).info.status == "KILLED"
     again = train_stage(p)
     assert f"resuming at epoch {stopped_at}" in again.stdout
     steps = [m.step for m in store(p).get_metric_history(run_id, "loss")]
-    assert sorted(steps) == list(range(1, 81))  # the curve goes on without a gap or a repeat
-    assert read_json(p / "metrics/train.json")["epochs"] == 80
+    assert sorted(steps) == list(range(1, 41))  # the curve goes on without a gap or a repeat
+    assert read_json(p / "metrics/train.json")["epochs"] == 40
 
 
 def test_after_sigkill_dvc_repro_resumes_from_the_last_checkpoint(tmp_path):
     proj = copy_repo(tmp_path)
-    set_params(proj, {**SMALL, "train": {**SMALL["train"], "epochs": 80, "checkpoint_every": 1}})
+    set_params(proj, {**SMALL, "train": {**SMALL["train"], "epochs": 40, "checkpoint_every": 1}})
     git_init(proj)
     dvc(proj, "repro", "preprocess")
     proc = subprocess.Popen([str(BIN / "dvc"), "repro", "train"], cwd=proj, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines = Lines(proc.stdout)
-    lines.wait_for(epoch_line(8, 80))  # a checkpoint of epoch 7 is on disk
+    lines.wait_for(epoch_line(8, 40))  # a checkpoint of epoch 7 is on disk
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     lines.join()
@@ -109,7 +109,7 @@ def test_after_sigkill_dvc_repro_resumes_from_the_last_checkpoint(tmp_path):
     assert "Running stage 'train'" in out.stdout
     resumed_at = int(out.stdout.split("resuming at epoch ")[1].split(")")[0])
     assert resumed_at >= saved
-    assert read_json(proj / "metrics/train.json")["epochs"] == 80
+    assert read_json(proj / "metrics/train.json")["epochs"] == 40
     assert "up to date" in dvc(proj, "repro", "train").stdout
 
 
