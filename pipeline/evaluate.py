@@ -8,6 +8,7 @@ from .model import batched
 
 
 REFINE_LR = 0.05  # Adam's step size on the codes (whitened units): 25 steps reach what 100 reach
+BETAS, EPS = (0.9, 0.999), 1e-8  # Adam's defaults
 
 
 def refine_codes(model, x: torch.Tensor, steps: int) -> torch.Tensor:
@@ -16,7 +17,10 @@ def refine_codes(model, x: torch.Tensor, steps: int) -> torch.Tensor:
     calibrated Gaussian decoder (per image: pixels / 2 * log MSE + |z|^2 / 2), keeping for each image the best
     code met (never worse than the mean). The encoder is a network's guess, fitted to the training faces; the
     gradient steps close the gap for a face it never saw, as PCA's projection is the exact code for its own
-    linear decoder (semi-amortized inference: Kim et al. 2018). The model's weights are left as they are."""
+    linear decoder (semi-amortized inference: Kim et al. 2018). The model's weights are left as they are.
+
+    Adam's update is written out (torch.optim.Adam's single-tensor arithmetic, step for step: the same codes):
+    creating a torch.optim optimizer imports torch's compiler stack, ~0.9 s of a stage that lasts a few."""
     mu, _ = model.encode(x)
     if steps <= 0:
         return mu
@@ -25,18 +29,23 @@ def refine_codes(model, x: torch.Tensor, steps: int) -> torch.Tensor:
         err = ((model.decode(z) - x) ** 2).flatten(1).mean(dim=1).clamp_min(1e-12)
         return x[0].numel() / 2 * err.log() + 0.5 * (z ** 2).sum(dim=1)
 
-    with torch.enable_grad():
-        z = mu.detach().clone().requires_grad_(True)
-        opt = torch.optim.Adam([z], lr=REFINE_LR)
-        best, best_loss = z.detach().clone(), torch.full((x.shape[0],), float("inf"), device=x.device)
-        for step in range(steps + 1):
-            loss = objective(z)
-            better = loss.detach() < best_loss
-            best[better], best_loss[better] = z.detach()[better], loss.detach()[better]
-            if step == steps:
-                break
-            z.grad, = torch.autograd.grad(loss.sum(), z)  # the codes' gradient only: the weights get none
-            opt.step()
+    (b1, b2), z = BETAS, mu.detach().clone()
+    avg, avg_sq = torch.zeros_like(z), torch.zeros_like(z)
+    best, best_loss = z.clone(), torch.full((x.shape[0],), float("inf"), device=x.device)
+    for step in range(1, steps + 2):  # the last pass only scores the last step's codes
+        last = step > steps
+        with torch.set_grad_enabled(not last):
+            loss = objective(z.requires_grad_(not last))
+            grad = None if last else torch.autograd.grad(loss.sum(), z)[0]  # the codes' gradient only
+        z, loss = z.detach(), loss.detach()
+        better = loss < best_loss
+        best[better], best_loss[better] = z[better], loss[better]
+        if last:
+            break
+        avg.lerp_(grad, 1 - b1)
+        avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (avg_sq.sqrt() / (1 - b2 ** step) ** 0.5).add_(EPS)
+        z.addcdiv_(avg, denom, value=-REFINE_LR / (1 - b1 ** step))
     return best
 
 
@@ -92,27 +101,36 @@ def ssim_per_image(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) ->
 METRIC_IMAGES = 5000  # a split's metrics are of at most this many of its images (a seeded draw): bounded time
 
 
+def measured_rows(n: int, shown=(), limit: int = METRIC_IMAGES, seed: int = 0) -> torch.Tensor:
+    """The rows of ``n`` images that :func:`split_metrics` measures, in order: all of them when there are at most
+    ``limit``; else the ``shown`` ones and a seeded draw of the others, ``limit`` in all (never fewer than the
+    shown ones)."""
+    if n <= limit:
+        return torch.arange(n)
+    shown = sorted({int(i) for i in shown})
+    others = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    if shown:
+        others = others[~torch.isin(others, torch.tensor(shown, dtype=torch.long))]
+    drawn = others[:max(0, limit - len(shown))]
+    return torch.cat([torch.tensor(shown, dtype=torch.long), drawn]).sort().values
+
+
 def split_metrics(images_uint8: torch.Tensor, recon_fn, shown=(), batch: int = 256, limit: int = METRIC_IMAGES,
                   seed: int = 0) -> tuple[dict[str, float], torch.Tensor]:
     """:func:`image_metrics` of ``recon_fn(uint8 batch) -> float batch in [0, 1]`` over ``images_uint8``, a batch
-    at a time (memory stays that of one batch whatever the number of images); of at most ``limit`` of them, a
-    seeded draw ("n" says how many). Also returns the reconstructions of the images at indices ``shown`` (for a
-    picture), each made once: those the metrics reconstructed are kept, not made again."""
+    at a time (memory stays that of one batch whatever the number of images); of at most ``limit`` of them
+    (:func:`measured_rows`: the images at indices ``shown`` and a seeded draw; "n" says how many). Also returns
+    the reconstructions of the ``shown`` images (for a picture), each made once, with the metrics."""
     n = images_uint8.shape[0]  # a tensor, or pipeline.dataset.Rows of a memory map: only the rows used are read
-    pick = (torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values if n > limit
-            else torch.arange(n))
     kept = dict.fromkeys(int(i) for i in shown)
     parts = []
-    for idx in pick.split(batch):
+    for idx in measured_rows(n, kept, limit, seed).split(batch):
         b = images_uint8[idx]
         recon = recon_fn(b)
         parts.append((image_metrics(b.float() / 255.0, recon, batch), b.shape[0]))
         for j, i in enumerate(idx.tolist()):
             if i in kept:
                 kept[i] = recon[j]
-    missing = [i for i, r in kept.items() if r is None]
-    if missing:
-        kept.update(zip(missing, recon_fn(images_uint8[torch.tensor(missing, dtype=torch.long)])))
     shown_recon = torch.stack([kept[int(i)] for i in shown]) if kept else torch.empty(0)
     total = sum(k for _, k in parts)
     if not total:

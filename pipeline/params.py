@@ -185,9 +185,9 @@ class Reconstruct:
     refine_steps: int = knob(25, "gradient steps that refine each image's code, from the encoder's mean to the code "
                                  "the decoder reconstructs it best from (the MAP code; the encoder's guess for a face "
                                  "it never saw is off); 0: the encoder's mean", NON_NEGATIVE)
-    train_images: int = knob(100, "the training split is measured on a seeded draw of at most this many of its "
-                                  "images (each costs refine_steps decoder passes and their gradients); the held-out "
-                                  "split on all of them, up to 5,000", POSITIVE)
+    train_images: int = knob(20, "the training split is measured on at most this many of its images: those its "
+                                 "grid shows and a seeded draw of others (each costs refine_steps decoder passes "
+                                 "and their gradients); the held-out split on all of them, up to 5,000", POSITIVE)
 
 
 @dataclass(frozen=True)

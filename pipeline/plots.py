@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
 from .io import atomic_path
 
+PNG_LEVEL = 3  # zlib level of the face grids' PNGs: a third of the default 6's time, files ~12 % larger
+
 
 def _pyplot():
     import matplotlib
@@ -56,7 +58,8 @@ def save_recon_grid(original, *recons, path, per_row: int = 10) -> None:
     from PIL import Image
 
     with atomic_path(path) as tmp:
-        Image.fromarray(recon_grid(original, *recons, per_row=per_row)).save(tmp, format="PNG")
+        Image.fromarray(recon_grid(original, *recons, per_row=per_row)).save(tmp, format="PNG",
+                                                                             compress_level=PNG_LEVEL)
 
 
 def _scatter_labels(ax, coords: np.ndarray, labels: np.ndarray, splits: np.ndarray, colours) -> None:
@@ -151,7 +154,7 @@ def save_rows(rows: list, path, labels: list[str] | None = None, label_width: in
 
     picture = image_rows(rows, label_width=label_width, labels=labels, columns=columns)
     with atomic_path(Path(path)) as tmp:
-        Image.fromarray(picture).save(tmp, format="PNG")
+        Image.fromarray(picture).save(tmp, format="PNG", compress_level=PNG_LEVEL)
 
 
 def save_gif(frames: list[np.ndarray], path, ms_per_frame: int = 120) -> None:

@@ -457,6 +457,36 @@ def test_refining_never_does_worse_than_the_encoders_mean_and_leaves_the_weights
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_refined_codes_are_torch_adams_step_for_step():
+    """The written-out update against torch.optim.Adam itself (the oracle) on the same objective: the same codes,
+    bit for bit, after every number of steps, the best code met kept per image."""
+    from pipeline.evaluate import BETAS, EPS, REFINE_LR, refine_codes
+
+    model, images = _tiny_model_and_data(n=5)
+    x = images.float() / 255
+
+    def objective(z):
+        err = ((model.decode(z) - x) ** 2).flatten(1).mean(dim=1).clamp_min(1e-12)
+        return x[0].numel() / 2 * err.log() + 0.5 * (z ** 2).sum(dim=1)
+
+    with torch.no_grad():
+        mu, _ = model.encode(x)
+    for steps in (1, 2, 7):
+        z = mu.clone().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=REFINE_LR, betas=BETAS, eps=EPS)
+        best, best_loss = mu.clone(), torch.full((5,), float("inf"))
+        for step in range(steps + 1):
+            loss = objective(z)
+            better = loss.detach() < best_loss
+            best[better], best_loss[better] = z.detach()[better], loss.detach()[better]
+            if step < steps:
+                opt.zero_grad()
+                loss.sum().backward()
+                opt.step()
+        with torch.no_grad():
+            assert torch.equal(refine_codes(model, x, steps), best), steps
+
+
 @pytest.mark.parametrize("n,want", [(400, 30.0), (91, 30.0), (90, 29.7), (32, 10.3), (12, 3.7), (4, 1.0), (2, 1.0)])
 def test_auto_perplexity_follows_the_number_of_images(n, want):
     from pipeline.embed import perplexity_for
@@ -501,10 +531,18 @@ def test_split_metrics_streams_batches_to_the_whole_sets_figures_and_caps_the_im
     seen = []
     capped, _ = split_metrics(images, lambda b: seen.append(b.shape[0]) or blur(b), batch=4, limit=10)
     assert capped["n"] == 10 and sum(seen) == 10 and max(seen) == 4
-    seen.clear()  # shown faces outside the draw are reconstructed too, once, after it
-    _, shown = split_metrics(images, lambda b: seen.append(b.shape[0]) or blur(b), shown=list(range(23)), limit=10)
-    assert torch.equal(shown, blur(images)) and seen == [10, 13]
     assert split_metrics(images, blur, limit=10)[0]["psnr"] == capped["psnr"]  # the same seeded draw
+    # the shown faces are measured, with a seeded draw of the others up to the limit: 3 + 7
+    order = [int(i) for i in torch.randperm(23, generator=torch.Generator().manual_seed(0))]
+    rows = sorted([3, 0, 22] + [i for i in order if i not in (3, 0, 22)][:7])
+    seen.clear()
+    picked, shown = split_metrics(images, lambda b: seen.append(b.shape[0]) or blur(b), shown=[3, 0, 22], limit=10)
+    want = image_metrics(images[rows].float() / 255, blur(images[rows]))
+    assert picked["n"] == 10 and seen == [10] and all(picked[k] == pytest.approx(want[k], rel=1e-9) for k in want)
+    assert torch.equal(shown, blur(images[[3, 0, 22]]))
+    seen.clear()  # more shown faces than the limit: those, each reconstructed once
+    many, shown = split_metrics(images, lambda b: seen.append(b.shape[0]) or blur(b), shown=list(range(12)), limit=10)
+    assert many["n"] == 12 and seen == [12] and torch.equal(shown, blur(images[:12]))
 
 
 def test_the_tsne_stage_fits_the_label_axes_on_the_training_images_and_scores_the_held_out_ones(tmp_path,
