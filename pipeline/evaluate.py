@@ -101,6 +101,19 @@ def ssim_per_image(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) ->
 METRIC_IMAGES = 5000  # a split's metrics are of at most this many of its images (a seeded draw): bounded time
 
 
+def grid_rows(labels: torch.Tensor, n_classes: int, per_class: int, seed: int = 0) -> list[int]:
+    """The rows a reconstruction grid shows: ``per_class`` images of every label, label after label, in row
+    order; all of a label's images when it has no more, else a seeded draw of them (the first ones by id are
+    often one person)."""
+    rows = []
+    for c in range(n_classes):
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) > per_class:
+            idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:per_class].sort().values]
+        rows += idx.tolist()
+    return rows
+
+
 def measured_rows(n: int, shown=(), limit: int = METRIC_IMAGES, seed: int = 0) -> torch.Tensor:
     """The rows of ``n`` images that :func:`split_metrics` measures, in order: all of them when there are at most
     ``limit``; else the ``shown`` ones and a seeded draw of the others, ``limit`` in all (never fewer than the

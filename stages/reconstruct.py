@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from pipeline.cli import stage_main
-from pipeline.evaluate import METRIC_IMAGES, reconstruct, split_metrics
+from pipeline.evaluate import METRIC_IMAGES, grid_rows, reconstruct, split_metrics
 from pipeline.io import write_json
 from pipeline.model import load_model
 from pipeline.paths import DATASET, MODELS, RECON_GRID, RECON_METRICS
@@ -17,14 +17,6 @@ from pipeline.dataset import load_dataset, split_images
 from pipeline.runtime import keep_freed_memory, resolve_device
 from pipeline.tracking.stage_runs import log_stage
 from pipeline.yardstick import fit_eigenfaces, versus
-
-
-def grid_indices(labels, n_classes, per_class):
-    """The first ``per_class`` images of every label (by id), label after label."""
-    idx = []
-    for c in range(n_classes):
-        idx += (labels == c).nonzero().flatten().tolist()[:per_class]
-    return idx
 
 
 def run(params):
@@ -40,7 +32,7 @@ def run(params):
     for split in ("train", "test"):
         images = split_images(ds_all, split)
         labels = ds_all["labels"][images.rows]
-        shown = grid_indices(labels, len(ds_all["classes"]), params.reconstruct.per_class)
+        shown = grid_rows(labels, len(ds_all["classes"]), params.reconstruct.per_class)
         # of at most 5,000 of them (train: reconstruct.train_images; only those are read), the shown faces among them
         limit = min(params.reconstruct.train_images, METRIC_IMAGES) if split == "train" else METRIC_IMAGES
         metrics[split], vae_shown = split_metrics(images, vae, shown, limit=limit)

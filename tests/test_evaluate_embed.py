@@ -619,6 +619,22 @@ def test_the_silhouette_of_a_large_set_is_that_of_a_seeded_draw(monkeypatch):
         silhouette_score(mu, labels, sample_size=20, random_state=0))
 
 
+def test_grid_rows_show_every_label_in_turn_a_seeded_draw_of_a_large_one():
+    from pipeline.evaluate import grid_rows
+
+    labels = torch.tensor([1, 0, 1, 1, 0, 2, 1, 1, 1, 1, 1, 1, 1, 1])  # label 1: rows 0, 2, 3, 6..13
+    rows = grid_rows(labels, 3, 3)
+    assert rows[:2] == [1, 4] and rows[-1] == 5  # labels 0 and 2 whole, in order
+    ones = rows[2:5]
+    assert ones == sorted(ones) and len(set(ones)) == 3 and all(int(labels[i]) == 1 for i in ones)
+    assert grid_rows(labels, 3, 3) == rows and grid_rows(labels, 3, 3, seed=0) == rows  # seeded
+    draws = {tuple(grid_rows(labels, 3, 3, seed=s)[2:5]) for s in range(8)}
+    assert len(draws) > 1 and ones != [0, 2, 3]  # a draw, not the first ones by id
+    assert grid_rows(labels, 3, 20) == [1, 4, 0, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 5]
+    four = grid_rows(labels, 4, 2)  # a fourth label without images adds none
+    assert len(four) == 5 and four[-1] == 5
+
+
 def test_split_metrics_read_only_the_rows_they_measure():
     from pipeline.dataset import Rows
     from pipeline.evaluate import split_metrics
