@@ -78,6 +78,55 @@ def test_detect_on_a_photo_large_enough_for_jpeg_draft_mode(monkeypatch):
     assert where["left"] <= face[0] and where["top"] <= face[1] and where["right"] >= face[2] and where["bottom"] >= face[3]
 
 
+class _Recorded:
+    """The Haar cascade, recording the size of every picture it is run on."""
+
+    def __init__(self, cascade):
+        self.cascade, self.shapes = cascade, []
+
+    def detectMultiScale(self, gray, **kw):  # noqa: N802 (OpenCV's name)
+        self.shapes.append(gray.shape)
+        return self.cascade.detectMultiScale(gray, **kw)
+
+
+def _recording(monkeypatch):
+    import pipeline.faces as faces
+
+    recorded = _Recorded(faces._load_cascade())
+    monkeypatch.setattr(faces, "_load_cascade", lambda: recorded)
+    return recorded
+
+
+def test_a_large_photo_is_searched_in_a_640_px_copy_and_the_box_is_in_its_own_pixels(monkeypatch):
+    recorded = _recording(monkeypatch)
+    with Image.open(HOPPER) as img:
+        big = img.convert("RGB").resize((1024, 1200), Image.Resampling.LANCZOS)  # twice her portrait
+    faces = detect_faces(big)
+    assert recorded.shapes == [(640, 546)]  # height 640, width 1024 * 640 / 1200; found there, so no second look
+    assert len(faces) == 1 and _iou(faces[0], tuple(2 * v for v in HOPPER_FACE)) >= 0.5, faces
+
+
+def test_without_a_face_in_the_640_px_copy_a_1024_px_one_is_searched(monkeypatch):
+    recorded = _recording(monkeypatch)
+    assert detect_faces(Image.new("RGB", (2000, 1500), (120, 130, 140))) == []
+    assert recorded.shapes == [(480, 640), (768, 1024)]
+    recorded.shapes.clear()
+    assert detect_faces(Image.new("RGB", (300, 200), (120, 130, 140))) == []  # small: itself, once
+    assert recorded.shapes == [(200, 300)]
+
+
+def test_faces_come_largest_first_wherever_they_are():
+    with Image.open(HOPPER) as img:
+        hopper = img.convert("RGB")
+    picture = Image.new("RGB", (1400, 700), (128, 128, 128))
+    picture.paste(hopper.resize((341, 400)), (0, 150))  # two thirds of her size, on the left
+    picture.paste(hopper, (600, 50))
+    faces = detect_faces(picture)
+    assert len(faces) == 2 and faces[0][0] > 600 > faces[1][2], faces  # the right one first
+    sides = [b[2] - b[0] for b in faces]
+    assert sides[0] > sides[1] and sides[1] == pytest.approx(sides[0] * 2 / 3, rel=0.25)
+
+
 def test_square_around_widens_centres_and_stays_inside():
     assert square_around((100, 100, 200, 200), 0.25, (1000, 1000)) == (75, 75, 225, 225)
     assert square_around((100, 100, 200, 200), 0.0, (1000, 1000)) == (100, 100, 200, 200)
@@ -87,6 +136,11 @@ def test_square_around_widens_centres_and_stays_inside():
     assert square_around((0, 0, 100, 100), 0.5, (1000, 1000)) == (0, 0, 200, 200)
     # bigger than the picture: shrunk to its shorter side
     assert square_around((10, 10, 90, 60), 1.0, (100, 60)) == (20, 0, 80, 60)
+    # no coordinate stands in for another: a wide box off the diagonal, near the right and bottom edges
+    assert square_around((300, 40, 380, 100), 0.0, (400, 900)) == (300, 30, 380, 110)
+    assert square_around((300, 820, 380, 880), 0.5, (400, 900)) == (240, 740, 400, 900)  # moved in, not shrunk
+    assert square_around((20, 10, 60, 30), 3.0, (500, 90)) == (0, 0, 90, 90)  # the shorter side is the height
+    assert square_around((10, 200, 50, 240), 3.0, (90, 500)) == (0, 175, 90, 265)  # ... or the width
 
 
 def test_detect_finds_rendered_faces_in_scenes_and_nothing_else():
@@ -140,8 +194,10 @@ def test_detect_works_on_exif_rotated_photos():
 
 @pytest.mark.parametrize("path", NO_FACE, ids=lambda p: os.path.basename(p))
 def test_no_face_is_refused_or_centre_cropped(path):
-    with pytest.raises(NoFace, match="no face found .*preprocess.no_face: center"):
+    with pytest.raises(NoFace) as refused:
         decode_one(path, 32, CropSpec(mode="detect", no_face="reject"))
+    assert str(refused.value) == ("no face found (preprocess.face_crop: detect); set preprocess.no_face: center to "
+                                  "keep such pictures centre-cropped")
     image, where = decode_one(path, 32, CropSpec(mode="detect", no_face="center"))
     assert where == {"crop": "center (no face)", "left": 106, "top": 0, "right": 533, "bottom": 427}
     # the same square as face_crop: center (decoded from a larger JPEG draft, so equal up to resampling)
@@ -213,12 +269,28 @@ def test_dvc_repro_with_face_detection(tmp_path):
             "split.test_per_class 3 needs 4") in failed.stderr
 
 
+def test_the_centre_square_is_in_whole_pixels_on_the_longer_side_of_either_orientation():
+    from pipeline.faces import center_box
+
+    assert center_box((100, 61)) == (19, 0, 80, 61) and center_box((61, 100)) == (0, 19, 61, 80)
+    assert all(isinstance(v, int) for v in center_box((61, 100)))
+    assert center_box((64, 64)) == (0, 0, 64, 64)
+
+
 def test_on_face_accepts_a_box_around_the_face_and_nothing_beside_it():
     face = (100, 100, 300, 300)
     assert on_face((90, 90, 310, 310), face) and on_face((150, 150, 250, 250), face)
     assert not on_face((310, 100, 510, 300), face)  # beside it
     assert not on_face((190, 190, 210, 210), face)  # a tiny box on one eye
     assert not on_face((0, 0, 400, 400), face)  # twice its size
+    # on the edges: the centre on the face's left or top edge, the side exactly 0.4 of the face's
+    assert not on_face((50, 150, 150, 250), face) and not on_face((150, 50, 250, 150), face)
+    assert not on_face((160, 160, 240, 240), face) and on_face((159, 159, 241, 241), face)
+    wide = (400, 100, 600, 200)  # a face off the diagonal: each coordinate in its place
+    assert on_face((420, 90, 580, 210), wide)
+    assert not on_face((250, 100, 390, 200), wide)  # left of it (centre x 320 < 400)
+    assert not on_face((420, 200, 580, 300), wide)  # below it (centre y 250 > 200)
+    assert not on_face((610, 100, 790, 200), wide) and not on_face((420, 0, 580, 95), wide)  # right of it, above it
 
 
 def test_a_missing_haar_cascade_is_one_line_naming_the_file_and_the_reinstall(monkeypatch, tmp_path):
