@@ -211,3 +211,104 @@ def test_a_sqlite_uri_naming_a_folder_says_so(tmp_path):
                                         r"a file \(e.g. sqlite:///.*store/mlflow.db\)"):
         open_store(f"sqlite:///{tmp_path / 'store'}")
     assert not list((tmp_path / "store").iterdir())  # nothing written into the folder
+
+
+class _Answers:
+    """A server that answers every GET with ``status`` and ``body`` (after ``delay`` seconds) and records the
+    path and Authorization header of each request."""
+
+    def __init__(self, status=200, body=b"{}", delay=0.0):
+        self.requests = []
+        answers = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                answers.requests.append((self.path, self.headers.get("Authorization")))
+                time.sleep(delay)
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+START = "start it (make mlflow-server) or fix MLFLOW_TRACKING_URI (unset it to log to the local mlflow.db)"
+HOST = ("the server refuses this host: start it with --allowed-hosts naming the address teammates use "
+        "(make mlflow-server HOST=0.0.0.0 ALLOWED_HOSTS=<name or ip>:<port>)")
+
+
+@pytest.fixture
+def no_login(monkeypatch):
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def _refusal(uri: str, **kw) -> str:
+    from pipeline.tracking.store import check_reachable
+
+    with pytest.raises(UserError) as e:
+        check_reachable(uri, **kw)
+    return str(e.value)
+
+
+def test_a_server_that_answers_the_api_passes_and_is_asked_once_at_its_search_endpoint(no_login):
+    from pipeline.tracking.store import check_reachable
+
+    with _Answers() as srv:
+        check_reachable(srv.uri + "/")  # a trailing slash is not doubled
+        no_login.setenv("MLFLOW_TRACKING_USERNAME", "alice")  # a user without a password sends no login
+        check_reachable(srv.uri)
+        no_login.setenv("MLFLOW_TRACKING_PASSWORD", "pa:ss")
+        check_reachable(srv.uri)
+    search = "/api/2.0/mlflow/experiments/search?max_results=1"
+    assert srv.requests == [(search, None), (search, None), (search, "Basic YWxpY2U6cGE6c3M=")]  # alice:pa:ss
+    check_reachable("sqlite:////nowhere/mlflow.db")  # not a server: nothing to ask
+    check_reachable("file:///nowhere/mlruns")
+
+
+@pytest.mark.parametrize("status, body, says", [
+    (201, b"", f"(HTTP 201); {START}"),
+    (404, b"no such page\nsecond line", f"(HTTP 404: no such page); {START}"),
+    (500, b"", f"(HTTP 500); {START}"),
+    (403, b"Invalid Host header " + b"x" * 200, f"(HTTP 403: Invalid Host header {'x' * 100}); {HOST}"),
+    (403, b"bad \xff byte", f"(HTTP 403: bad \ufffd byte); {HOST}"),
+    (401, b"", "(HTTP 401); the server asks for a login: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+])
+def test_each_answer_but_success_is_one_line_with_its_status_and_fix(no_login, status, body, says):
+    with _Answers(status, body) as srv:
+        assert _refusal(srv.uri) == f"MLflow server {srv.uri} is not usable {says}"
+
+
+def test_a_refused_login_names_the_user(no_login):
+    no_login.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    no_login.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+    with _Answers(401, b"") as srv:
+        assert _refusal(srv.uri) == (f"MLflow server {srv.uri} is not usable (HTTP 401); the server refused the login "
+                                     f"of MLFLOW_TRACKING_USERNAME='alice': check the user and "
+                                     f"MLFLOW_TRACKING_PASSWORD (an admin of the server can reset it)")
+
+
+def test_no_server_a_silent_one_and_plain_http_behind_https_are_refused(no_login):
+    from helpers import refused_port
+
+    with refused_port() as port:
+        uri = f"http://127.0.0.1:{port}"
+        assert _refusal(uri) == f"MLflow server {uri} is not usable ([Errno 111] Connection refused); {START}"
+    with _Answers(delay=3.0) as srv:  # answers, but after the timeout
+        assert _refusal(srv.uri, timeout=0.5) == f"MLflow server {srv.uri} is not usable (timed out); {START}"
+        https = srv.uri.replace("http://", "https://")
+        assert _refusal(https).startswith(f"MLflow server {https} is not usable (") and _refusal(https).endswith(START)
