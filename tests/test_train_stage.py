@@ -42,16 +42,6 @@ def test_raising_epochs_with_resume_continues_the_run(tmp_path, device):
     assert r.data.params["train.epochs"] == "2" and r.data.tags["resumed.train.epochs"] == "4"
 
 
-def test_without_resume_raising_epochs_retrains(tmp_path):
-    a = small_project(tmp_path / "a", epochs=2)
-    train_stage(a)
-    first = read_json(a / "models/mlflow_run.json")["run_id"]
-    set_params(a, {"train": {"epochs": 3}})
-    out = train_stage(a)
-    assert "from scratch" in out.stdout
-    assert read_json(a / "models/mlflow_run.json")["run_id"] != first
-
-
 def test_a_diverging_run_stops_with_one_line_and_a_failed_mlflow_run(tmp_path):
     p = small_project(tmp_path / "p", epochs=3, lr=1.0, checkpoint_every=1, schedule="constant")
     out = train_stage(p, check=False)

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.errors import Stopped
 from pipeline.io import read_json
-from helpers import empty_store, small_project, store as _store
+from helpers import empty_store, set_params, small_project, store as _store
 
 
 @pytest.fixture
@@ -92,6 +92,16 @@ def test_the_train_stage_writes_the_model_its_records_and_one_finished_run_then_
     assert sorted(int(v.version) for v in store.search_model_versions("name = 'facevae'")) == [1, 2]
     assert str(store.get_model_version_by_alias("facevae", "champion").version) == "1"
     assert store.get_model_version("facevae", "2").tags["train.epochs"] == "2"
+
+    set_params(project, {"train": {"epochs": 3}})  # more epochs without train.resume: another training
+    train_stage(load())
+    assert "3 epochs (from scratch)" in capsys.readouterr().out
+    third = read_json(project / "metrics/train.json")
+    new_id = read_json(project / "models/mlflow_run.json")["run_id"]
+    assert new_id != run_id and third["epochs"] == 3 and third["resumed_from_epoch"] == 0
+    assert {r.info.run_id: r.info.status for r in store.search_runs([run.info.experiment_id])} == {
+        run_id: "FINISHED", new_id: "FINISHED"}
+    assert store.get_run(new_id).info.run_name == "z8-e3"
 
 
 class _Run:
