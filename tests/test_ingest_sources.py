@@ -312,3 +312,35 @@ def test_an_avif_photo_is_read_when_pillow_reads_avif(tmp_path):
     (src / "happy" / "phone.avif").write_bytes(buf.getvalue())
     result = ingest(str(src), tmp_path / "raw")
     assert result.counts() == {"angry": 3, "happy": 4} and not result.rejected and not result.skipped
+
+
+def test_manifest_rows_each_accepted_or_refused_with_its_row_and_the_rows_after_read_on(tmp_path):
+    """pipeline.sources.manifest.items on rows as csv.DictReader gives them (row 2 is the first after the header):
+    every refusal names the CSV, the row and the path, and the rows after it are still read."""
+    from pipeline.manifest import IngestResult
+    from pipeline.sources import manifest
+
+    (tmp_path / "a").mkdir()
+    for name in ("ok.png", "b.png", "c.jpg", "d.png", "x.heic"):
+        (tmp_path / "a" / name).write_bytes(png(1))
+    csv_path = tmp_path / "list.csv"
+    rows = [{"path": " a/ok.png ", "label": " happy "},  # stripped
+            {"path": "", "label": "happy"}, {"path": "a/b.png", "label": "  "}, {"path": None, "label": None},
+            {"path": "a/c.jpg", "label": "sad"},  # not in data.labels
+            {"path": "a/missing.png", "label": "happy"}, {"path": "a/\0nul.png", "label": "happy"},
+            {"path": "a/x.heic", "label": "happy"},  # a format Pillow cannot read
+            {"path": "a/d.png", "label": "angry"}]
+    result = IngestResult()
+    got = list(manifest.items(csv_path, rows, result, ["happy", "angry"]))
+    assert [(i.label, i.name, i.source, i.path) for i in got] == [
+        ("happy", "000002_a__ok.png", f"{csv_path}:2 a/ok.png", tmp_path / "a" / "ok.png"),
+        ("angry", "000010_a__d.png", f"{csv_path}:10 a/d.png", tmp_path / "a" / "d.png")]
+    assert [(r["path"], r["reason"]) for r in result.rejected[:5]] == [
+        (f"{csv_path}:3 ", "manifest row without path or label"),
+        (f"{csv_path}:4 a/b.png", "manifest row without path or label"),
+        (f"{csv_path}:5 ", "manifest row without path or label"),
+        (f"{csv_path}:7 a/missing.png", "file named in the manifest not found"),
+        (f"{csv_path}:8 a/\0nul.png", "file named in the manifest not found")]
+    assert result.rejected[5:] == [{"path": f"{csv_path}:9 a/x.heic",
+                                    "reason": "unsupported format (.heic); convert it to JPEG or PNG"}]
+    assert result.labels_seen == {"happy", "sad", "angry"}  # "sad" seen, not taken
