@@ -10,7 +10,9 @@ from pipeline.paths import project_root
 from pipeline.tracking.runs import TrainingRun
 from pipeline.tracking.store import tracking_uri
 
-from helpers import empty_store
+import numpy as np
+
+from helpers import empty_store, store
 
 
 @pytest.mark.parametrize("uri", ["http//x", "ftp://x", "localhost:5000", "mlruns"])
@@ -474,8 +476,9 @@ def test_logging_the_model_leaves_the_callers_model_and_the_process_as_they_were
     weights = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
     images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
     empty_store(tmp_path)
-    run = TrainingRun.create("facevae", "z3-e1", {}, {}, root=tmp_path)
+    run = TrainingRun.create("facevae", "z3-e1", {"train.latent_dim": 3}, {}, root=tmp_path)
     run.log_model(model, images, "vae-z3")
+    assert store(tmp_path).get_run(run.run_id).info.status == "RUNNING"  # training goes on after the model is logged
     run.finish()
     assert model.training and model.encoder[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert all(v.data_ptr() == weights[k][0] and torch.equal(v, weights[k][1]) for k, v in model.state_dict().items())
@@ -483,7 +486,22 @@ def test_logging_the_model_leaves_the_callers_model_and_the_process_as_they_were
     assert mlflow.is_tracking_uri_set() == env and (not env or mlflow.get_tracking_uri() == uri)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     loaded = mlflow.pytorch.load_model(f"runs:/{run.run_id}/vae-z3", dst_path=str(tmp_path / "loaded"))
-    assert loaded(images.float() / 255).shape == (2, 3, 16, 16)
+    x = images.float() / 255
+    reference = ConvVAE(3, 16, arch="bn")
+    reference.load_state_dict({k: v for k, (_, v) in weights.items()})
+    with torch.no_grad():  # the logged model is the VAE in eval mode, reconstructing from the mean
+        torch.testing.assert_close(loaded(x), reference.eval().reconstruct(x))
+    # what the registry and the UI show of it: its name, the run's params, a float32 image signature, the example
+    from mlflow.models import Model
+
+    logged = store(tmp_path).search_logged_models([run.experiment_id])
+    assert [(m.name, m.source_run_id, m.params) for m in logged] == [("vae-z3", run.run_id, {"train.latent_dim": "3"})]
+    fetched = str(tmp_path / "loaded" / "vae-z3")  # the copy load_model fetched
+    mlmodel = Model.load(fetched)
+    for spec in (mlmodel.signature.inputs, mlmodel.signature.outputs):
+        assert [(s.shape, str(s.type)) for s in spec.inputs] == [((-1, 3, 16, 16), "float32")]
+    example = mlmodel.load_input_example(fetched)
+    assert np.array_equal(example, x.numpy())  # the images in [0, 1], as the wrapper takes them
 
 
 def test_log_stage_on_sqlite_makes_a_child_run_and_links_the_summary_to_the_model_run_and_logged_model(
