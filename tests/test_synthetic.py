@@ -83,3 +83,25 @@ def test_smiles_differ_from_photo_to_photo():
     a = np.asarray(synthetic.render(person, "happy", synthetic.photo_rng(0, "happy", 0))).astype(float)
     b = np.asarray(synthetic.render(person, "happy", synthetic.photo_rng(0, "happy", 1))).astype(float)
     assert np.abs(a - b).mean() > 3
+
+
+# The first three photos of each label of the default built-in set (seed 0, four people): the files
+# data/raw holds, whose hash dvc.lock records (checked against a `make run`'s data/raw). A change here
+# changes every teammate's data, cache and DVC remote: make it on purpose, then rerun `make run` and
+# commit dvc.lock.
+BUILT_IN_SHA256 = [
+    ("happy", "happy_p0_0000.png", "924a587b9b94e001"),
+    ("happy", "happy_p1_0001.png", "8eb245f4df273eec"),
+    ("happy", "happy_p2_0002.png", "f8c12ca50eaacd96"),
+    ("angry", "angry_p0_0000.png", "2dfa8a4c5a4893b3"),
+    ("angry", "angry_p1_0001.png", "1cb8c0f1a76fa462"),
+    ("angry", "angry_p2_0002.png", "52f739e08ff0ba08"),
+]
+
+
+def test_the_built_in_photos_are_the_bytes_dvc_lock_records():
+    import hashlib
+
+    got = [(label, name, hashlib.sha256(data).hexdigest()[:16])
+           for label, name, data in synthetic.generate(per_class=3, seed=0, identities=4)]
+    assert got == BUILT_IN_SHA256
