@@ -232,3 +232,38 @@ def test_photos_put_in_data_raw_survive_dvc_repro(tmp_path):
     assert "data.source: 'data/raw' is inside the pipeline output" in r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     assert {p: p.read_bytes() for p in photos} == photos
+
+
+@pytest.mark.parametrize("char, kind", [("\x07", "Cc"), ("\u200b", "Cf"), ("\ud800", "Cs"), ("\ue000", "Co"),
+                                        ("\u0378", "Cn")])
+def test_every_kind_of_invisible_character_is_escaped_in_output_and_replaced_in_names(char, kind):
+    import unicodedata
+
+    from pipeline.names import printable, safe_component
+
+    assert unicodedata.category(char) == kind
+    escaped = char.encode("unicode_escape").decode("ascii")
+    assert printable(f"a{char}b") == f"a{escaped}b" and printable("é ok") == "é ok"
+    digest = hashlib.sha256(f"a{char}b".encode("utf-8", errors="surrogatepass")).hexdigest()[:8]
+    assert safe_component(f"a{char}b", ".png") == f"a_b~{digest}.png"
+
+
+def test_a_name_cut_to_its_byte_budget_keeps_whole_characters_and_its_digest():
+    from pipeline.names import MAX_COMPONENT_BYTES, safe_component
+
+    text = "é" * 100 + "x"  # 201 bytes: over the budget, cut inside no character
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+    budget = MAX_COMPONENT_BYTES - len(".png")
+    kept = "é" * ((budget - 10) // 2)  # what fits in the budget less the '~digest'
+    assert safe_component(text, ".png") == f"{kept}~{digest}.png"
+    assert len(safe_component(text, ".png").encode("utf-8")) <= MAX_COMPONENT_BYTES
+    spaced = "a" * 107 + " . " + "b" * 30  # cut (at 120 - 10 bytes) just after ' . ': those go too
+    assert safe_component(spaced) == "a" * 107 + "~" + hashlib.sha256(spaced.encode()).hexdigest()[:8]
+
+
+@pytest.mark.parametrize("text, want", [("CON", "_CON~{}"), ("nul.tar", "_nul.tar~{}"), ("console", "console"),
+                                        ("manifest", "manifest")])
+def test_windows_device_names_get_a_leading_underscore_and_a_digest(text, want):
+    from pipeline.names import safe_component
+
+    assert safe_component(text, ".png") == want.format(hashlib.sha256(text.encode()).hexdigest()[:8]) + ".png"
