@@ -57,7 +57,8 @@ def keep_freed_memory() -> bool:
     the next step: ~6,000 minor page faults per batch-16 step on cpu-2, about 15 % of the step under its
     hypervisor (docs/benchmarks.md). Raising malloc's mmap and trim thresholds keeps them in the heap.
     Process-wide, so it is called by the processes that train or refine codes (the train and reconstruct
-    stages, the benchmark), not by the Trainer. Returns whether it took effect (False where the C library is not glibc)."""
+    stages, the benchmark), not by the Trainer. Returns whether it took effect (False where the C library is
+    not glibc)."""
     import ctypes
     import platform
 

@@ -1,7 +1,9 @@
 """DVC stage reconstruct: models/ + data/processed -> reports/recon_train.png, reports/recon_test.png
 (originals in a row above the VAE's reconstructions, PCA's below them) and metrics/recon.json (MSE, PSNR, SSIM per
-split, of at most `reconstruct.train_images` training images (the grid's and a seeded draw) and of at most 5,000 held-out ones,
-reconstructed from the codes `reconstruct.refine_steps` refine, and the same for PCA with k = latent_dim fitted on the training images in its `pca` section; on the model's MLflow run they are test_psnr, train_ssim, pca_test_psnr ...)."""
+split, of at most `reconstruct.train_images` training images (the grid's and a seeded draw) and of at most 5,000
+held-out ones, reconstructed from the codes `reconstruct.refine_steps` refine, and the same for PCA with
+k = latent_dim fitted on the training images in its `pca` section; on the model's MLflow run they are test_psnr,
+train_ssim, pca_test_psnr ...)."""
 
 from pathlib import Path
 
