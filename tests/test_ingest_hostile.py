@@ -296,10 +296,10 @@ def test_a_photo_removed_or_rewritten_while_ingest_runs_is_one_line_and_data_raw
     import pipeline.ingest as ing
 
     src = tmp_path / "photos"
-    for label in ("angry", "happy"):
+    for j, label in enumerate(("angry", "happy")):
         (src / label).mkdir(parents=True)
-        for i in range(2):
-            (src / label / f"{i}.png").write_bytes(png(hash((label, i)) % 1000))
+        for i in range(2):  # four different photos (seeds 0, 1, 10, 11), none of them the rewrite's (999)
+            (src / label / f"{i}.png").write_bytes(png(10 * j + i))
     out = tmp_path / "raw"
     ingest(str(src), out)
     before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
