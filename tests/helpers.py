@@ -65,9 +65,9 @@ def write_params(project: Path, updates: dict | None = None) -> None:
 
 
 def small_project(path: Path, model: dict | None = None, per_class: int = 6, drop: int = 0, **train) -> Path:
-    """A project folder (params.yaml and data/processed/dataset/, no code) for running the train stage in:
-    per_class synthetic 32 x 32 images a label (2 of each held out), less the first ``drop`` training images;
-    ``train`` and ``model`` override SMALL's params."""
+    """A project folder (params.yaml, data/processed/dataset/ and an empty MLflow store: :func:`empty_store`; no
+    code) for running the train stage in: per_class synthetic 32 x 32 images a label (2 of each held out), less
+    the first ``drop`` training images; ``train`` and ``model`` override SMALL's params."""
     import torch
 
     from pipeline.ingest import ingest
@@ -82,7 +82,21 @@ def small_project(path: Path, model: dict | None = None, per_class: int = 6, dro
     ds = {**{k: v[keep] for k, v in ds.items() if torch.is_tensor(v)}, "ids": [ds["ids"][i] for i in keep],
           "classes": ds["classes"]}
     save_dataset(ds, path / "data/processed/dataset")
+    empty_store(path)
     return path
+
+
+def train_here(project: Path, monkeypatch) -> None:
+    """The train stage run in this process, in ``project``, logging to its own store: what the stage computes and
+    writes, without the ~4 s of CPU a new process spends importing torch and MLflow (for tests whose subject is
+    not the process: its exit code, signals, or launcher)."""
+    from pipeline.params_file import load
+    from pipeline.train_stage import train_stage
+
+    monkeypatch.chdir(project)
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    train_stage(load())
 
 
 def stage(name: str, launcher: tuple[str, ...] = ("python",)) -> list[str]:

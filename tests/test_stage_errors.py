@@ -1,5 +1,8 @@
 """Bad input from a user ends in one clear line and a non-zero exit, never a traceback."""
 
+import sys
+from types import SimpleNamespace
+
 import pytest
 
 from helpers import CODE, ROOT, run, set_params, stage, write_params
@@ -10,6 +13,22 @@ from pipeline.params_file import load
 
 def _stage(project, name):
     return run(stage(name), project, check=False, **CODE)
+
+
+def _stage_here(project, name, monkeypatch, capsys) -> SimpleNamespace:
+    """Stage ``name`` as its script runs it (``pipeline.cli.stage_main``), in this process, in ``project``: its
+    exit code and stderr, as :func:`_stage` gives them, without the seconds a new process spends on imports."""
+    import importlib
+
+    import pipeline.cli as cli
+
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(cli, "exit_now", lambda code=0: sys.exit(code))  # not os._exit: this is the test process
+    module = importlib.import_module(f"stages.{name}")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.stage_main(module.train_stage if name == "train" else module.run)
+    return SimpleNamespace(returncode=e.value.code, stderr=capsys.readouterr().err)
 
 
 def _one_line_error(p, *fragments):
@@ -115,13 +134,13 @@ def test_labels_filter_keeps_a_subset(tmp_path):
                                         "to 1024"),
     ({"train": {"lr": "fast"}}, "train.lr = 'fast' is not valid; expected a positive finite number"),
 ])
-@pytest.mark.integration
-def test_bad_params_are_one_line_naming_the_key(project, updates, fragment):
+def test_bad_params_are_one_line_naming_the_key(project, updates, fragment, monkeypatch, capsys):
     set_params(project, updates)
     with pytest.raises(UserError) as e:
         load(project / "params.yaml")
     assert fragment in str(e.value) and "\n" not in str(e.value)
-    _one_line_error(_stage(project, "preprocess"), fragment)  # before any work, in any stage
+    _one_line_error(_stage_here(project, "preprocess", monkeypatch, capsys), fragment)  # before any work
+    assert sorted(f.name for f in project.iterdir()) == ["params.yaml"]
 
 
 def test_numbers_typed_the_way_dvc_reads_them_are_numbers(project):
@@ -133,27 +152,29 @@ def test_numbers_typed_the_way_dvc_reads_them_are_numbers(project):
     assert params.train.lr == 0.001 and params.train.beta == 1.0
 
 
-@pytest.mark.integration
-def test_damaged_intermediate_files_are_one_line_naming_the_rebuild(project):
+def test_damaged_intermediate_files_are_one_line_naming_the_rebuild(project, monkeypatch, capsys):
     """A truncated dataset or vae.pt (`dvc repro -f -s train` over a cut file) or an empty or cut
     latents.csv: one line naming the file and the command that rebuilds it."""
+    def here(name):
+        return _stage_here(project, name, monkeypatch, capsys)
+
     (project / "data/processed/dataset").mkdir(parents=True)
     (project / "data/processed/dataset/images.npy").write_bytes(b"\x93NUMPY\x01\x00 cut short")
     (project / "data/processed/dataset/index.json").write_text('{"classes": ["a", "b"]}')
-    _one_line_error(_stage(project, "train"), "data/processed/dataset is damaged", "dvc repro -f preprocess")
+    _one_line_error(here("train"), "data/processed/dataset is damaged", "dvc repro -f preprocess")
     (project / "models").mkdir()
     (project / "models/vae.pt").write_bytes(b"\x80\x02 cut")
     (project / "models/model_config.json").write_text(
         '{"latent_dim": 8, "image_size": 32, "in_channels": 3, "arch": "bn"}')
-    _one_line_error(_stage(project, "reconstruct"), "models: the trained model is damaged", "dvc repro -f train")
+    _one_line_error(here("reconstruct"), "models: the trained model is damaged", "dvc repro -f train")
     (project / "data/latents").mkdir(parents=True)
     latents = project / "data/latents/latents.csv"
     latents.write_text("")
-    _one_line_error(_stage(project, "tsne"), "data/latents/latents.csv cannot be read", "dvc repro -f latents")
+    _one_line_error(here("tsne"), "data/latents/latents.csv cannot be read", "dvc repro -f latents")
     latents.write_text("id,label,split,mu_0,mu_1\na.png,happy,train,0.1,0.2\nb.png,angry,train,0.3,0.4\nc.png,ha")
-    _one_line_error(_stage(project, "tsne"), "data/latents/latents.csv has empty cells (a cut file?)")
+    _one_line_error(here("tsne"), "data/latents/latents.csv has empty cells (a cut file?)")
     latents.write_text("id,label,split\na.png,happy,train\n")
-    _one_line_error(_stage(project, "tsne"), "data/latents/latents.csv is incomplete (no mu_ columns)")
+    _one_line_error(here("tsne"), "data/latents/latents.csv is incomplete (no mu_ columns)")
 
 
 @pytest.mark.integration

@@ -11,13 +11,12 @@ import pytest
 
 from pipeline.errors import Stopped
 from pipeline.io import read_json
-from helpers import empty_store, set_params, small_project, store as _store
+from helpers import set_params, small_project, store as _store
 
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    path = small_project(tmp_path / "p")
-    empty_store(path)
+    path = small_project(tmp_path / "p")  # with an empty store
     monkeypatch.chdir(path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
