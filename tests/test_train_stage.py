@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import (BIN, CODE, ROOT, SMALL, Lines, clone, copy_repo, dvc, env, epoch_line, git_init, refused_port, run,
+from helpers import (BIN, CODE, SMALL, Lines, clone, copy_repo, dvc, env, epoch_line, git_init, refused_port, run,
                      set_params, small_project, start_train_stage, store, train_here, train_stage)
 from helpers import stage as stage_cmd
 from pipeline.dataset import load_dataset
